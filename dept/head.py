@@ -1,0 +1,96 @@
+"""DePT's CAT head ("Channel Adjusted Transfer"), its loss and the base-class fusion — written once, composed
+with any prompt method (see ``dept.learner``).
+
+Equations (METHOD.md):
+    cwT(u) = g * u + b                               per-channel scale and shift; g = 1, b = 0 at init
+    Z = Linear_{D->K}( [cwT_txt(T[y]) ; cwT_img(V)] )   the text feature of each sample's class is an extra sample
+    L = (1 - loss_weight) * CE(s, y) + loss_weight * CE(Z, [y ; y])
+    base logits = (1 - fusion_weight) * s + fusion_weight * Linear(cwT_img(V))    ("logits" mode)
+                or (1 - fusion_weight) * softmax(s) + fusion_weight * softmax(...)  ("probs" mode, the paper's text)
+The CAT head sees raw (unnormalised) features; the ITM head ``s`` normalises.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FusionMode = Literal["logits", "probs"]
+
+
+@dataclass(frozen=True)
+class DePTConfig:
+    """DePT's two coefficients, kept apart (the reference code uses one knob for both)."""
+
+    loss_weight: float = 0.7  # lam: weight of the CAT head's loss during training
+    fusion_weight: float = 0.7  # a: weight of the CAT head in base-class inference
+    fusion: FusionMode = "logits"  # the reference code fuses logits; the paper's text fuses probabilities
+
+    def __post_init__(self):
+        for name in ("loss_weight", "fusion_weight"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"DePT {name} must be in [0, 1], got {v}")
+        if self.fusion not in ("logits", "probs"):
+            raise ValueError(f"DePT fusion must be 'logits' or 'probs', got {self.fusion!r}")
+
+
+class ChannelwiseTransform(nn.Module):
+    """cwT: a learned per-channel scale and shift, identity at init."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(dim))
+        self.shift = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return u * self.scale + self.shift
+
+
+class CATHead(nn.Module):
+    """Image cwT + text cwT + one linear classifier over the base classes."""
+
+    def __init__(self, dim: int, num_base_classes: int):
+        super().__init__()
+        self.cwt_image = ChannelwiseTransform(dim)
+        self.cwt_text = ChannelwiseTransform(dim)
+        self.classifier = nn.Linear(dim, num_base_classes)  # bias, PyTorch default init
+
+    def image_logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.cwt_image(image_features))
+
+    def text_logits(self, text_features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.cwt_text(text_features))
+
+    def training_logits(self, image_features: torch.Tensor, class_text_features: torch.Tensor) -> torch.Tensor:
+        """Z for the 2B rows [text of each sample's class ; image]; targets are ``[y ; y]``."""
+        return torch.cat([self.text_logits(class_text_features), self.image_logits(image_features)], dim=0)
+
+
+def dept_loss(
+    itm_logits: torch.Tensor,
+    cat_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    loss_weight: float,
+) -> torch.Tensor:
+    """(1 - lw) * CE(s, y) + lw * CE(Z, [y; y]). ``cat_logits`` is Z (2B rows); None means plain CE(s, y)."""
+    itm = F.cross_entropy(itm_logits, labels)
+    if cat_logits is None or loss_weight == 0.0:
+        return itm
+    cat = F.cross_entropy(cat_logits, torch.cat([labels, labels]))
+    return (1.0 - loss_weight) * itm + loss_weight * cat
+
+
+def fuse(
+    itm_logits: torch.Tensor, cat_logits: torch.Tensor, fusion_weight: float, mode: FusionMode = "logits"
+) -> torch.Tensor:
+    """Base-class scores from the ITM and CAT heads. Only argmax matters for accuracy, so a sweep over
+    ``fusion_weight`` after training re-mixes two stored matrices and runs no encoder."""
+    if mode == "logits":
+        return (1.0 - fusion_weight) * itm_logits + fusion_weight * cat_logits
+    if mode == "probs":
+        return (1.0 - fusion_weight) * itm_logits.softmax(-1) + fusion_weight * cat_logits.softmax(-1)
+    raise ValueError(f"fusion mode must be 'logits' or 'probs', got {mode!r}")

@@ -1,0 +1,120 @@
+"""Training a ``DePTLearner`` on cached image features.
+
+Schedule (the reference recipe, Dassl's): epoch ``e`` uses ``warmup_lr`` for ``e < warmup_epochs`` and
+``lr * (1 + cos(pi * e / epochs)) / 2`` afterwards — stepped per epoch, for every parameter group scaled by its
+own base lr. Batches drop the last incomplete one, as the reference loader does.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from dept.learner import DePTLearner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 4
+    lr: float = 0.0035  # prompts (CoCoOp: 0.002)
+    head_lr_mult: float = 6.5  # CAT head lr = lr * head_lr_mult
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 1
+
+    def __post_init__(self):
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"bad training config: epochs={self.epochs} batch_size={self.batch_size} lr={self.lr}")
+
+    def lr_at(self, epoch: int, base_lr: float) -> float:
+        if epoch < self.warmup_epochs:
+            return self.warmup_lr
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+
+
+@dataclass
+class EpochStats:
+    epoch: int  # 1-based: the number of epochs done
+    train_loss: float
+    lr: float  # prompt lr used in this epoch
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)  # from the caller's ``validate``, if any
+
+
+def epoch_views(num_images: int, num_views: int, epoch: int, seed: int) -> torch.Tensor:
+    """Which stored view each image uses in an epoch: views 1..V-1 are augmented views (0 is the test
+    transform), drawn deterministically from (seed, epoch); with only view 0 stored, view 0."""
+    if num_views <= 1:
+        return torch.zeros(num_images, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randint(1, num_views, (num_images,), generator=g)
+
+
+def train(
+    learner: DePTLearner,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig = TrainConfig(),
+    *,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    validate: Callable[[DePTLearner], dict[str, float]] | None = None,
+) -> list[EpochStats]:
+    """Train on ``features`` ``[N, V, D]`` (view 0 = test transform, 1.. = augmented views) or ``[N, D]``,
+    with ``labels`` ``[N]`` in 0..K-1 over ``learner.base_classnames``. Same seed, same numbers."""
+    if features.dim() == 2:
+        features = features.unsqueeze(1)
+    n, num_views, dim = features.shape
+    if labels.shape != (n,):
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match {n} images")
+    if n and (labels.min() < 0 or labels.max() >= len(learner.base_classnames)):
+        raise ValueError(f"labels must lie in 0..{len(learner.base_classnames) - 1}")
+    if dim != learner.embed_dim:
+        raise ValueError(f"image features have dim {dim}, the model's embedding is {learner.embed_dim}")
+    device = next(learner.method.parameters()).device
+    groups = learner.param_groups(config.lr, config.head_lr_mult)
+    base_lrs = [g["lr"] for g in groups]
+    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    history: list[EpochStats] = []
+    learner.train()
+    for epoch in range(config.epochs):
+        start = time.perf_counter()
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = config.lr_at(epoch, base)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+        views = epoch_views(n, num_views, epoch, config.seed)
+        total, steps = 0.0, 0
+        for i in range(0, n - config.batch_size + 1, config.batch_size):
+            idx = order[i : i + config.batch_size]
+            batch = features[idx, views[idx]].to(device)
+            loss, _ = learner.training_loss(batch, labels[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            steps += 1
+        stats = EpochStats(
+            epoch=epoch + 1,
+            train_loss=total / max(steps, 1),
+            lr=optimizer.param_groups[0]["lr"],
+            seconds=time.perf_counter() - start,
+        )
+        if validate is not None:
+            learner.eval()
+            with torch.no_grad():
+                stats.metrics = dict(validate(learner))
+            learner.train()
+        log.info("epoch %d/%d loss %.4f lr %.2e %s", stats.epoch, config.epochs, stats.train_loss, stats.lr, stats.metrics)
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+    learner.eval()
+    return history

@@ -1,0 +1,64 @@
+"""Shared fixtures. One Ray instance per test session: a two-node ``ray.cluster_utils.Cluster`` on loopback,
+so single-node and multi-node tests share it instead of starting Ray again and again."""
+from __future__ import annotations
+
+import os
+
+# Keep Ray on loopback and quiet before anything imports it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY_MODEL = "dept-tiny-vit"  # registered by dept.clip from dept/model_configs
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A two-node Ray cluster on 127.0.0.1, shared by every Ray test in the session.
+
+    Yields the ``Cluster``; the driver is connected (``ray.init(address=cluster.address)``).
+    Node resources: head 2 CPUs, worker 2 CPUs; each node also carries a custom resource named after its role
+    (``node_head`` / ``node_worker``) so tests can pin work to one node.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "resources": {"node_head": 1},
+            "include_dashboard": False,
+            "node_ip_address": "127.0.0.1",
+        },
+    )
+    cluster.add_node(num_cpus=2, resources={"node_worker": 1}, node_ip_address="127.0.0.1")
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_checkpoint(tmp_path_factory):
+    """The package's tiny registered architecture with random weights, saved as a local .safetensors checkpoint."""
+    from dept.clip import save_random_checkpoint
+
+    return save_random_checkpoint(TINY_MODEL, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def vit_b32_checkpoint(tmp_path_factory):
+    """Real ViT-B-32 architecture, random weights, as a local checkpoint (for exactness tests)."""
+    from dept.clip import save_random_checkpoint
+
+    return save_random_checkpoint("ViT-B-32", tmp_path_factory.mktemp("ckpt") / "vit-b-32.safetensors")
