@@ -137,7 +137,12 @@ def load_clip(
         kwargs = creation_kwargs(model, tag)
         if kwargs:
             log.info("%s/%s: using QuickGELU, as these weights were trained with it", model, tag)
-        clip = open_clip.create_model(model, pretrained=tag, **kwargs)
+        try:
+            clip = open_clip.create_model(model, pretrained=tag, **kwargs)
+        except (OSError, RuntimeError, ValueError) as e:  # no network, hub errors, corrupt download
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ClipLoadError(f"could not fetch pretrained weights {model}/{tag} ({type(e).__name__}: {first}); "
+                                "without internet, pass a local checkpoint path as pretrained") from None
         pretrained_str, weights_id = tag, tag
     clip = clip.float().eval().requires_grad_(False)
 

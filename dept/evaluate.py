@@ -26,21 +26,27 @@ def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 @torch.no_grad()
 def itm_logits(
-    learner: DePTLearner, features: torch.Tensor, classnames: list[str], *, batch_size: int = 256
+    learner: DePTLearner,
+    features: torch.Tensor,
+    classnames: list[str],
+    *,
+    batch_size: int = 256,
+    class_chunk: int | None = 256,
 ) -> torch.Tensor:
     """ITM logits over ``classnames`` for ``[N, D]`` features. Shared-context methods encode the class texts
-    once; per-image methods (CoCoOp) encode them per image, in batches."""
+    once; per-image methods (CoCoOp) encode them per image, in batches. ``class_chunk`` classes go through the
+    text encoder at a time, so 1000 classes run in bounded memory (None: all at once; same numbers)."""
     learner.eval()
     device = next(learner.method.parameters()).device
     if not learner.method.per_image:
-        text = learner.text_features(classnames)
+        text = learner.text_features(classnames, chunk_size=class_chunk)
         return torch.cat(
             [learner.itm_logits_from(features[i : i + batch_size].to(device), text).cpu() for i in range(0, len(features), batch_size)]
             or [torch.empty(0, len(classnames))]
         )
     step = max(1, batch_size // 16)
     return torch.cat(
-        [learner.itm_logits(features[i : i + step].to(device), classnames).cpu() for i in range(0, len(features), step)]
+        [learner.itm_logits(features[i : i + step].to(device), classnames, chunk_size=class_chunk).cpu() for i in range(0, len(features), step)]
         or [torch.empty(0, len(classnames))]
     )
 
@@ -84,12 +90,13 @@ def evaluate_base_new(
     new_classnames: list[str],
     *,
     batch_size: int = 256,
+    class_chunk: int | None = 256,
 ) -> BaseNewResult:
     """Base accuracy over the base classes (fused head; ITM without DePT) and new accuracy over the new classes
     (ITM head only: the CAT head knows only base classes), with the same learned prompts."""
-    base_itm = itm_logits(learner, base_features, learner.base_classnames, batch_size=batch_size)
+    base_itm = itm_logits(learner, base_features, learner.base_classnames, batch_size=batch_size, class_chunk=class_chunk)
     base_cat = cat_logits(learner, base_features) if learner.dept is not None else None
-    new_acc = accuracy(itm_logits(learner, new_features, new_classnames, batch_size=batch_size), new_labels) if len(new_classnames) else float("nan")
+    new_acc = accuracy(itm_logits(learner, new_features, new_classnames, batch_size=batch_size, class_chunk=class_chunk), new_labels) if len(new_classnames) else float("nan")
     w = learner.dept.fusion_weight if learner.dept is not None else 0.0
     mode = learner.dept.fusion if learner.dept is not None else "logits"
     result = BaseNewResult(

@@ -78,8 +78,10 @@ class DePTLearner(nn.Module):
             self._class_tokens[key] = self.encoder.class_tokens(list(classnames))
         return self._class_tokens[key]
 
-    def text_features(self, classnames: list[str], image_features: torch.Tensor | None = None) -> torch.Tensor:
-        return self.method.text_features(self.encoder, self.class_tokens(classnames), image_features)
+    def text_features(
+        self, classnames: list[str], image_features: torch.Tensor | None = None, *, chunk_size: int | None = None
+    ) -> torch.Tensor:
+        return self.method.text_features(self.encoder, self.class_tokens(classnames), image_features, chunk_size=chunk_size)
 
     def itm_logits_from(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """s = tau * norm(V) @ norm(T).T; per-image text features [B, K, D] give one row per image."""
@@ -89,8 +91,10 @@ class DePTLearner(nn.Module):
             return self.logit_scale * torch.einsum("bd,bkd->bk", v, t)
         return self.logit_scale * v @ t.t()
 
-    def itm_logits(self, image_features: torch.Tensor, classnames: list[str]) -> torch.Tensor:
-        return self.itm_logits_from(image_features, self.text_features(classnames, image_features))
+    def itm_logits(
+        self, image_features: torch.Tensor, classnames: list[str], *, chunk_size: int | None = None
+    ) -> torch.Tensor:
+        return self.itm_logits_from(image_features, self.text_features(classnames, image_features, chunk_size=chunk_size))
 
     def cat_logits(self, image_features: torch.Tensor) -> torch.Tensor:
         if self.cat_head is None:

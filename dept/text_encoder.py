@@ -161,8 +161,9 @@ def _prefix_unsupported_reason(transformer: nn.Module) -> str | None:
 
 
 class PromptTextEncoder(nn.Module):
-    """Frozen CLIP text side for prompt learning. Holds references to the model's text parts; registers no
-    parameters or buffers (checkpoints of a learner stay free of CLIP weights; the model stays on its device).
+    """Frozen CLIP text side for prompt learning. Holds references to the model's text parts (and sets
+    ``requires_grad=False`` on them); registers no parameters or buffers, so a learner's checkpoint stays free of
+    CLIP weights and the model stays on the device it was loaded on.
 
     ``truncate=False`` forces the full-context path (tests, benchmarks). ``shared_prefix``: None = use it where it
     is exact, True = require it (error if the architecture has unsupported blocks), False = never.
@@ -174,15 +175,16 @@ class PromptTextEncoder(nn.Module):
         for p in (tower.token_embedding.weight, tower.positional_embedding, *tower.transformer.parameters(),
                   *tower.ln_final.parameters()):
             p.requires_grad_(False)
-        proj = tower.text_projection
-        if isinstance(proj, nn.Module):
-            proj.requires_grad_(False)
-        elif isinstance(proj, Tensor):
-            proj.requires_grad_(False)
+        if isinstance(tower.text_projection, (nn.Module, Tensor)):
+            tower.text_projection.requires_grad_(False)
         self._tower = tower
         self._tokenizer = tokenizer
         self.context_length = tower.context_length
-        self.width = tower.width
+        self.width = tower.width  # d: token width
+        proj = tower.text_projection
+        self.embed_dim = (  # D: feature width
+            tower.width if proj is None else proj.out_features if isinstance(proj, nn.Module) else proj.shape[1]
+        )
         self.truncate = truncate
         reason = _prefix_unsupported_reason(tower.transformer)
         if shared_prefix and reason:
@@ -241,7 +243,7 @@ class PromptTextEncoder(nn.Module):
                 raise TextEncoderError(
                     f"class {name!r}: prompt suffix is {e} tokens, more than the context length {self.context_length} allows"
                 )
-        lengths = tuple(e for e in eots)  # tokens after SOS up to and including EOT
+        lengths = tuple(eots)  # tokens after SOS up to and including EOT
         s = max(lengths)
         rows = torch.zeros(len(classnames), s, dtype=torch.long)
         for i, e in enumerate(eots):
@@ -445,8 +447,9 @@ class PromptTextEncoder(nn.Module):
         emb = classes.embeddings.to(kv[0][0].dtype)  # [Kc, S, d]
         Kc, S, d = emb.shape
         dev = emb.device
-        lengths = torch.tensor(classes.lengths, device=dev)
-        slot = (torch.arange(S, device=dev)[None, :] < lengths[:, None]).view(-1).nonzero().squeeze(1)  # [T] in Kc*S
+        lengths = torch.tensor(classes.lengths)
+        # Positions of the real tokens in the padded [Kc * S] layout (built on the host: no device sync).
+        slot = (torch.arange(S)[None, :] < lengths[:, None]).view(-1).nonzero().squeeze(1).to(dev)  # [T]
         x = (emb + self._tower.positional_embedding[p : p + S].to(emb.dtype)).view(Kc * S, d).index_select(0, slot)
         x = x.unsqueeze(0).expand(G, -1, d)  # [G, T, d]
         for blk, past in zip(self._tower.transformer.resblocks, kv):
@@ -454,8 +457,7 @@ class PromptTextEncoder(nn.Module):
             qkv = qkv.new_zeros(G, Kc * S, 3 * d).index_copy(1, slot, qkv).view(G, Kc, S, 3 * d)
             o, _, _ = self._attention(blk, qkv, past)
             x = self._mlp_residual(blk, x, o.view(G, Kc * S, d).index_select(1, slot))
-        starts = torch.cumsum(lengths, 0) - lengths
-        eot = starts + torch.tensor(classes.eot_index, device=dev)
+        eot = (torch.cumsum(lengths, 0) - lengths + torch.tensor(classes.eot_index)).to(dev)  # in the packed layout
         return self._project(x.index_select(1, eot))  # [G, Kc, D]
 
     # ------------------------------------------------------------------ hand-written prompts

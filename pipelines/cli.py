@@ -28,6 +28,11 @@ def main(verbose: int) -> None:
     """DePT prompt tuning at scale: featurize once with Ray, tune many trials with Ray Tune, track in MLflow."""
     level = logging.WARNING - 10 * min(verbose, 2) if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        # open_clip logs through the root logger; keep its and other libraries' chatter out of command output.
+        logging.getLogger().setLevel(logging.WARNING)
+        for name in ("dept", "pipelines"):
+            logging.getLogger(name).setLevel(level)
 
 
 def _register() -> None:

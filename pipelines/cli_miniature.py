@@ -24,16 +24,17 @@ def miniature_group() -> None:
 @click.option("--model", default="dept-mini-vit", show_default=True, help="open_clip architecture to pretrain.")
 @click.option("--mlflow-uri", default=None, help="Default: sqlite:///mlflow.db in the working folder.")
 @click.option("--experiment", default="miniature-pretrain", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's). On a shared CPU, 1 can be much faster.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bar on stderr.")
 def pretrain_cmd(out, minutes, steps, seed, batch_size, lr, weight_decay, warmup_steps, probe_every, logit_scale,
-                 model, mlflow_uri, experiment, progress) -> None:
+                 model, mlflow_uri, experiment, threads, progress) -> None:
     """Pretrain the miniature CLIP from scratch on generated pairs; log curves to MLflow; write the checkpoint."""
     from pipelines.miniature import PretrainConfig, pretrain
 
     result = pretrain(PretrainConfig(
         out=out, minutes=minutes, steps=steps, seed=seed, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, probe_every=probe_every, logit_scale=logit_scale, model=model,
-        mlflow_uri=mlflow_uri, experiment=experiment, progress=progress,
+        mlflow_uri=mlflow_uri, experiment=experiment, threads=threads, progress=progress,
     ))
     r = result.record
     f = r["final"]
@@ -83,6 +84,21 @@ def zero_shot_cmd(dataset_dir, model, pretrained, template) -> None:
     res = zero_shot_base_new(load_clip(model, pretrained), dataset_dir, template=template)
     click.echo(f"zero-shot {model} ({pretrained or 'random weights'}): base {res['base_acc']:.2f}  new {res['new_acc']:.2f}  "
                f"HM {res['hm']:.2f}  (all classes {res['all_acc']:.2f})")
+
+
+@miniature_group.command("ship")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True), help="A finished `miniature pretrain --out` folder.")
+@click.option("--assets", default=None, type=click.Path(file_okay=False), help="Default: the package's dept/assets folder.")
+def ship_cmd(run_dir, assets) -> None:
+    """Ship a pretrained checkpoint with the package (fp16 where features stay within 1e-3), recording its
+    pretraining figures and its zero-shot base / new / HM on both downstream class splits."""
+    from dept.miniature import ASSETS
+    from pipelines.miniature import ship
+
+    record = ship(run_dir, assets or ASSETS)
+    click.echo(f"shipped {record['checkpoint']} ({record['dtype']}, {record['checkpoint_bytes'] / 2**20:.1f} MiB) to {assets or ASSETS}")
+    for split, r in record["downstream_zero_shot"].items():
+        click.echo(f"  zero-shot {split}: base {r['base_acc']:.2f}  new {r['new_acc']:.2f}  HM {r['hm']:.2f}")
 
 
 COMMANDS = [miniature_group]

@@ -151,6 +151,10 @@ def tune_cmd(features, dataset, space, methods, objective, num_samples, gpus_per
     click.echo("")
     click.echo(f"best configuration per dataset (selected on {metric}; test numbers are mean over seeds):")
     click.echo(best_table(outcomes, metric))
+    failed = [o.dataset for o in outcomes if o.records and o.count("error") == len(o.records)]
+    if failed:
+        raise click.ClickException(f"every trial of {', '.join(failed)} failed; the error of each is in the "
+                                   "'error' tag of its MLflow run")
 
 
 @click.command("report")
@@ -160,13 +164,13 @@ def tune_cmd(features, dataset, space, methods, objective, num_samples, gpus_per
 @click.option("--out", default=None, help="Write to this file instead of printing.")
 def report_cmd(mlflow_uri, experiment, fmt, out):
     """The paper-style base-to-new table of an MLflow experiment, beside the published numbers."""
-    from pipelines.report import make_report
+    from pipelines.report import ReportError, make_report
     from pipelines.tracking import check_tracking_uri, default_tracking_uri
 
     out_path = _check_out(out)
     uri = mlflow_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise click.ClickException(f"no MLflow store at {uri} (nothing tracked there yet)")
+        raise ReportError(f"no MLflow store at {uri} (nothing tracked there yet)")
     check_tracking_uri(uri)
     text = make_report(uri, experiment, fmt)
     if out_path is None:

@@ -18,13 +18,12 @@ and credentials-on-the-driver object stores work unchanged.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -166,14 +165,6 @@ class FeaturizeResult:
 # Planning: everything that can be checked is checked here, before Ray starts.
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _load_splits(cfg: FeaturizeConfig) -> list:
     from dept.datasets import dataset_names, load_custom_dataset, load_dataset
 
@@ -201,6 +192,7 @@ def _unique(items: list, name: str, split: str) -> list:
 
 
 def _header(cfg: FeaturizeConfig, splits, clip, images: dict[str, int]) -> dict:
+    from dept.clip import file_sha256
     from dept.transforms import describe_test_transform, describe_train_view
 
     return {
@@ -223,13 +215,25 @@ def _header(cfg: FeaturizeConfig, splits, clip, images: dict[str, int]) -> dict:
         "classnames": list(splits.classnames),
         "label_to_imagenet": splits.label_to_imagenet,
         "split_files": list(splits.split_files),
-        "split_sha256": [{"file": f.replace("\\", "/").rsplit("/", 1)[-1], "sha256": _sha256_file(f)}
+        "split_sha256": [{"file": f.replace("\\", "/").rsplit("/", 1)[-1], "sha256": file_sha256(f)}
                          for f in splits.split_files],
         "image_root": splits.image_root,
         "images_per_shard": int(cfg.images_per_shard),
         "images": images,
         "complete": False,
     }
+
+
+def _settings_diff(existing: dict, header: dict) -> str:
+    """What differs between a store's manifest and this run, short values shown."""
+    keys = sorted(k for k in set(header) | set(existing)
+                  if k not in NOT_FINGERPRINTED and k not in ("rows", "skipped") and header.get(k) != existing.get(k))
+
+    def show(k: str) -> str:
+        a, b = existing.get(k), header.get(k)
+        return f"{k} {a!r} in the store, {b!r} now" if len(repr(a)) <= 40 and len(repr(b)) <= 40 else k
+
+    return "; ".join(map(show, keys)) or "store format"
 
 
 def _plan_dataset(cfg: FeaturizeConfig, index: int, splits, clip, model_url: str) -> DatasetPlan:
@@ -280,16 +284,8 @@ def _plan_dataset(cfg: FeaturizeConfig, index: int, splits, clip, model_url: str
         except StoreError as e:
             raise FeaturizeError(str(e)) from None
         if existing.get("config_fingerprint") != header["config_fingerprint"]:
-            diff = sorted(k for k in set(header) | set(existing)
-                          if k not in NOT_FINGERPRINTED and k not in ("rows", "skipped")
-                          and header.get(k) != existing.get(k))
-            def show(k: str) -> str:
-                a, b = existing.get(k), header.get(k)
-                short = len(repr(a)) <= 40 and len(repr(b)) <= 40
-                return f"{k} {a!r} in the store, {b!r} now" if short else k
-
             raise FeaturizeError(
-                f"{store.url} holds features made with other settings ({'; '.join(map(show, diff)) or 'format'}); "
+                f"{store.url} holds features made with other settings ({_settings_diff(existing, header)}); "
                 "use another --out or the same settings"
             )
     planned = {s.name for s in shards}

@@ -73,6 +73,7 @@ class RunInfo:
     selection_metric: str
     selection_mode: str
     metrics: dict
+    completed: bool = True  # False: stopped early by the scheduler (no test metrics)
 
 
 @dataclass
@@ -117,7 +118,7 @@ def _dataset_order(name: str) -> tuple:
 def collect_runs(uri: str, experiment: str) -> list[RunInfo]:
     from mlflow import MlflowClient
 
-    from pipelines.tracking import FINAL_TAG, ROLE_TRAIN, ROLE_TRIAL, STATUS_TAG
+    from pipelines.tracking import ROLE_TRAIN, ROLE_TRIAL, STATUS_TAG
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
@@ -126,8 +127,7 @@ def collect_runs(uri: str, experiment: str) -> list[RunInfo]:
         raise ReportError(f"no MLflow experiment {experiment!r} at {uri} (there: {', '.join(names) or 'none'})")
     runs, token = [], None
     while True:
-        page = client.search_runs([exp.experiment_id], filter_string=f"tags.`{FINAL_TAG}` = 'true'",
-                                  max_results=1000, page_token=token)
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
         runs.extend(page)
         token = page.token
         if not token:
@@ -135,9 +135,11 @@ def collect_runs(uri: str, experiment: str) -> list[RunInfo]:
     out = []
     for run in runs:
         tags, params = run.data.tags, run.data.params
-        if tags.get("role") not in (ROLE_TRIAL, ROLE_TRAIN) or tags.get(STATUS_TAG, "completed") != "completed":
+        if tags.get("role") not in (ROLE_TRIAL, ROLE_TRAIN) or tags.get(STATUS_TAG) not in ("completed",
+                                                                                             "stopped_early"):
             continue
-        if not all(k in run.data.metrics for k in ("test_base_acc", "test_new_acc")):
+        completed = tags.get(STATUS_TAG) == "completed"
+        if completed and not all(k in run.data.metrics for k in ("test_base_acc", "test_new_acc")):
             continue
         config = tuple(sorted((k, v) for k, v in params.items() if k != "seed"))
         out.append(RunInfo(
@@ -150,6 +152,7 @@ def collect_runs(uri: str, experiment: str) -> list[RunInfo]:
             selection_metric=tags.get("selection_metric", "val_hm"),
             selection_mode=tags.get("selection_mode", "max"),
             metrics=dict(run.data.metrics),
+            completed=completed,
         ))
     return out
 
@@ -175,7 +178,12 @@ def build_report(runs: Iterable[RunInfo], paper: dict | None = None) -> list[Blo
 
         mode = next(iter(configs.values()))[0].selection_mode
         sign = 1.0 if mode == "max" else -1.0
-        candidates = [(score(g), g) for g in configs.values()]
+        # As for the tune summary: configurations with every seed finished compete first; means use finished runs.
+        finished = {k: [r for r in g if r.completed] for k, g in configs.items()}
+        complete = [finished[k] for k, g in configs.items() if finished[k] and len(finished[k]) == len(g)]
+        candidates = [(score(g), g) for g in (complete or [g for g in finished.values() if g])]
+        if not candidates:
+            continue
         ranked = [c for c in candidates if not math.isnan(c[0])] or candidates
         value, group = max(ranked, key=lambda c: sign * c[0] if not math.isnan(c[0]) else -math.inf)
         base, base_std = _mean_std([g.metrics["test_base_acc"] for g in group])
@@ -241,7 +249,7 @@ def format_markdown(blocks: list[Block], *, experiment: str = "") -> str:
         if block.paper_printed is not None:
             pp, pr = block.paper_printed, block.paper_recomputed_all
             note = (f"{a.label}: the paper printed the 11-dataset average {pp.base:.2f} / {pp.new:.2f} / {pp.hm:.2f}")
-            if pr is not None and (abs(pr.base - pp.base) >= 0.01 or abs(pr.new - pp.new) >= 0.01):
+            if pr is not None and (abs(pr.base - pp.base) >= 0.05 or abs(pr.new - pp.new) >= 0.05):
                 note += (f"; the mean of its own per-dataset rows is {pr.base:.2f} / {pr.new:.2f} / {pr.hm:.2f} "
                          "(the printed row does not match it)")
             notes.append(note + ".")

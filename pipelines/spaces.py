@@ -355,12 +355,15 @@ class SearchSpace:
             reduction_factor=self.scheduler.reduction_factor,
         )
 
-    def make_search_alg(self):
+    def make_search_alg(self, max_concurrent: int | None = None):
+        """The search algorithm. ``max_concurrent`` goes here for the random searcher (Tune ignores
+        ``TuneConfig.max_concurrent_trials`` for it); other searchers take it from ``TuneConfig``."""
         if self.searcher.kind == "random":
             from ray.tune.search import BasicVariantGenerator
 
             # constant_grid_search: a sampled configuration keeps its values across the grid (so across seeds).
-            return BasicVariantGenerator(constant_grid_search=True, random_state=self.searcher.seed)
+            return BasicVariantGenerator(constant_grid_search=True, random_state=self.searcher.seed,
+                                         max_concurrent=max_concurrent or 0)
         from ray.tune.search import Repeater
         from ray.tune.search.optuna import OptunaSearch
 
@@ -391,14 +394,19 @@ class SearchSpace:
             "objective": self.objective,
             "metric": self.metric,
             "mode": self.mode,
-            "scheduler": dataclasses.asdict(self.scheduler) | {"type": self.scheduler.kind},
-            "searcher": dataclasses.asdict(self.searcher) | {"type": self.searcher.kind},
+            "scheduler": _spec_dict(self.scheduler),
+            "searcher": _spec_dict(self.searcher),
         }
         if self.objective == "pseudo-new":
             out["pseudo_new_fraction"] = self.pseudo_new_fraction
-        for key in ("scheduler", "searcher"):
-            out[key].pop("kind")
         return out
+
+
+def _spec_dict(spec: SchedulerSpec | SearcherSpec) -> dict:
+    if spec.kind == "none":
+        return {"type": "none"}
+    fields_ = {k: v for k, v in dataclasses.asdict(spec).items() if k != "kind" and v is not None}
+    return {"type": spec.kind, **fields_}
 
 
 #: The key Ray's ``Repeater`` sets in a config (``ray.tune.search.repeater.TRIAL_INDEX``).

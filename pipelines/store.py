@@ -16,8 +16,8 @@ written) and rewritten with ``complete: true`` last; readers refuse anything els
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import os
 import logging
 import posixpath
 import re
@@ -25,7 +25,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -52,6 +51,15 @@ class StoreError(ValueError):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Layout
+
+
+def _url_to_fs(url: str):
+    try:
+        return url_to_fs(url)
+    except ImportError as e:  # e.g. s3:// without s3fs
+        raise StoreError(f"cannot open {url}: {e}") from None
+    except ValueError as e:  # unknown protocol
+        raise StoreError(f"cannot open {url}: {str(e).splitlines()[0]}") from None
 
 
 def _slug(text: str) -> str:
@@ -124,7 +132,7 @@ class DatasetStore:
 
     def __init__(self, url: str):
         self.url = str(url).rstrip("/")
-        self.fs, self.path = url_to_fs(self.url)
+        self.fs, self.path = _url_to_fs(self.url)
 
     def __repr__(self) -> str:
         return f"DatasetStore({self.url!r})"
@@ -140,16 +148,11 @@ class DatasetStore:
         if isinstance(self.fs, LocalFileSystem):
             # A hidden temporary name that no reader lists, then an atomic rename on the same filesystem.
             tmp = self._p(f".{name}.tmp-{uuid.uuid4().hex[:12]}")
-            with self.fs.open(tmp, "wb") as f:
+            with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
-                try:
-                    import os
-
-                    os.fsync(f.fileno())
-                except (AttributeError, OSError, io.UnsupportedOperation):
-                    pass
-            self.fs.mv(tmp, final)
+                os.fsync(f.fileno())  # the bytes are on disk before the name says "complete"
+            os.replace(tmp, final)
         else:
             # Object stores (and memory://) publish an object only when its single PUT completes.
             self.fs.pipe_file(final, data)
@@ -265,7 +268,7 @@ def check_identity(manifest: dict, expected: dict, where: str) -> None:
 
 def list_datasets(url: str) -> list[str]:
     """Datasets under the model folder ``url`` that have a complete manifest."""
-    fs, path = url_to_fs(str(url))
+    fs, path = _url_to_fs(str(url))
     if not fs.exists(path):
         return []
     out = []
@@ -412,6 +415,3 @@ def read_features(
     lab = torch.tensor([relabel[int(labels[r[0]])] for r in out_rows], dtype=torch.int64)
     return FeatureSplit(features=feats.float(), labels=lab, classnames=classnames, image_ids=out_ids)
 
-
-def open_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    return url_to_fs(str(url))

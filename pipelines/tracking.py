@@ -85,6 +85,8 @@ def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
                 raise TrackingError(f"MLflow tracking URI {uri}: folder {folder} does not exist")
             if not os.access(folder, os.W_OK):
                 raise TrackingError(f"MLflow tracking URI {uri}: folder {folder} is not writable")
+            if not Path(path).expanduser().exists():
+                return  # created, with its tables, by the first real use (after every other check passed)
     # Other schemes (file:, databricks, ...) are checked by the first client call below.
     try:
         from mlflow import MlflowClient
@@ -345,8 +347,6 @@ class MlflowTrialLogger(_ray_callback_base()):
             self._last_epoch[trial_id] = max((m.step for m in history), default=0)
             if run.data.tags.get(FINAL_TAG) == "true":
                 self._final_logged.add(trial_id)
-            if run.info.status != "RUNNING":
-                client.update_run(run_id, status="RUNNING")
             log.info("trial %s: continuing MLflow run %s", trial_id, run_id)
         else:
             tags = {k: param_value(v) for k, v in self._tags(hp, trial_id).items()}
@@ -408,7 +408,8 @@ class MlflowTrialLogger(_ray_callback_base()):
     def on_trial_error(self, iteration, trials, trial, **info):
         error = _trial_error(trial)
         self.finish(trial.trial_id, trial.config, "error", error, failures=trial.run_metadata.num_failures)
-        log.error("%s trial %s failed for good: %s", self.context.dataset, trial.trial_id, error.splitlines()[-1:])
+        last = error.strip().splitlines()[-1] if error.strip() else "failed"
+        log.error("%s trial %s failed for good: %s", self.context.dataset, trial.trial_id, last)
 
     def on_experiment_end(self, trials, **info):
         self.reconcile(trials)
@@ -502,10 +503,14 @@ def group_configs(records: Iterable[TrialRecord]) -> list[ConfigSummary]:
 
 
 def best_config(records: Iterable[TrialRecord], metric: str, mode: str) -> tuple[ConfigSummary | None, TrialRecord | None]:
-    """The configuration with the best mean (over its completed seeds) of the selection metric, and its best trial.
-    Only validation metrics take part (the selection metric never is a test metric)."""
+    """The configuration with the best mean over its seeds of the selection metric, and its best trial. Only
+    configurations whose every seed ran to the end compete (a configuration the scheduler stopped on one seed would
+    otherwise be scored on its luckier seeds alone); if there is none, those with any finished seed do. Only
+    validation metrics take part (the selection metric never is a test metric)."""
     sign = 1.0 if mode == "max" else -1.0
-    scored = [(g.mean(metric), g) for g in group_configs(records) if g.completed()]
+    groups = [g for g in group_configs(records) if g.completed()]
+    full = [g for g in groups if len(g.completed()) == len(g.trials)]
+    scored = [(g.mean(metric), g) for g in (full or groups)]
     scored = [(s, g) for s, g in scored if not math.isnan(s)]
     if not scored:
         return None, None
@@ -585,8 +590,9 @@ def _log_checkpoint(client, run_id: str, checkpoint) -> None:
                 client.log_artifact(run_id, str(p), artifact_path="best_learned_state")
 
 
-def finish_parent(tracker: Tracker, parent_run_id: str, ok: bool) -> None:
-    tracker.client.set_terminated(parent_run_id, "FINISHED" if ok else "FAILED")
+def finish_parent(tracker: Tracker, parent_run_id: str, status: str) -> None:
+    """FINISHED, FAILED, or KILLED (interrupted: ``--resume`` continues it)."""
+    tracker.client.set_terminated(parent_run_id, status)
 
 
 __all__ = [

@@ -197,6 +197,17 @@ def prepare(opts: TuneOptions):
         if parent is not None and not opts.resume:
             raise TuneSetupError(f"MLflow experiment {opts.experiment!r} at {uri} already has a run for dataset {d} "
                                  f"({parent}); pass --resume to continue it, or choose another --experiment")
+        if parent is not None:
+            tags = tracker.client.get_run(parent).data.tags
+            if (tags.get("space"), tags.get("selection_metric")) != (space.name, space.metric):
+                raise TuneSetupError(
+                    f"--resume: dataset {d} was tuned with space {tags.get('space')!r} selecting on "
+                    f"{tags.get('selection_metric')!r}; resume with the same --space and --objective"
+                )
+        if parent is not None and not restorable[d]:
+            # Starting afresh under the old parent would mix two Tune experiments in one MLflow run.
+            raise TuneSetupError(f"--resume: MLflow run {parent} of dataset {d} exists, but there is no Tune "
+                                 f"experiment to resume at {root}/{d}; check --storage, or use another --experiment")
         plans.append(DatasetPlan(d, contexts[d], f"{root}/{d}", restorable[d] and opts.resume, parent))
     return space, uri, tracker, plans
 
@@ -211,9 +222,13 @@ def _init_ray(address: str | None) -> bool:
     if os.environ.pop("MLFLOW_RUN_ID", None):
         log.info("MLFLOW_RUN_ID removed from the environment: trials do not log to MLflow, the driver does")
     if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except ConnectionError as e:
+            raise ConnectionError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
     else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # address="local": a new single-machine Ray on loopback, never some other cluster found on this machine.
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     return True
 
 
@@ -242,6 +257,7 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=ctx), resources)
     started = time.perf_counter()
     ok = False
+    interrupted = False
     try:
         if plan.restore:
             tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable, resume_unfinished=True,
@@ -252,8 +268,8 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
                 param_space=space.param_space(),
                 tune_config=tune.TuneConfig(
                     metric=space.metric, mode=space.mode, scheduler=space.make_scheduler(),
-                    search_alg=space.make_search_alg(), num_samples=space.tune_num_samples(),
-                    max_concurrent_trials=opts.max_concurrent,
+                    search_alg=space.make_search_alg(opts.max_concurrent), num_samples=space.tune_num_samples(),
+                    max_concurrent_trials=opts.max_concurrent if space.searcher.kind != "random" else None,
                 ),
                 run_config=tune.RunConfig(
                     name=plan.dataset,
@@ -268,6 +284,7 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
             )
         tuner.fit()
         if not logger.complete:
+            interrupted = True
             raise TuneSetupError(f"{plan.dataset}: the experiment was interrupted; run the same command with --resume")
         records = list(logger.records.values())
         with tempfile.TemporaryDirectory(prefix="dept-tune-summary-") as tmp:
@@ -279,13 +296,17 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
         ok = True
     finally:
         logger.close()
-        finish_parent(tracker, parent, ok)
+        finish_parent(tracker, parent, "FINISHED" if ok else "KILLED" if interrupted else "FAILED")
     return DatasetOutcome(plan.dataset, parent, plan.experiment_path, records, best, best_trial,
                           time.perf_counter() - started)
 
 
 def run_tune(opts: TuneOptions, progress: Callable[[str], None] = log.info) -> list[DatasetOutcome]:
     space, uri, tracker, plans = prepare(opts)
+    # Our own progress lines replace Tune's console tables; the per-checkpoint experiment snapshots that make
+    # --resume lose little are intended, so Tune's warning about their frequency is noise here.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     progress(f"{space.summary()}")
     progress(f"MLflow: {uri}, experiment {opts.experiment!r}; Tune storage: {plans[0].experiment_path.rsplit('/', 1)[0]}")
     started_ray = _init_ray(opts.ray_address)

@@ -159,8 +159,8 @@ def test_a_new_method_is_one_registered_class(clip):
             super().__init__(encoder, options, classnames=classnames, dataset=dataset, embed_dim=embed_dim)
             self.ctx = torch.nn.Parameter(encoder.word_embeddings(options.phrase))
 
-        def text_features(self, encoder, classes, image_features=None):
-            return encoder(self.ctx, classes)
+        def text_features(self, encoder, classes, image_features=None, *, chunk_size=None):
+            return encoder(self.ctx, classes, chunk_size=chunk_size)
 
     try:
         learner = build_learner("fixed-prompt-test", clip, BASE, seed=0)
@@ -247,3 +247,16 @@ def test_random_init_is_the_same_in_every_process():
     b = load_clip(TINY_MODEL, None, text_only=True)
     assert a.weights_id == b.weights_id == "random-init:0"
     assert torch.equal(a.model.token_embedding.weight, b.model.token_embedding.weight)
+
+
+@pytest.mark.parametrize("method", ["coop", "cocoop"])
+def test_evaluation_over_1000_classes_in_chunks_equals_unchunked(clip, method):
+    from dept.evaluate import itm_logits
+
+    names = [f"class number {i}" for i in range(1000)]
+    learner = build_learner(method, clip, names[:10], dept=None, seed=0)
+    x = torch.randn(3 if method == "cocoop" else 20, clip.embed_dim)
+    chunked = itm_logits(learner, x, names, class_chunk=128)
+    whole = itm_logits(learner, x, names, class_chunk=None)
+    assert chunked.shape == (len(x), 1000)
+    assert torch.allclose(chunked, whole, atol=1e-5)

@@ -68,7 +68,7 @@ def test_hand_written_prompt_equals_encode_text(b32, enc32, path):
     with torch.no_grad():
         out = enc32(ctx, enc32.class_tokens(NAMES), path=path)
     ref = reference(b32, [f"a photo of a {c}." for c in NAMES])
-    assert out.shape == ref.shape
+    assert out.shape == ref.shape == (len(NAMES), enc32.embed_dim)
     assert max_diff(out, ref) <= TOL
 
 

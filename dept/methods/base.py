@@ -64,8 +64,15 @@ class PromptMethod(nn.Module):
         self.options = options
 
     def text_features(
-        self, encoder: "PromptTextEncoder", classes: "ClassTokens", image_features: torch.Tensor | None = None
+        self,
+        encoder: "PromptTextEncoder",
+        classes: "ClassTokens",
+        image_features: torch.Tensor | None = None,
+        *,
+        chunk_size: int | None = None,
     ) -> torch.Tensor:
+        """``[K, D]`` (``[B, K, D]`` when ``per_image``). ``chunk_size``: classes per text-encoder call, to bound
+        memory over many classes (same result); pass it on to the encoder."""
         raise NotImplementedError
 
     def regularizer(

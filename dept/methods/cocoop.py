@@ -31,9 +31,9 @@ class CoCoOp(PromptMethod):
             nn.Linear(embed_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, encoder.width)
         )
 
-    def text_features(self, encoder, classes, image_features=None) -> torch.Tensor:
+    def text_features(self, encoder, classes, image_features=None, *, chunk_size=None) -> torch.Tensor:
         if image_features is None:
             raise ValueError("CoCoOp's text features depend on the image: pass image_features")
         shift = self.meta_net(F.normalize(image_features, dim=-1))  # [B, width]
         ctx = self.ctx.unsqueeze(0) + shift.unsqueeze(1)  # [B, n_ctx, width]: every token shifted alike
-        return encoder(ctx, classes, per_image=True)  # [B, K, D]
+        return encoder(ctx, classes, per_image=True, chunk_size=chunk_size)  # [B, K, D]

@@ -26,10 +26,10 @@ class CoOp(PromptMethod):
         shape = (len(classnames),) if options.class_specific else ()
         self.ctx = nn.Parameter(init_context(encoder, options.n_ctx, options.ctx_init, options.init_std, shape))
 
-    def text_features(self, encoder, classes, image_features=None) -> torch.Tensor:
+    def text_features(self, encoder, classes, image_features=None, *, chunk_size=None) -> torch.Tensor:
         if self.options.class_specific and len(classes) != self.ctx.shape[0]:
             # Class-specific contexts exist only for the classes trained on: new classes have none.
             raise ValueError(
                 f"class-specific CoOp has contexts for {self.ctx.shape[0]} classes, asked for {len(classes)}"
             )
-        return encoder(self.ctx, classes)
+        return encoder(self.ctx, classes, chunk_size=chunk_size)

@@ -37,8 +37,8 @@ class KgCoOp(PromptMethod):
             raise ValueError(f"KgCoOp template must contain '{{}}' for the class name: {self.template!r}")
         self._targets: dict[tuple[str, ...], torch.Tensor] = {}
 
-    def text_features(self, encoder, classes, image_features=None) -> torch.Tensor:
-        return encoder(self.ctx, classes)
+    def text_features(self, encoder, classes, image_features=None, *, chunk_size=None) -> torch.Tensor:
+        return encoder(self.ctx, classes, chunk_size=chunk_size)
 
     def hand_crafted_features(self, encoder, classnames: tuple[str, ...]) -> torch.Tensor:
         if classnames not in self._targets:  # frozen targets: encode once per class list

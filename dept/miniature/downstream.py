@@ -144,7 +144,7 @@ def write_miniature_dataset(out_dir: str | os.PathLike, config: DownstreamConfig
     """
     config.check()
     out = Path(out_dir)
-    settings = config.settings()
+    settings = json.loads(json.dumps(config.settings()))  # as read back from the marker (tuples become lists)
     marker = out / MARKER
     if out.exists() and not out.is_dir():
         raise MiniatureError(f"miniature dataset: {out} exists and is not a folder")

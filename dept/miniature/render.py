@@ -22,8 +22,9 @@ SUPERSAMPLE = 2
 
 #: Shape radius ranges in pixels (of the 32 px image) for "small" and "large".
 RADIUS = {0: (4.5, 6.5), 1: (8.5, 11.0)}
-#: A shape whose centre lies within this many pixels of the image centre (on both axes) is "in the centre".
-CENTRE_BOX = 3.0
+#: Anchor coordinates (pixels) of shape centres, on both axes, and the jitter around them.
+ANCHORS = np.array([8.0, 16.0, 24.0])
+JITTER = 1.0
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Scenes:
     cx: np.ndarray  # [n] float, pixels
     cy: np.ndarray  # [n] float, pixels
     angle: np.ndarray  # [n] float, radians
-    position: np.ndarray  # [n] int, index into world.POSITIONS (derived from cx, cy)
+    position: np.ndarray  # [n] int, index into world.POSITIONS: anchor row * 3 + anchor column
     background: np.ndarray  # [n] int, index into world.BACKGROUNDS
     bg_a: np.ndarray  # [n, 3] float, background colour
     bg_b: np.ndarray  # [n, 3] float, pattern colour
@@ -191,21 +192,22 @@ def render(s: Scenes, size: int = IMAGE_SIZE, supersample: int = SUPERSAMPLE, no
 
 # -- sampling ---------------------------------------------------------------------------------------------------
 def _placement(rng: np.random.Generator, n: int, max_angle: float) -> dict[str, np.ndarray]:
+    """Size, position and rotation. Small shapes sit on a 3 x 3 grid of anchors (8, 16, 24 px on each axis),
+    large ones at the centre, each jittered by up to ``JITTER`` px. The anchors lie on the 8 px patch grid: a
+    from-scratch ViT of this size learns translation slowly, and with free placement it did not learn shapes
+    within a CPU pretraining budget (supervised 8-way shape accuracy after 150 steps: ~20 % with free placement,
+    ~60 % on the anchor grid), so the world is built to be learnable in minutes."""
     size = rng.integers(0, 2, n)
     lo = np.array([RADIUS[0][0], RADIUS[1][0]])[size]
     hi = np.array([RADIUS[0][1], RADIUS[1][1]])[size]
     radius = lo + (hi - lo) * rng.random(n)
-    margin = radius + 0.5
-    cx = margin + (IMAGE_SIZE - 2 * margin) * rng.random(n)
-    cy = margin + (IMAGE_SIZE - 2 * margin) * rng.random(n)
+    small = size == 0
+    gx = np.where(small, rng.integers(0, 3, n), 1)
+    gy = np.where(small, rng.integers(0, 3, n), 1)
+    cx = ANCHORS[gx] + rng.uniform(-JITTER, JITTER, n)
+    cy = ANCHORS[gy] + rng.uniform(-JITTER, JITTER, n)
     angle = rng.uniform(-max_angle, max_angle, n)
-    ox, oy = cx - IMAGE_SIZE / 2, cy - IMAGE_SIZE / 2
-    position = np.where(
-        (np.abs(ox) <= CENTRE_BOX) & (np.abs(oy) <= CENTRE_BOX),
-        0,
-        np.where(np.abs(ox) >= np.abs(oy), np.where(ox < 0, 1, 2), np.where(oy < 0, 3, 4)),
-    )
-    return {"size": size, "radius": radius, "cx": cx, "cy": cy, "angle": angle, "position": position}
+    return {"size": size, "radius": radius, "cx": cx, "cy": cy, "angle": angle, "position": gy * 3 + gx}
 
 
 def _pattern_params(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:

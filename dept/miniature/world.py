@@ -43,7 +43,12 @@ BACKGROUND_WORDS: dict[int, str] = {0: "plain grey", 1: "striped", 2: "dotted"}
 
 SIZES: tuple[str, ...] = ("small", "large")
 SIZE_WORDS: dict[int, tuple[str, ...]] = {0: ("small", "tiny"), 1: ("large", "big")}
-POSITIONS: tuple[str, ...] = ("in the centre", "on the left", "on the right", "at the top", "at the bottom")
+#: Position phrases of the 3 x 3 anchor grid, row-major (see ``render._placement``).
+POSITIONS: tuple[str, ...] = (
+    "at the top left", "at the top", "at the top right",
+    "on the left", "in the centre", "on the right",
+    "at the bottom left", "at the bottom", "at the bottom right",
+)
 
 #: Caption templates. Slots: {c} colour, {s} shape, {z} size word, {b} background word, {p} position phrase.
 TEMPLATES: tuple[str, ...] = (
