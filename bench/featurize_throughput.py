@@ -19,6 +19,7 @@ import torch
 from dept.clip import load_clip, save_random_checkpoint
 from dept.datasets.demo import write_demo_dataset
 from pipelines.featurize import FeaturizeConfig, featurize
+from pipelines.ray_runtime import ensure_ray
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
         classes = 12
         data = write_demo_dataset(tmp / "data", num_classes=classes, train_per_class=1, val_per_class=0,
                                   test_per_class=max(1, args.images // classes), image_size=args.image_size, seed=0)
-        ray.init(include_dashboard=False, num_cpus=os.cpu_count())
+        ensure_ray(None)
         cfg = FeaturizeConfig(out=str(tmp / "store"), dataset_dirs=(str(data),), model=args.model,
                               pretrained=str(ckpt), views=0, shots=1, seeds=(1,), batch_size=args.batch_size,
                               workers=args.workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=0,

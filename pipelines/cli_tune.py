@@ -47,7 +47,8 @@ def _write_atomic(path: Path, text: str) -> None:
 @click.option("--ctx-init", default=None, help='Context init text ("" = random). Default: the method\'s.')
 @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--shots", type=click.IntRange(min=1), default=None, help="Default: the store's shots.")
-@click.option("--mlflow-uri", default=None, help="Log this run to MLflow (e.g. sqlite:///mlflow.db, http://host:5000).")
+@click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+              help="Log this run to MLflow (e.g. sqlite:///mlflow.db, http://host:5000).")
 @click.option("--experiment", default="dept", show_default=True, help="MLflow experiment (with --mlflow-uri).")
 @click.option("--out", default=None, help="Write the results as JSON to this file.")
 def train_cmd(features, dataset, method, dept, loss_weight, fusion_weight, fusion, epochs, batch_size, lr,
@@ -131,7 +132,8 @@ def _space_help() -> str:
 @click.option("--ray-address", default=None, help="Existing Ray cluster (default: start a local one).")
 @click.option("--storage", default=None, help="Tune storage: folder or URL (s3://...). Default ./runs/tune.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted experiment (finished trials are not rerun).")
-@click.option("--mlflow-uri", default=None, help="Default: sqlite:///mlflow.db in the working folder.")
+@click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+              help="Default: sqlite:///mlflow.db in the working folder.")
 @click.option("--experiment", default="dept", show_default=True, help="MLflow experiment and Tune folder name.")
 def tune_cmd(features, dataset, space, methods, objective, num_samples, gpus_per_trial, cpus_per_trial,
              max_concurrent, max_failures, ray_address, storage, resume, mlflow_uri, experiment):
@@ -158,7 +160,8 @@ def tune_cmd(features, dataset, space, methods, objective, num_samples, gpus_per
 
 
 @click.command("report")
-@click.option("--mlflow-uri", default=None, help="Default: sqlite:///mlflow.db in the working folder.")
+@click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+              help="Default: sqlite:///mlflow.db in the working folder.")
 @click.option("--experiment", default="dept", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["md", "csv"]), default="md", show_default=True)
 @click.option("--out", default=None, help="Write to this file instead of printing.")

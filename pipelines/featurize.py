@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.ray_runtime import ensure_ray
 from pipelines.store import (
     FEWSHOT,
     MANIFEST,
@@ -377,22 +378,6 @@ def _decode_memory_bytes(rows: int, image_size: int) -> int:
     return int(768 * 2**20 + 3 * rows * 3 * image_size * image_size * 4)
 
 
-def _ensure_ray(address: str | None) -> bool:
-    """Connect to ``address``, reuse a connected Ray, or start a local one on loopback. True if we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except ConnectionError as e:
-            raise ConnectionError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
-    else:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    return True
-
-
 def _gpus_per_worker(cfg: FeaturizeConfig) -> float:
     import ray
 
@@ -467,7 +452,7 @@ def _encode(cfg: FeaturizeConfig, plans: list[DatasetPlan], clip) -> dict[int, i
 
     units = [u for p in plans for s in p.pending for u in s.units]
     total = sum(u.n_views for u in units)
-    started = _ensure_ray(cfg.ray_address)
+    started = ensure_ray(cfg.ray_address)
     try:
         gpus = _gpus_per_worker(cfg)
         ctx = DataContext.get_current()

@@ -89,6 +89,9 @@ class PretrainConfig:
             raise MiniatureError(f"--out {out} exists and is not a folder")
         if (out / CHECKPOINT_NAME).exists():
             raise MiniatureError(f"{out / CHECKPOINT_NAME} already exists; choose another --out (nothing is overwritten)")
+        existing = next(p for p in (out.resolve(), *out.resolve().parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise MiniatureError(f"--out {out}: {existing} is not a writable folder")
 
     def lr_at(self, step: int, total: int | None) -> float:
         """Linear warm-up over ``warmup_steps``, then cosine from ``lr`` to 0 at ``total``."""
@@ -260,7 +263,7 @@ def _train(config, model, optimizer, stream, probe, tokenizer, tracker, mean, st
         if budget is not None and elapsed > budget * (TIME_OVERRUN if total is not None and config.steps is None else 1.0):
             if total is None or step < total:
                 stopped_by_time = True
-                log.warning("stopped at step %d of %s by the time budget (%.1f min)", step, total, config.minutes)
+                log.warning("stopped at step %d of %s by the time budget (%.1f min)", step, total or "?", config.minutes)
                 break
         bar.update(1)
         if step % LOG_EVERY == 0:

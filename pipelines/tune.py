@@ -26,6 +26,8 @@ import yaml
 from pipelines.spaces import SearchSpace, load_space
 from pipelines.trial import FAIL_ONCE_ENV, TrialContext
 
+from pipelines.ray_runtime import ensure_ray
+
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "runs/tune"
@@ -221,15 +223,7 @@ def _init_ray(address: str | None) -> bool:
     # A driver started inside someone's MLflow run must not hand that run to Ray's workers.
     if os.environ.pop("MLFLOW_RUN_ID", None):
         log.info("MLFLOW_RUN_ID removed from the environment: trials do not log to MLflow, the driver does")
-    if address:
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        except ConnectionError as e:
-            raise ConnectionError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
-    else:
-        # address="local": a new single-machine Ray on loopback, never some other cluster found on this machine.
-        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    return True
+    return ensure_ray(address)
 
 
 def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPlan) -> DatasetOutcome:

@@ -9,6 +9,8 @@ from click.testing import CliRunner
 from pipelines.cli import main
 
 TINY_MODEL = "dept-tiny-vit"
+# Every test here needs the featurized demo store (Ray Data on the session cluster): end-to-end, so slow.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")

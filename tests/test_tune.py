@@ -13,7 +13,6 @@ import sys
 import textwrap
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -144,6 +143,12 @@ def test_tune_smoke_end_to_end_sqlite(demo_store, tmp_path):
                                                                 "--method", "coop")])
     assert again.exit_code == 2 and "already exists" in again.output and "--resume" in again.output
     assert len(again.output.strip().splitlines()) == 1
+    # Resuming with another objective, or with Tune storage that holds no such experiment, is refused too.
+    base_args = [str(a) for a in tune_args(demo_store, tmp_path, uri, "e2e", "--space", "smoke", "--method", "coop")]
+    other = CliRunner().invoke(main, [*base_args, "--resume", "--objective", "pseudo-new"])
+    assert other.exit_code == 2 and "resume with the same --space and --objective" in other.output
+    moved = CliRunner().invoke(main, [*base_args, "--resume", "--storage", str(tmp_path / "elsewhere")])
+    assert moved.exit_code == 2 and "no Tune experiment to resume" in moved.output
 
 
 @pytest.mark.slow
