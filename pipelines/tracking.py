@@ -375,7 +375,10 @@ class MlflowTrialLogger(_ray_callback_base()):
         if metrics:
             self.tracker.log_metrics(run_id, metrics)
         if final:
-            self.tracker.set_tags(run_id, {FINAL_TAG: True})
+            tags = {FINAL_TAG: True}
+            if result.get("node_id"):
+                tags["ray_node_id"] = result["node_id"]
+            self.tracker.set_tags(run_id, tags)
             self._final_logged.add(trial_id)
 
     def finish(self, trial_id: str, config: dict, status: str, error: str = "", failures: int = 0) -> None:
@@ -523,7 +526,8 @@ def results_rows(records: Iterable[TrialRecord], metric: str) -> list[dict]:
     rows = []
     for r in sorted(records, key=lambda r: r.trial_id):
         row = {"trial_id": r.trial_id, "run_id": r.run_id or "", "status": r.status,
-               "epochs_done": r.result.get("epoch", 0), "failures": r.failures}
+               "epochs_done": r.result.get("epoch", 0), "failures": r.failures,
+               "node_id": r.result.get("node_id", "")}
         row.update(r.hp.as_params())
         for key in (metric, "val_base_acc", "val_new_acc", "val_hm", "pseudo_base_acc", "pseudo_new_acc",
                     "pseudo_hm", "test_base_acc", "test_new_acc", "test_hm"):

@@ -33,6 +33,9 @@ from pipelines.spaces import Hyperparameters, seed_of
 
 log = logging.getLogger(__name__)
 
+#: Reported with every result: the Ray node the trial ran on (a tag and a results.csv column, not a metric).
+NODE_ID_KEY = "node_id"
+
 #: Fusion weights of the post-training sweep (step = round(100 * weight) in MLflow).
 SWEEP_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(21))
 STATE_FILE = "learned_state.safetensors"
@@ -252,6 +255,7 @@ def run_trial(
 # -- Ray Tune -------------------------------------------------------------------------------------------------
 def tune_trainable(config: dict, context: TrialContext) -> None:
     """The Ray Tune function trainable (wrap with ``tune.with_parameters(tune_trainable, context=...)``)."""
+    import ray
     from ray import tune
 
     # A worker may have inherited a driver's MLflow run; trials never write to MLflow (the driver does).
@@ -269,9 +273,11 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     reports = {"n": 0}
+    # Which cluster node ran the trial (Ray's own node_ip cannot tell apart nodes sharing an address).
+    node_id = ray.get_runtime_context().get_node_id()
 
     def on_epoch(metrics: dict) -> None:
-        tune.report(metrics)
+        tune.report({**metrics, NODE_ID_KEY: node_id})
         reports["n"] += 1
         if context.fail_once_dir and reports["n"] == 1:
             marker = Path(context.fail_once_dir) / f"{trial_id}.failed-once"
@@ -283,7 +289,7 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
             raise InjectedFailure(f"test hook {FAIL_ONCE_ENV}: first attempt of trial {trial_id} fails on purpose")
 
     with tempfile.TemporaryDirectory(prefix="dept-trial-") as tmp:
-        final = run_trial(hp, context, on_epoch=on_epoch, state_dir=tmp)
+        final = {**run_trial(hp, context, on_epoch=on_epoch, state_dir=tmp), NODE_ID_KEY: node_id}
         (Path(tmp) / FINAL_FILE).write_text(json.dumps(final))
         (Path(tmp) / "hyperparameters.json").write_text(json.dumps(asdict(hp), indent=1))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -62,3 +62,26 @@ def vit_b32_checkpoint(tmp_path_factory):
     from dept.clip import save_random_checkpoint
 
     return save_random_checkpoint("ViT-B-32", tmp_path_factory.mktemp("ckpt") / "vit-b-32.safetensors")
+
+
+@pytest.fixture(scope="session")
+def demo_store(ray_cluster, tiny_clip_checkpoint, tmp_path_factory):
+    """A generated 6-class dataset featurized with the tiny model (4 shots, seeds 1 and 2, 2 views). Built once per
+    session; used by the train and tune tests."""
+    from click.testing import CliRunner
+
+    from dept.datasets.demo import write_demo_dataset
+    from pipelines.cli import main
+
+    base = tmp_path_factory.getbasetemp() / "tune-demo"
+    base.mkdir(exist_ok=True)
+    data = write_demo_dataset(base / "demo", num_classes=6, train_per_class=6, val_per_class=4, test_per_class=4,
+                              image_size=32)
+    result = CliRunner().invoke(main, [
+        "featurize", "--dataset-dir", str(data), "--out", str(base / "store"), "--model", TINY_MODEL,
+        "--pretrained", str(tiny_clip_checkpoint), "--views", "2", "--shots", "4", "--seeds", "1,2",
+        "--batch-size", "32", "--no-progress", "--ray-address", ray_cluster.address,
+    ])
+    assert result.exit_code == 0, result.output
+    return [line.split(": ", 1)[1] for line in result.output.splitlines() if line.startswith("features: ")][-1]
+

@@ -13,25 +13,6 @@ TINY_MODEL = "dept-tiny-vit"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def demo_store(ray_cluster, tiny_clip_checkpoint, tmp_path_factory):
-    """A generated 6-class dataset featurized with the tiny model (4 shots, seeds 1 and 2, 2 views). Shared folder:
-    featurize is idempotent, so the other test module that builds the same store finds it done."""
-    from dept.datasets.demo import write_demo_dataset
-
-    base = tmp_path_factory.getbasetemp() / "tune-demo"
-    base.mkdir(exist_ok=True)
-    data = write_demo_dataset(base / "demo", num_classes=6, train_per_class=6, val_per_class=4, test_per_class=4,
-                              image_size=32)
-    result = CliRunner().invoke(main, [
-        "featurize", "--dataset-dir", str(data), "--out", str(base / "store"), "--model", TINY_MODEL,
-        "--pretrained", str(tiny_clip_checkpoint), "--views", "2", "--shots", "4", "--seeds", "1,2",
-        "--batch-size", "32", "--no-progress", "--ray-address", ray_cluster.address,
-    ])
-    assert result.exit_code == 0, result.output
-    return [line.split(": ", 1)[1] for line in result.output.splitlines() if line.startswith("features: ")][-1]
-
-
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 

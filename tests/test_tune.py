@@ -30,25 +30,6 @@ HYPERPARAMETERS = ("method", "dept", "loss_weight", "fusion_weight", "fusion", "
                    "shots", "seed")
 
 
-@pytest.fixture(scope="session")
-def demo_store(ray_cluster, tiny_clip_checkpoint, tmp_path_factory):
-    """A generated 6-class dataset featurized with the tiny model (4 shots, seeds 1 and 2, 2 views). Shared folder:
-    featurize is idempotent, so the other test module that builds the same store finds it done."""
-    from dept.datasets.demo import write_demo_dataset
-
-    base = tmp_path_factory.getbasetemp() / "tune-demo"
-    base.mkdir(exist_ok=True)
-    data = write_demo_dataset(base / "demo", num_classes=6, train_per_class=6, val_per_class=4, test_per_class=4,
-                              image_size=32)
-    result = CliRunner().invoke(main, [
-        "featurize", "--dataset-dir", str(data), "--out", str(base / "store"), "--model", TINY_MODEL,
-        "--pretrained", str(tiny_clip_checkpoint), "--views", "2", "--shots", "4", "--seeds", "1,2",
-        "--batch-size", "32", "--no-progress", "--ray-address", ray_cluster.address,
-    ])
-    assert result.exit_code == 0, result.output
-    return [line.split(": ", 1)[1] for line in result.output.splitlines() if line.startswith("features: ")][-1]
-
-
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
@@ -249,16 +230,27 @@ def mlflow_server(tmp_path):
 
 
 @pytest.mark.slow
-def test_tune_against_mlflow_server_with_a_trial_failing_once(demo_store, tmp_path, mlflow_server, monkeypatch):
-    """Same flow against an HTTP tracking server; every trial raises once after its first epoch (test hook) and
-    FailureConfig's retry makes it succeed: still one child run per trial, every epoch logged once."""
+def test_tune_against_mlflow_server_with_a_trial_failing_once(demo_store, tmp_path, mlflow_server, monkeypatch,
+                                                              ray_cluster):
+    """Cluster-shaped: the two-node loopback cluster (featurized there by ``demo_store``, features in a shared
+    folder), an HTTP tracking server, trials of 2 CPUs so that each node holds one at a time and both nodes work.
+    Every trial raises once after its first epoch (test hook) and FailureConfig's retry makes it succeed: still one
+    child run per trial, every epoch logged once."""
+    import ray
+
     marker_dir = tmp_path / "fail-once"
     marker_dir.mkdir()
     monkeypatch.setenv(FAIL_ONCE_ENV, str(marker_dir))
     result = invoke(*tune_args(demo_store, tmp_path, mlflow_server, "server", "--space", "smoke", "--method", "coop",
-                               "--max-failures", 1))
+                               "--max-failures", 1, "--cpus-per-trial", 2, "--ray-address", ray_cluster.address))
     assert result.exit_code == 0, result.output
     client, parent, children = check_tracked(mlflow_server, "server", n_trials=4, seeds={1, 2})
+    cluster_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(cluster_nodes) == 2
+    ran_on = {c.data.tags.get("ray_node_id") for c in children if c.data.tags.get("trial_status") == "completed"}
+    ran_on |= {row["node_id"] for row in csv.DictReader(open(client.download_artifacts(parent.info.run_id,
+                                                                                          "results.csv")))}
+    assert ran_on == cluster_nodes, (ran_on, cluster_nodes)
     failed_once = {p.name.split(".")[0] for p in marker_dir.iterdir()}
     assert failed_once, "the hook made no trial fail"
     for c in children:
