@@ -48,6 +48,9 @@ from typing import Any
 
 import yaml
 
+from dept.head import DePTConfig
+from dept.train import TrainConfig
+
 log = logging.getLogger(__name__)
 
 SEARCH_KINDS = ("uniform", "loguniform", "choice", "grid")
@@ -77,19 +80,20 @@ class SpaceError(ValueError):
 class Hyperparameters:
     """Every knob of one trial. ``None`` means "the method's own default", resolved by :meth:`resolved`."""
 
+    # Defaults come from the method library's own config dataclasses: one place for each number.
     method: str = "coop"
     dept: bool = True
-    loss_weight: float = 0.7  # lam: weight of the CAT head's loss in training
-    fusion_weight: float = 0.7  # a: weight of the CAT head in base-class inference
-    fusion: str = "logits"
-    epochs: int = 10
-    batch_size: int | None = None  # CoOp/KgCoOp 4, CoCoOp 1
-    lr: float | None = None  # CoOp/KgCoOp 0.0035, CoCoOp 0.002
-    head_lr_mult: float = 6.5
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    loss_weight: float = DePTConfig.loss_weight  # lam: weight of the CAT head's loss in training
+    fusion_weight: float = DePTConfig.fusion_weight  # a: weight of the CAT head in base-class inference
+    fusion: str = DePTConfig.fusion
+    epochs: int = TrainConfig.epochs
+    batch_size: int | None = None  # the method's default_batch_size (CoOp/KgCoOp 4, CoCoOp 1)
+    lr: float | None = None  # the method's default_lr (CoOp/KgCoOp 0.0035, CoCoOp 0.002)
+    head_lr_mult: float = TrainConfig.head_lr_mult
+    warmup_epochs: int = TrainConfig.warmup_epochs
+    warmup_lr: float = TrainConfig.warmup_lr
+    momentum: float = TrainConfig.momentum
+    weight_decay: float = TrainConfig.weight_decay
     n_ctx: int | None = None  # the method's Options default
     ctx_init: str | None = None  # the method's Options default; "" = random init
     class_specific: bool | None = None  # CoOp only
@@ -101,17 +105,17 @@ class Hyperparameters:
         """The same with every method default filled in (what the trial really uses, and what MLflow shows)."""
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
-        per_image = self.method == "cocoop"
+        # Method defaults belong to each method (dept.methods: class attributes and *Options); read them there.
+        from dept.methods import METHODS as REGISTRY
+
+        method = REGISTRY[self.method]
         changes: dict[str, Any] = {}
         if self.batch_size is None:
-            changes["batch_size"] = 1 if per_image else 4
+            changes["batch_size"] = method.default_batch_size
         if self.lr is None:
-            changes["lr"] = 0.002 if per_image else 0.0035
+            changes["lr"] = method.default_lr
         if self.n_ctx is None or self.ctx_init is None:
-            # Prompt initialisation defaults belong to each method (dept.methods.*Options); read them there.
-            from dept.methods import METHODS as REGISTRY
-
-            options = REGISTRY[self.method].Options()
+            options = method.Options()
             if self.n_ctx is None:
                 changes["n_ctx"] = options.n_ctx
             if self.ctx_init is None:

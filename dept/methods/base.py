@@ -56,6 +56,9 @@ class PromptMethod(nn.Module):
     name: ClassVar[str]
     Options: ClassVar[type[MethodOptions]]
     per_image: ClassVar[bool] = False
+    #: The reference recipe's prompt learning rate and batch size for this method (METHOD.md).
+    default_lr: ClassVar[float] = 0.0035
+    default_batch_size: ClassVar[int] = 4
 
     def __init__(
         self, encoder: "PromptTextEncoder", options: MethodOptions, *, classnames: list[str], dataset: str, embed_dim: int

@@ -22,6 +22,8 @@ class CoCoOpOptions(MethodOptions):
 class CoCoOp(PromptMethod):
     Options = CoCoOpOptions
     per_image = True
+    default_lr = 0.002
+    default_batch_size = 1  # text is encoded per image
 
     def __init__(self, encoder, options: CoCoOpOptions, *, classnames, dataset, embed_dim):
         super().__init__(encoder, options, classnames=classnames, dataset=dataset, embed_dim=embed_dim)
