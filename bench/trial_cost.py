@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,8 +36,10 @@ import torch
 from PIL import Image
 
 from dept import DePTConfig, TrainConfig, build_learner, load_clip, train
-from dept.datasets.demo import demo_classes, write_demo_dataset
+from dept.datasets.demo import demo_classes
 from dept.text_encoder import PromptTextEncoder
+
+from benchlib import machine_line, write_jpeg_dataset
 
 
 @dataclass
@@ -85,6 +86,12 @@ class Result:
         return self.online_epoch / self.cached_epoch_est
 
 
+def text_path(learner) -> str:
+    """The text-encoder path a CoOp learner (shared context) takes."""
+    enc = learner.encoder
+    return "full" if not enc.truncate else "prefix" if enc.shared_prefix else "truncated"
+
+
 def class_names(k: int) -> list[str]:
     """Demo-style class names ("red circle", ...) for k classes, unique beyond the demo's 120 by an index."""
     base = [f"{c} {s}" for c, s in demo_classes(min(k, 120))]
@@ -104,17 +111,11 @@ def online_transform(image_size: int, mean, std):
 
 
 def write_jpeg_pool(folder: Path, n: int, side: int, seed: int) -> list[str]:
-    """n generated images (the demo dataset's drawings) saved as JPEG quality 90, like the datasets' photos."""
-    root = write_demo_dataset(folder / "demo", num_classes=min(n, 120), train_per_class=-(-n // min(n, 120)),
-                              val_per_class=0, test_per_class=0, image_size=side, seed=seed)
-    pngs = sorted((root / "images").rglob("*.png"))[:n]
-    paths = []
-    for i, p in enumerate(pngs):
-        out = folder / f"{i:04d}.jpg"
-        with Image.open(p) as im:
-            im.convert("RGB").save(out, quality=90)
-        paths.append(str(out))
-    return paths
+    """n generated images saved as JPEG quality 90, like the datasets' photos."""
+    k = min(n, 120)
+    root = write_jpeg_dataset(folder / "pool", num_classes=k, train_per_class=-(-n // k), val_per_class=0,
+                              test_per_class=0, side=side, seed=seed)
+    return [str(p) for p in sorted((root / "images").rglob("*.jpg"))[:n]]
 
 
 class _Decoded(torch.utils.data.Dataset):
@@ -172,7 +173,7 @@ def measure(opt: Options, clip=None, log=print) -> Result:
                                                      generator=torch.Generator().manual_seed(opt.seed))
             loader = torch.utils.data.DataLoader(_Decoded(paths, tf), batch_size=opt.batch_size, sampler=sampler,
                                                  num_workers=opt.loader_workers, pin_memory=device.type == "cuda",
-                                                 persistent_workers=True, prefetch_factor=4)
+                                                 prefetch_factor=4)
             loader_iter = iter(loader)
 
         # (a) the reference recipe, online: full-77 text path, images decoded + augmented + encoded every step.
@@ -220,12 +221,25 @@ def measure(opt: Options, clip=None, log=print) -> Result:
             t1 = now()
             return t1 - t0
 
-        step_online(), step_cached()  # warm-up: allocations, caches, loader start
+        def step_text() -> float:
+            """The text side of (b) alone: base-class features, forward + backward to the context."""
+            w = torch.randn(opt.classes, clip.embed_dim, generator=g).to(device)
+            t0 = now()
+            with autocast(device, opt.amp):
+                text = cached.text_features(names)
+            (text.float() * w).sum().backward()
+            t1 = now()
+            opt_b.zero_grad(set_to_none=True)
+            return t1 - t0
+
+        step_online(), step_cached(), step_text()  # warm-up: allocations, caches, loader start
         online_times: list[dict[str, float]] = []
         cached_times: list[float] = []
+        text_times: list[float] = []
         for i in range(opt.steps):
             online_times.append(step_online())
             cached_times.append(step_cached())
+            text_times.append(step_text())
             log(f"  step {i + 1}/{opt.steps}: online {sum(online_times[-1].values()):.3f} s "
                 f"({', '.join(f'{k} {v:.3f}' for k, v in online_times[-1].items())}), cached {cached_times[-1]:.4f} s")
         parts = {k: statistics.median(t[k] for t in online_times) for k in ("decode", "image", "text")}
@@ -242,8 +256,10 @@ def measure(opt: Options, clip=None, log=print) -> Result:
             cached_epoch = now() - t0
             log(f"  whole cached epoch ({steps_per_epoch} steps, dept.train): {cached_epoch:.2f} s")
         if loader_iter is not None:
-            del loader_iter  # stops the workers
-    return Result(opt, steps_per_epoch, parts, online_step, cached_step, cached_epoch, load_start, os.getloadavg())
+            del loader_iter, loader  # stops the worker processes before their files go
+    return Result(opt, steps_per_epoch, parts, online_step, cached_step, cached_epoch, load_start, os.getloadavg(),
+                  extra={"online_text_path": text_path(online), "cached_text_path": text_path(cached),
+                         "cached_text_s": statistics.median(text_times)})
 
 
 def describe(r: Result) -> str:
@@ -252,11 +268,14 @@ def describe(r: Result) -> str:
         f"model {o.model} (random weights), {o.classes} base classes, {o.shots} shots, batch {o.batch_size}, "
         f"{r.steps_per_epoch} steps/epoch, {o.views} stored views; {o.device}, {o.threads} threads, {o.clock} clock, "
         f"{'bf16 autocast' if o.amp else 'fp32'}; median of {o.steps} interleaved steps after 1 warm-up; load average "
-        f"{' '.join(f'{x:.1f}' for x in r.load_start)} -> {' '.join(f'{x:.1f}' for x in r.load_end)}",
+        f"{' '.join(f'{x:.1f}' for x in r.load_start)} -> {' '.join(f'{x:.1f}' for x in r.load_end)}; text paths: "
+        f"(a) {r.extra['online_text_path']}, (b) {r.extra['cached_text_path']}",
         f"(a) online reference step: {r.online_step:.3f} s  (decode+augment {r.online_parts['decode']:.3f}, "
         f"image encoder {r.online_parts['image']:.3f}, full-77 text + loss + step {r.online_parts['text']:.3f})"
         f"  -> epoch {r.online_epoch:.1f} s",
-        f"(b) cached-feature step:    {r.cached_step:.4f} s  -> epoch {r.cached_step * r.steps_per_epoch:.1f} s"
+        f"(b) cached-feature step:    {r.cached_step:.4f} s  (its text side alone, forward + backward: "
+        f"{r.extra['cached_text_s']:.4f} s = {100 * r.extra['cached_text_s'] / r.cached_step:.0f} %)"
+        f"  -> epoch {r.cached_step * r.steps_per_epoch:.1f} s"
         + (f"; whole epoch of dept.train measured: {r.cached_epoch:.1f} s" if r.cached_epoch is not None else ""),
         f"step ratio (a)/(b): {r.online_step / r.cached_step:.1f}x;  epoch ratio (a)/(b): {r.ratio:.1f}x",
     ]
@@ -303,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                   amp=args.amp, cached_epoch=args.cached_epoch, image_side=args.image_side,
                   loader_workers=args.loader_workers)
     print(f"# {' '.join(sys.argv)}")
-    print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"# {machine_line()}")
     r = measure(opt)
     print(describe(r))
     print(MARKDOWN_HEADER)

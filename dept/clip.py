@@ -3,7 +3,9 @@
 ``pretrained`` is one of
 - an open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b88k"``, ...): downloaded where there is internet;
 - a local checkpoint path (``.safetensors``; ``.pt``/``.bin`` only through ``torch.load(weights_only=True)``);
-- ``None`` / ``"none"``: random init, seeded so every process builds the same weights.
+- ``None`` / ``"none"``: random init, seeded so every process builds the same weights;
+- ``"shipped"``: the checkpoint that ships with this package for that model (``dept/assets/<model>.safetensors``;
+  the pretrained miniature ``dept-mini-vit``).
 
 Architectures shipped with this package (``dept/model_configs/*.json``) are registered with open_clip at import,
 so ``--model dept-tiny-vit`` works everywhere a stock name does.
@@ -23,6 +25,8 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+ASSET_DIR = Path(__file__).parent / "assets"
+SHIPPED_TAG = "shipped"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 #: Seed for ``pretrained=None`` so that random-weight models are identical across processes and machines.
@@ -57,8 +61,12 @@ def is_none(pretrained: str | None) -> bool:
     return pretrained is None or str(pretrained).lower() in ("", "none", "random")
 
 
+def shipped_models() -> list[str]:
+    return sorted(p.stem for p in ASSET_DIR.glob("*.safetensors"))
+
+
 def is_local_checkpoint(pretrained: str | None) -> bool:
-    if is_none(pretrained):
+    if is_none(pretrained) or pretrained == SHIPPED_TAG:
         return False
     p = str(pretrained)
     return p.endswith((".safetensors", ".pt", ".pth", ".bin")) or "/" in p or Path(p).exists()
@@ -110,8 +118,11 @@ def load_clip(
         torch.manual_seed(RANDOM_INIT_SEED)
         clip = open_clip.create_model(model, pretrained=None)
         pretrained_str, weights_id = "none", f"random-init:{RANDOM_INIT_SEED}"
-    elif is_local_checkpoint(pretrained):
-        path = Path(str(pretrained)).expanduser()
+    elif pretrained == SHIPPED_TAG or is_local_checkpoint(pretrained):
+        path = ASSET_DIR / f"{model}.safetensors" if pretrained == SHIPPED_TAG else Path(str(pretrained)).expanduser()
+        if pretrained == SHIPPED_TAG and not path.is_file():
+            raise ClipLoadError(f"no checkpoint ships with this package for model {model!r} (looked for {path}); "
+                                f"shipped: {', '.join(shipped_models()) or 'none'}")
         if not path.is_file():
             raise ClipLoadError(f"checkpoint not found: {path}")
         clip = open_clip.create_model(model, pretrained=None)
@@ -126,7 +137,8 @@ def load_clip(
                 f"checkpoint {path} does not fit model {model!r}: "
                 f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
             )
-        pretrained_str, weights_id = str(path), "sha256:" + file_sha256(path)
+        pretrained_str = SHIPPED_TAG if pretrained == SHIPPED_TAG else str(path)
+        weights_id = "sha256:" + file_sha256(path)
     else:
         tag = str(pretrained)
         if tag not in open_clip.list_pretrained_tags_by_model(model):

@@ -341,13 +341,18 @@ PRECISIONS: tuple[tuple[str, str | None], ...] = (
 )
 
 
+#: Never rounded: the temperature is one number that scales every ITM logit downstream (DePT's tau).
+KEEP_FP32 = ("logit_scale", "logit_bias")
+
+
 def _round(state: dict[str, torch.Tensor], keep_fp32_prefix: str | None) -> dict[str, torch.Tensor]:
     if keep_fp32_prefix is None:
         return dict(state)
-    return {
-        k: v.half() if v.is_floating_point() and not (keep_fp32_prefix and k.startswith(keep_fp32_prefix)) else v
-        for k, v in state.items()
-    }
+
+    def rounded(k: str) -> bool:
+        return k not in KEEP_FP32 and not (keep_fp32_prefix and k.startswith(keep_fp32_prefix))
+
+    return {k: v.half() if v.is_floating_point() and rounded(k) else v for k, v in state.items()}
 
 
 @torch.no_grad()
@@ -419,6 +424,7 @@ def ship(run_dir: str | Path, assets_dir: str | Path) -> dict:
     assets_dir.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     save_file(rounded, str(tmp), metadata={"model": model_name, "format": "open_clip state dict", "precision": precision})
+    os.chmod(tmp, 0o644)  # package data: readable by everyone (the writer creates it owner-only)
     os.replace(tmp, target)
     log.info("shipped %s as %s (%.1f MiB)", source, precision, target.stat().st_size / 2**20)
 

@@ -260,3 +260,13 @@ def test_evaluation_over_1000_classes_in_chunks_equals_unchunked(clip, method):
     whole = itm_logits(learner, x, names, class_chunk=None)
     assert chunked.shape == (len(x), 1000)
     assert torch.allclose(chunked, whole, atol=1e-5)
+
+
+def test_shipped_tag_resolves_to_the_packaged_checkpoint():
+    from dept.clip import ASSET_DIR, file_sha256
+
+    clip = load_clip("dept-mini-vit", "shipped", text_only=True)
+    assert clip.pretrained == "shipped"
+    assert clip.weights_id == "sha256:" + file_sha256(ASSET_DIR / "dept-mini-vit.safetensors")
+    with pytest.raises(ClipLoadError, match="no checkpoint ships"):
+        load_clip(TINY_MODEL, "shipped")

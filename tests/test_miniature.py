@@ -147,7 +147,7 @@ def test_cli_data_and_one_line_errors(tmp_path):
 
 # -- pretraining -------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_pretraining_is_deterministic_for_a_seed(tmp_path):
+def test_pretraining_is_deterministic_for_a_seed_and_ships(tmp_path):
     from safetensors.torch import load_file
 
     from pipelines.miniature import PretrainConfig, pretrain
@@ -164,6 +164,23 @@ def test_pretraining_is_deterministic_for_a_seed(tmp_path):
     untrained = load_file(str(pretrain(PretrainConfig(out=str(tmp_path / "c"), steps=1, seed=2, batch_size=16, lr=1e-12,
                                                       warmup_steps=1, mlflow_uri=uri, threads=1, progress=False)).checkpoint))
     assert not torch.equal(a["visual.conv1.weight"], untrained["visual.conv1.weight"])  # it did train
+
+    # shipping: the smallest precision within tolerance, the temperature kept exact, nothing overwritten
+    from dept import load_clip
+    from pipelines.miniature import FP16_TOLERANCE, ship
+
+    record = ship(tmp_path / "a", tmp_path / "assets")
+    shipped = load_file(str(tmp_path / "assets" / f"{MODEL_NAME}.safetensors"))
+    tried = record["feature_change"]["tried"]
+    assert record["dtype"] == tried[-1]["precision"]
+    assert all(max(t["image_max"], t["text_max"]) > FP16_TOLERANCE for t in tried[:-1])
+    assert shipped["logit_scale"].dtype == torch.float32 and torch.equal(shipped["logit_scale"], a["logit_scale"])
+    assert shipped["token_embedding.weight"].dtype == torch.float16
+    clip = load_clip(MODEL_NAME, str(tmp_path / "assets" / f"{MODEL_NAME}.safetensors"))
+    assert clip.weights_id == "sha256:" + record["sha256"]
+    assert set(record["downstream_zero_shot"]) == set(SPLITS)
+    with pytest.raises(MiniatureError, match="already exists"):
+        ship(tmp_path / "b", tmp_path / "assets")
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ batch is a pure function of that generator's seed.
 
 Pretraining scenes (``sample_pretrain_scenes``): grey plain / striped / dotted backgrounds, opaque shapes, light
 noise. Downstream scenes (``sample_downstream_scenes``): a shifted domain — checkered and blotchy backgrounds
-pretraining never shows, in tinted colours, semi-transparent shapes, a per-image colour cast and stronger noise.
+pretraining never shows, in tinted colours, semi-transparent shapes, a per-image colour cast, stronger noise
+and rotations up to 30 degrees (15 in pretraining). Placement and sizes are the same in both.
 """
 from __future__ import annotations
 

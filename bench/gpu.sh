@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The benches on one CUDA GPU, in one go (well inside 8 minutes on an H200): text encoder full / truncated /
+# shared prefix at 20/50/100/500 classes, trial cost (online reference step vs cached features, 20 and 50 base
+# classes), each in fp32 and bf16 autocast with their numerical difference, the bare image-encoder rate and the
+# decode rate per CPU core. Drives dept/ directly: no Ray, no MLflow needed (bench/gpu_bench.py).
+#
+# Run from the repository root:  bench/gpu.sh [OUTDIR]        (figures: OUTDIR/gpu_bench.{md,json,log})
+# Dry run without a GPU:          PYTHON=.venv/bin/python bench/gpu.sh --cpu-dry-run   (tiny model, a minute)
+#
+# The device image has torch, timm, regex, pyarrow, fsspec, numpy, pillow but not open_clip; this script installs
+# open_clip_torch, ftfy and wcwidth from wheels in .whl/ (git-ignored through .git/info/exclude). Fetch them once,
+# on a machine with pip access, from the repository root (the device's Python is 3.12, x86-64):
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4
+# and carry .whl with the run (device tool: carry [".whl"]), e.g.
+#   command: OUT=$OUT bench/gpu.sh "$OUT"      timeout_s: 540
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"  # PYTHON=.venv/bin/python for a local dry run
+
+if ! "$PY" -c "import open_clip" 2>/dev/null; then
+    if ! ls .whl/*.whl >/dev/null 2>&1; then
+        echo "open_clip is not installed and there are no wheels in .whl/ (see the comment at the top of $0)" >&2
+        exit 2
+    fi
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+
+if [[ "${1:-}" == "--cpu-dry-run" ]]; then
+    exec "$PY" bench/gpu_bench.py --device cpu --tiny
+fi
+out="${1:-${OUT:-bench/gpu-out}}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$out/nvidia-smi.txt" || true
+# 450 s: the whole script must end inside 8 minutes, leaving the pip install and start-up their share.
+set -o pipefail
+timeout 450 "$PY" bench/gpu_bench.py --device cuda --out "$out" 2>&1 | tee "$out/gpu_bench.log"
