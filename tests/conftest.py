@@ -24,7 +24,8 @@ def ray_cluster():
 
     Yields the ``Cluster``; the driver is connected (``ray.init(address=cluster.address)``).
     Node resources: head 2 CPUs, worker 2 CPUs; each node also carries a custom resource named after its role
-    (``node_head`` / ``node_worker``) so tests can pin work to one node.
+    (``node_head`` / ``node_worker``) so tests can pin work to one node, and one ``one_per_node`` so that work
+    asking for it is spread one per node (Ray's scheduler may otherwise pack light work on one node).
     """
     import ray
     from ray.cluster_utils import Cluster
@@ -33,12 +34,12 @@ def ray_cluster():
         initialize_head=True,
         head_node_args={
             "num_cpus": 2,
-            "resources": {"node_head": 1},
+            "resources": {"node_head": 1, "one_per_node": 1},
             "include_dashboard": False,
             "node_ip_address": "127.0.0.1",
         },
     )
-    cluster.add_node(num_cpus=2, resources={"node_worker": 1}, node_ip_address="127.0.0.1")
+    cluster.add_node(num_cpus=2, resources={"node_worker": 1, "one_per_node": 1}, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
     try:

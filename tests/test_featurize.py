@@ -75,6 +75,8 @@ def tiny_args(demo_dir, tiny_clip_checkpoint, tmp_path_factory):
         "--dataset-dir", demo_dir, "--out", out, "--model", "dept-tiny-vit", "--pretrained", str(tiny_clip_checkpoint),
         "--views", str(VIEWS), "--shots", str(SHOTS), "--seeds", ",".join(map(str, SEEDS)), "--images-per-shard", "3",
         "--batch-size", "4", "--workers", "2", "--no-progress",
+        # One encoder actor per node, so that the two-node test does not depend on Ray's packing heuristics.
+        "--worker-resource", "one_per_node=1",
     ]
 
 

@@ -160,7 +160,6 @@ def test_pretraining_is_deterministic_for_a_seed_and_ships(tmp_path):
     ]
     a, b = (load_file(str(r.checkpoint)) for r in runs)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert runs[0].record["sha256"] == runs[1].record["sha256"]
     untrained = load_file(str(pretrain(PretrainConfig(out=str(tmp_path / "c"), steps=1, seed=2, batch_size=16, lr=1e-12,
                                                       warmup_steps=1, mlflow_uri=uri, threads=1, progress=False)).checkpoint))
     assert not torch.equal(a["visual.conv1.weight"], untrained["visual.conv1.weight"])  # it did train
