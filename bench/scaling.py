@@ -130,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
           f"GPU at a time, datasets one after another (one Tune experiment each); {SEEDS} seeds x N = {n} trials")
     print()
     print("| dataset | base | featurize rows | featurize GPU-s fp32 (bf16) | trial steps | trial s | "
-          "tune wall s (3N trials / 8 GPUs) | online step: text share | online/cached FLOPs per step |")
-    print("|" + "---|" * 9)
+          "of which Tune overhead | tune wall s (3N trials / 8 GPUs) | online step: text share | "
+          "online/cached FLOPs per step |")
+    print("|" + "---|" * 10)
     tot_rows = tot_feat = tot_feat16 = tot_wall = tot_gpu = 0.0
     for d in DATASETS:
         _, rows = featurize_images(d)
@@ -146,12 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         tot_wall += wall
         tot_gpu += SEEDS * n * t["trial_s"]
         print(f"| {d.name} | {d.base} | {rows:,} | {feat:.0f} ({feat16:.0f}) | {t['steps']:,} | {t['trial_s']:.0f} | "
-              f"{wall:.0f} | {100 * t['text_share_online']:.1f} % | {t['flop_ratio']:.0f}x |")
-    print(f"| **all 11** | | {tot_rows:,.0f} | {tot_feat:.0f} ({tot_feat16:.0f}) | | | {tot_wall:.0f} | | |")
+              f"{100 * r.trial_overhead_s / t['trial_s']:.0f} % | {wall:.0f} | {100 * t['text_share_online']:.1f} % | {t['flop_ratio']:.0f}x |")
+    print(f"| **all 11** | | {tot_rows:,.0f} | {tot_feat:.0f} ({tot_feat16:.0f}) | | | | {tot_wall:.0f} | | |")
     print()
     print(f"featurize on {g} GPUs: {tot_feat / g / 60:.1f} min fp32 ({tot_feat16 / g / 60:.1f} min bf16), if the "
-          f"decode stage keeps up" + (f" (needs {tot_rows / (tot_feat / g) / args.decode_rows_per_core_s:.0f} CPU "
-                                      f"cores at {args.decode_rows_per_core_s:.0f} rows/s/core)"
+          f"decode stage keeps up" + (f" (it needs {tot_rows / (tot_feat / g) / args.decode_rows_per_core_s:.0f} CPU "
+                                      f"cores at {args.decode_rows_per_core_s:.0f} rows/s/core; "
+                                      f"{tot_rows / (tot_feat16 / g) / args.decode_rows_per_core_s:.0f} for bf16)"
                                       if args.decode_rows_per_core_s else ""))
     print(f"tune --dataset all, {SEEDS * n} trials per dataset: {tot_wall / 60:.1f} min wall on {g} GPUs "
           f"({tot_gpu / 3600:.2f} GPU-h of trials; GPUs busy {100 * tot_gpu / (tot_wall * g):.0f} % of the wall time)")

@@ -286,12 +286,13 @@ def markdown_row(r: Result) -> str:
     o = r.options
     return (f"| {o.model} | {o.classes} | {r.steps_per_epoch} | {r.online_parts['decode']:.3f} | "
             f"{r.online_parts['image']:.3f} | {r.online_parts['text']:.3f} | {r.online_step:.3f} | {r.cached_step:.4f} | "
+            f"{100 * r.extra['cached_text_s'] / r.cached_step:.0f} % | "
             f"{r.online_epoch:.0f} | {r.cached_epoch_est:.1f} | {r.online_step / r.cached_step:.1f}x | {r.ratio:.1f}x |")
 
 
 MARKDOWN_HEADER = (
     "| model | base classes | steps/epoch | (a) decode+aug s | (a) image enc s | (a) text77+loss+step s | (a) step s | "
-    "(b) step s | (a) epoch s | (b) epoch s | step ratio | epoch ratio |\n|" + "---|" * 12
+    "(b) step s | (b) text share | (a) epoch s | (b) epoch s | step ratio | epoch ratio |\n|" + "---|" * 13
 )
 
 
