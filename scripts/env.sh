@@ -7,6 +7,6 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".${DEPT_EXTRAS:-}" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-export PATH="$PWD/$VENV/bin:$PATH"
+export PATH="$(cd "$VENV" && pwd)/bin:$PATH"
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0  # Ray listens on 127.0.0.1 only
 export RAY_USAGE_STATS_ENABLED=0
