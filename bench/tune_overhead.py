@@ -35,9 +35,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = "from pipelines.cli import main; main(prog_name='dept-pipeline')"
-# What-if (--what-if-reuse-actors): the same CLI with Ray Tune's reuse_actors on, so consecutive trials run in one
-# worker process (no process start and imports per trial). Measures a change to pipelines/tune.py before making it.
-CLI_REUSE = ("import ray.tune as t; t.TuneConfig = (lambda C: lambda *a, **k: C(*a, **{**k, 'reuse_actors': True}))"
+# Comparison (--fresh-workers): the same CLI with Ray Tune's reuse_actors off, i.e. a fresh worker process per
+# trial (imports and text-tower load per trial): what pipelines/tune.py did before it turned reuse_actors on.
+CLI_FRESH = ("import ray.tune as t; t.TuneConfig = (lambda C: lambda *a, **k: C(*a, **{**k, 'reuse_actors': False}))"
              "(t.TuneConfig); " + CLI)
 FRESH = ("import time; t0 = time.perf_counter(); import torch, open_clip, dept, pipelines.trial; "
          "t1 = time.perf_counter(); from dept import load_clip; load_clip({model!r}, {ckpt!r}, text_only=True); "
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-address", default=None,
                     help="run featurize and tune on this Ray cluster (default: each command starts a local Ray, "
                          "as a user on one machine; its start-up is then part of the tune side)")
-    ap.add_argument("--what-if-reuse-actors", action="store_true",
-                    help="add a third side: tune with Ray Tune's reuse_actors=True (not what the pipeline does today)")
+    ap.add_argument("--fresh-workers", action="store_true",
+                    help="add a third side: tune with Ray Tune's reuse_actors=False (a fresh worker per trial)")
     ap.add_argument("--rounds", type=int, default=1, help="loop/tune pairs, alternating which goes first")
     args = ap.parse_args(argv)
     if min(args.classes - 1, args.shots, args.epochs, args.trials, args.rounds) < 1:
@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for r in range(args.rounds):
             sides = ("loop", "tune") if r % 2 == 0 else ("tune", "loop")
-            if args.what_if_reuse_actors:
-                sides = sides + ("tune+reuse",)
+            if args.fresh_workers:
+                sides = sides + ("tune+fresh",)
             res: dict[str, tuple[float, list[float], float | None]] = {}
             for side in sides:
                 load = os.getloadavg()[0]
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     uri = f"sqlite:///{work / f'mlflow-{r}-{side}.db'}"
                     exp = f"overhead-{r}-{side.replace('+', '-')}"
-                    wall, out = run([sys.executable, "-c", CLI_REUSE if side == "tune+reuse" else CLI, "tune", "--features", features, "--dataset", DATASET,
+                    wall, out = run([sys.executable, "-c", CLI_FRESH if side == "tune+fresh" else CLI, "tune", "--features", features, "--dataset", DATASET,
                                      "--space", str(space), "--max-concurrent", "1", "--cpus-per-trial", "1",
                                      "--storage", str(work / "tune"), "--mlflow-uri", uri, "--experiment", exp,
                                      *ray_args],
@@ -223,13 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         per_trial.append(ov / args.trials)
         print(f"| {i} | {lw:.1f} | {tw:.1f} | {td if td is not None else '-'} | {sum(li):.1f} | {sum(ti):.1f} | "
               f"{ov:.1f} | {100 * ov / lw:.0f} % | {ov / args.trials:.1f} |")
-    if args.what_if_reuse_actors:
+    if args.fresh_workers:
         for i, res in enumerate(rows, 1):
-            rw, _, rd = res["tune+reuse"]
+            fw, _, fd = res["tune+fresh"]
             tw = res["tune"][0]
-            print(f"what-if reuse_actors, round {i}: tune {tw:.1f} s -> {rw:.1f} s (dataset part {rd} s), overhead "
-                  f"{100 * (rw - res['loop'][0]) / res['loop'][0]:.0f} %, saving {(tw - rw) / args.trials:.1f} s "
-                  "per trial")
+            print(f"fresh worker per trial, round {i}: tune {fw:.1f} s (dataset part {fd} s) vs {tw:.1f} s with "
+                  f"reused workers, overhead {100 * (fw - res['loop'][0]) / res['loop'][0]:.0f} %; reuse saves "
+                  f"{(fw - tw) / args.trials:.1f} s per trial")
     print(f"a fresh Python process: imports of torch, open_clip, dept, pipelines.trial {imports_s:.1f} s, then "
           f"load_clip({args.model}, text_only) {load_s:.1f} s (best of 2)")
     loop_trial = statistics.median(statistics.mean(res["loop"][1]) for res in rows)

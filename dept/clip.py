@@ -12,6 +12,7 @@ so ``--model dept-tiny-vit`` works everywhere a stock name does.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -104,6 +105,22 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning():
+    """open_clip warns on the root logger that a model built without a pretrained tag is random."""
+    drop = _DropRandomInitWarning()
+    logging.getLogger().addFilter(drop)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(drop)
+
+
 def load_clip(
     model: str,
     pretrained: str | None = None,
@@ -125,7 +142,8 @@ def load_clip(
                                 f"shipped: {', '.join(shipped_models()) or 'none'}")
         if not path.is_file():
             raise ClipLoadError(f"checkpoint not found: {path}")
-        clip = open_clip.create_model(model, pretrained=None)
+        with _quiet_random_init_warning():  # the weights are loaded right below; open_clip's warning would mislead
+            clip = open_clip.create_model(model, pretrained=None)
         try:
             missing, unexpected = clip.load_state_dict(read_state_dict(path), strict=False)
         except RuntimeError as e:  # shape mismatch: the file is for another architecture

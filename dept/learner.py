@@ -41,7 +41,7 @@ class DePTLearner(nn.Module):
         self.dept = dept
         self.cat_head = CATHead(embed_dim, len(base_classnames)) if dept is not None else None
         self.base_classnames = list(base_classnames)
-        self.logit_scale = float(logit_scale)  # tau = exp(logit_scale), frozen
+        self.logit_scale = float(logit_scale)  # the temperature tau itself (CLIP's exp(logit_scale)), frozen
         self.dataset = dataset
         self.method_options = dict(method_options or {})
         self.clip_identity = dict(clip_identity or {})
@@ -141,13 +141,17 @@ def build_learner(
     dept: DePTConfig | None = DePTConfig(),
     seed: int | None = 1,
     encoder: PromptTextEncoder | None = None,
+    logit_scale: float | None = None,
 ) -> DePTLearner:
     """A prompt method (``coop`` | ``cocoop`` | ``kgcoop`` | any registered) with DePT's CAT head on top
-    (``dept=None``: the plain method). ``seed`` fixes the initialisation of everything learned."""
+    (``dept=None``: the plain method). ``seed`` fixes the initialisation of everything learned. ``logit_scale``:
+    the ITM temperature tau (a fixed override, e.g. 100, real CLIP's value); None: the CLIP model's learned one."""
     if method not in METHODS:
         raise ValueError(f"unknown prompt method {method!r}; known: {', '.join(sorted(METHODS))}")
     if not base_classnames:
         raise ValueError("no base classes to train on")
+    if logit_scale is not None and not logit_scale > 0:
+        raise ValueError(f"logit_scale is the temperature tau (> 0, not log tau), got {logit_scale}")
     cls = METHODS[method]
     options = cls.Options.from_dict(method_options)
     encoder = encoder or PromptTextEncoder(clip.model, clip.tokenizer)
@@ -160,7 +164,7 @@ def build_learner(
             prompt_method,
             list(base_classnames),
             dept,
-            logit_scale=float(clip.model.logit_scale.exp().item()),
+            logit_scale=float(clip.model.logit_scale.exp().item()) if logit_scale is None else float(logit_scale),
             embed_dim=clip.embed_dim,
             dataset=dataset,
             method_options=asdict(options),

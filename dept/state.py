@@ -62,6 +62,7 @@ def load_state(path: str | Path, clip: LoadedClip) -> DePTLearner:
         method_options=cfg["method_options"],
         dept=DePTConfig(**cfg["dept"]) if cfg["dept"] is not None else None,
         seed=None,
+        logit_scale=cfg.get("logit_scale"),  # the temperature it was trained with (an override, or the learned one)
     )
     tensors = load_file(str(path))
     for prefix, module in learner.learned_modules().items():

@@ -102,11 +102,14 @@ def train_view(
     seed: int,
     image_id: str,
     view: int,
+    crop_scale_min: float = CROP_SCALE[0],
 ) -> torch.Tensor:
-    """One augmented training view [3, image_size, image_size], deterministic per (seed, image_id, view)."""
+    """One augmented training view [3, image_size, image_size], deterministic per (seed, image_id, view).
+    ``crop_scale_min``: the smallest crop, as a fraction of the image area (the papers' 0.08 suits photographs
+    whose object fills the frame; small objects on a background need a larger one)."""
     g = view_generator(seed, image_id, view)
     image = image.convert("RGB")
-    box = sample_crop(image.width, image.height, g)
+    box = sample_crop(image.width, image.height, g, scale=(crop_scale_min, CROP_SCALE[1]))
     out = F.resized_crop(
         image, box.top, box.left, box.height, box.width, [image_size, image_size],
         interpolation=InterpolationMode.BICUBIC,
@@ -116,11 +119,11 @@ def train_view(
     return F.normalize(F.to_tensor(out), mean=list(mean), std=list(std))
 
 
-def describe_train_view(seed: int) -> dict:
+def describe_train_view(seed: int, crop_scale_min: float = CROP_SCALE[0]) -> dict:
     """What the manifest records about the training views (part of the store's fingerprint)."""
     return {
         "kind": "random_resized_crop+hflip",
-        "scale": list(CROP_SCALE),
+        "scale": [float(crop_scale_min), CROP_SCALE[1]],
         "ratio": list(CROP_RATIO),
         "interpolation": "bicubic",
         "flip_p": FLIP_P,

@@ -97,6 +97,9 @@ def demo_data_cmd(out: str, num_classes: int, train_per_class: int, val_per_clas
 @click.option("--shots", default="16", show_default=True, callback=_shots, help="Shots per class, or 'all' (or 0) for every train image.")
 @click.option("--seeds", default="1,2,3", show_default=True, callback=_seeds, help="Few-shot draw seeds, comma-separated.")
 @click.option("--view-seed", default=0, show_default=True, type=int, help="Seed of the training-view augmentation.")
+@click.option("--crop-scale-min", default=0.08, show_default=True, type=float,
+              help="Smallest random-resized-crop area fraction of the training views (the papers' 0.08 suits photos; "
+                   "small objects on a background, as in the miniature, need larger crops).")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Images per encoder call.")
 @click.option("--workers", default=1, show_default=True, type=int, help="Encoder actors (model replicas) in the Ray cluster.")
 @click.option("--gpus-per-worker", default="auto", show_default=True, callback=_gpus,
@@ -110,7 +113,7 @@ def demo_data_cmd(out: str, num_classes: int, train_per_class: int, val_per_clas
               help="Unreadable image: stop, or skip it and record it in the manifest.")
 @click.option("--ray-address", default=None, help="Ray cluster to use (default: the connected one, else a local Ray).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def featurize_cmd(data_root, datasets, dataset_dirs, out, model, pretrained, views, shots, seeds, view_seed,
+def featurize_cmd(data_root, datasets, dataset_dirs, out, model, pretrained, views, shots, seeds, view_seed, crop_scale_min,
                   batch_size, workers, gpus_per_worker, cpus_per_worker, worker_resources, images_per_shard,
                   on_error, ray_address, no_progress) -> None:
     """Compute frozen CLIP image features of datasets with Ray and write them to a Parquet feature store.
@@ -123,7 +126,8 @@ def featurize_cmd(data_root, datasets, dataset_dirs, out, model, pretrained, vie
 
     cfg = FeaturizeConfig(
         out=out, datasets=tuple(datasets), data_root=data_root, dataset_dirs=tuple(dataset_dirs), model=model,
-        pretrained=pretrained, views=views, shots=shots, seeds=seeds, view_seed=view_seed, batch_size=batch_size,
+        pretrained=pretrained, views=views, shots=shots, seeds=seeds, view_seed=view_seed, crop_scale_min=crop_scale_min,
+        batch_size=batch_size,
         workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
         worker_resources=worker_resources, images_per_shard=images_per_shard, on_error=on_error,
         ray_address=ray_address, progress=not no_progress,

@@ -47,12 +47,14 @@ def _write_atomic(path: Path, text: str) -> None:
 @click.option("--ctx-init", default=None, help='Context init text ("" = random). Default: the method\'s.')
 @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--shots", type=click.IntRange(min=1), default=None, help="Default: the store's shots.")
+@click.option("--logit-scale", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="ITM temperature tau (e.g. 100, real CLIP's). Default: the model's learned value.")
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
               help="Log this run to MLflow (e.g. sqlite:///mlflow.db, http://host:5000).")
 @click.option("--experiment", default="dept", show_default=True, help="MLflow experiment (with --mlflow-uri).")
 @click.option("--out", default=None, help="Write the results as JSON to this file.")
 def train_cmd(features, dataset, method, dept, loss_weight, fusion_weight, fusion, epochs, batch_size, lr,
-              head_lr_mult, n_ctx, ctx_init, seed, shots, mlflow_uri, experiment, out):
+              head_lr_mult, n_ctx, ctx_init, seed, shots, logit_scale, mlflow_uri, experiment, out):
     """Train and evaluate one configuration on cached features (no Tune): prints test base / new / HM."""
     import tempfile
     from dataclasses import asdict
@@ -75,7 +77,7 @@ def train_cmd(features, dataset, method, dept, loss_weight, fusion_weight, fusio
     hp = Hyperparameters(
         method=method, dept=dept, loss_weight=loss_weight, fusion_weight=fusion_weight, fusion=fusion,
         epochs=epochs, batch_size=batch_size, lr=lr, head_lr_mult=head_lr_mult, n_ctx=n_ctx, ctx_init=ctx_init,
-        shots=shots, seed=seed,
+        shots=shots, logit_scale=logit_scale, seed=seed,
     ).resolved([ctx.store_shots] if ctx.store_shots > 0 else [16])
     if mlflow_uri:
         tracker = Tracker(mlflow_uri, experiment)

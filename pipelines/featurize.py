@@ -70,6 +70,9 @@ class FeaturizeConfig:
     shots: int = 16  # per class; 0 = every train (and val) image
     seeds: tuple[int, ...] = (1, 2, 3)
     view_seed: int = 0  # seed of the training-view augmentation (independent of the few-shot seeds)
+    # Smallest random-resized-crop area fraction of the training views: dept.transforms.CROP_SCALE[0] (the papers'
+    # 0.08), written out because importing dept here would slow every CLI start (a test keeps them equal).
+    crop_scale_min: float = 0.08
     batch_size: int = 64  # images per encoder call
     workers: int = 1  # encoder actors (model replicas)
     gpus_per_worker: float | None = None  # None: 1 when the Ray cluster has GPUs, else 0
@@ -88,6 +91,8 @@ class FeaturizeConfig:
             raise FeaturizeError(f"--data-root is required with --dataset ({', '.join(self.datasets)})")
         if self.views < 0:
             raise FeaturizeError(f"--views must be >= 0, got {self.views}")
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            raise FeaturizeError(f"--crop-scale-min must be in (0, 1], got {self.crop_scale_min}")
         if self.shots < 0:
             raise FeaturizeError(f"--shots must be >= 0 (0 = all), got {self.shots}")
         if self.shots > 0 and not self.seeds:
@@ -167,11 +172,24 @@ class FeaturizeResult:
 
 
 def _load_splits(cfg: FeaturizeConfig) -> list:
-    from dept.datasets import dataset_names, load_custom_dataset, load_dataset
+    from dept.datasets import dataset_names, load_custom_dataset, load_dataset, locate
 
     names: list[str] = []
     for name in cfg.datasets:
-        names.extend(dataset_names() if name.lower() == "all" else [name])
+        if name.lower() != "all":
+            names.append(name)
+            continue
+        # 'all' means every supported dataset that is downloaded: the missing ones are named and skipped (a dataset
+        # asked for by name is still an error when missing).
+        found = {n: locate(n, cfg.data_root) for n in dataset_names()}
+        present = [n for n, (ok, _) in found.items() if ok]
+        if not present:
+            raise FeaturizeError(f"--dataset all: none of the {len(found)} supported datasets is under "
+                                 f"{os.path.abspath(cfg.data_root)} (see `dept-pipeline datasets --data-root`)")
+        for n, (ok, path) in found.items():
+            if not ok:
+                log.warning("--dataset all: skipping %s, not found: %s", n, path)
+        names.extend(present)
     out = [load_dataset(n, cfg.data_root) for n in dict.fromkeys(names)]
     out += [load_custom_dataset(d) for d in cfg.dataset_dirs]
     seen: dict[str, str] = {}
@@ -207,7 +225,7 @@ def _header(cfg: FeaturizeConfig, splits, clip, images: dict[str, int]) -> dict:
         "image_size": int(clip.image_size),
         "mean": [float(x) for x in clip.mean],
         "std": [float(x) for x in clip.std],
-        "transforms": {"test": describe_test_transform(clip.image_size), "train_view": describe_train_view(cfg.view_seed)},
+        "transforms": {"test": describe_test_transform(clip.image_size), "train_view": describe_train_view(cfg.view_seed, cfg.crop_scale_min)},
         "views": int(cfg.views),
         "shots": int(cfg.shots),
         "val_shots": min(int(cfg.shots), 4) if cfg.shots > 0 else 0,
@@ -302,7 +320,8 @@ def _plan_dataset(cfg: FeaturizeConfig, index: int, splits, clip, model_url: str
 # Ray stages
 
 
-def decode_images(batch: dict[str, np.ndarray], *, image_size: int, mean, std, view_seed: int) -> dict[str, np.ndarray]:
+def decode_images(batch: dict[str, np.ndarray], *, image_size: int, mean, std, view_seed: int,
+                  crop_scale_min: float = 0.08) -> dict[str, np.ndarray]:
     """Decode stage (Ray Data task): one row per (image, view) of pixels; an unreadable image gives one row with
     ``view = -1`` and the error text, so the driver decides (fail or skip) with the file named."""
     from PIL import Image
@@ -318,7 +337,8 @@ def decode_images(batch: dict[str, np.ndarray], *, image_size: int, mean, std, v
                 im.load()
                 img = im.convert("RGB")
             tensors = [to_test(img)] + [
-                train_view(img, image_size=image_size, mean=mean, std=std, seed=view_seed, image_id=str(image_id), view=v)
+                train_view(img, image_size=image_size, mean=mean, std=std, seed=view_seed, image_id=str(image_id), view=v,
+                           crop_scale_min=crop_scale_min)
                 for v in range(1, int(n_views))
             ]
         except Exception as e:  # any decode failure makes this one image unreadable; the driver reports it
@@ -470,7 +490,7 @@ def _encode(cfg: FeaturizeConfig, plans: list[DatasetPlan], clip) -> dict[int, i
             ds = ds.map_batches(
                 decode_images,
                 fn_kwargs={"image_size": clip.image_size, "mean": tuple(clip.mean), "std": tuple(clip.std),
-                           "view_seed": cfg.view_seed},
+                           "view_seed": cfg.view_seed, "crop_scale_min": cfg.crop_scale_min},
                 batch_size=decode_units,
                 num_cpus=1,
                 # Decode tasks hold a batch of pixels several times over (image, views, stacked output): ask Ray
@@ -478,6 +498,9 @@ def _encode(cfg: FeaturizeConfig, plans: list[DatasetPlan], clip) -> dict[int, i
                 # encoder actors, which would serialise decoding and encoding inside each actor.
                 memory=_decode_memory_bytes(decode_units * max(u.n_views for u in units), clip.image_size),
             )
+            # Work spreads over nodes through Ray Data itself: decode tasks are scheduled SPREAD, and each decoded
+            # block (tens of MB at 224 px) stays in the object store of its node, whose encoder actor takes it
+            # (actor locality), so pixels do not cross the network.
             remote_args: dict[str, Any] = {}
             if cfg.worker_resources:
                 remote_args["resources"] = dict(cfg.worker_resources)

@@ -25,6 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
+from dept.evaluate import harmonic_mean
+
 log = logging.getLogger(__name__)
 
 #: Method ids (``--method``) -> the names the paper's table uses.
@@ -36,10 +38,6 @@ PAPER_DATASETS = ("ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowe
 
 class ReportError(ValueError):
     """The report cannot be made (no such experiment, no finished runs); one line."""
-
-
-def harmonic_mean(b: float, n: float) -> float:
-    return 0.0 if b + n == 0 else 2.0 * b * n / (b + n)
 
 
 @dataclass(frozen=True)

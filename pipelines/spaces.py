@@ -27,7 +27,8 @@ Hyperparameters (``params`` keys) and their defaults — :class:`Hyperparameters
 ``head_lr_mult`` (6.5), ``warmup_epochs`` (1), ``warmup_lr`` (1e-5), ``momentum`` (0.9), ``weight_decay`` (5e-4),
 ``n_ctx`` / ``ctx_init`` (the method's own: CoOp 16 random tokens, CoCoOp and KgCoOp "a photo of a"),
 ``class_specific`` (CoOp only, false), ``kg_weight`` (KgCoOp only; 2.0 with DePT, 8.0 without, as the papers),
-``shots`` (default: the largest shot count in the feature store).
+``shots`` (default: the largest shot count in the feature store), ``logit_scale`` (the ITM temperature tau, e.g.
+100 as real CLIP's; default null: the model's learned value).
 Without DePT (``dept: false``) the loss weight and fusion weight are 0: DePT with both at 0 *is* the base method.
 
 Seeds are not a ``params`` key: ``seeds`` runs each sampled configuration once per seed (with the random searcher
@@ -99,6 +100,7 @@ class Hyperparameters:
     class_specific: bool | None = None  # CoOp only
     kg_weight: float | None = None  # KgCoOp only: 2.0 under DePT, 8.0 without
     shots: int | None = None  # None: the largest shot count in the feature store
+    logit_scale: float | None = None  # ITM temperature tau; None: the CLIP model's learned value
     seed: int = 1
 
     def resolved(self, store_shots: list[int] | None = None) -> "Hyperparameters":
@@ -187,6 +189,7 @@ PARAM_RULES: dict[str, _Rule] = {
     "class_specific": _Rule(bool),
     "kg_weight": _Rule(float, 0.0),
     "shots": _Rule(int, 1),
+    "logit_scale": _Rule(float, 0.0, low_open=True, nullable=True),
 }
 
 

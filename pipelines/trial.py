@@ -20,6 +20,7 @@ weights 0, 0.05, ..., 1, re-scored from the two stored logit matrices without re
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -147,7 +148,8 @@ def _learner(clip, hp: Hyperparameters, classnames: list[str], dataset: str):
 
     dept_cfg = DePTConfig(hp.loss_weight, hp.fusion_weight, hp.fusion) if hp.dept else None
     return build_learner(
-        hp.method, clip, classnames, dataset=dataset, method_options=hp.method_options(), dept=dept_cfg, seed=hp.seed
+        hp.method, clip, classnames, dataset=dataset, method_options=hp.method_options(), dept=dept_cfg, seed=hp.seed,
+        logit_scale=hp.logit_scale,
     )
 
 
@@ -159,6 +161,16 @@ def _train_config(hp: Hyperparameters):
         warmup_epochs=hp.warmup_epochs, warmup_lr=hp.warmup_lr, momentum=hp.momentum,
         weight_decay=hp.weight_decay, seed=hp.seed,
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _frozen_text_tower(model: str, pretrained: str, device: str, weights_id: str):
+    """The frozen text tower, kept across trials in one process: Tune reuses trial workers (``reuse_actors``), and
+    rebuilding ViT-B's text tower costs seconds per trial. Frozen and never written to, so sharing it cannot change
+    a trial's numbers; ``weights_id`` is in the key so features of other weights never meet a stale tower."""
+    from dept import load_clip
+
+    return load_clip(model, pretrained, device=device, text_only=True)
 
 
 def run_trial(
@@ -174,11 +186,11 @@ def run_trial(
     (prompts + CAT head, safetensors) is saved there."""
     import torch
 
-    from dept import evaluate_base_new, load_clip, save_state, train
+    from dept import evaluate_base_new, save_state, train
 
     torch.set_num_threads(max(1, ctx.num_threads))
     started = time.perf_counter()
-    clip = load_clip(ctx.model, ctx.pretrained, device=ctx.device, text_only=True)
+    clip = _frozen_text_tower(ctx.model, ctx.pretrained, ctx.device, ctx.weights_id)
     if clip.weights_id != ctx.weights_id:
         raise ValueError(
             f"model {ctx.model} loaded from {ctx.pretrained} has weights {clip.weights_id}, but the features of "

@@ -264,6 +264,9 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
                     metric=space.metric, mode=space.mode, scheduler=space.make_scheduler(),
                     search_alg=space.make_search_alg(opts.max_concurrent), num_samples=space.tune_num_samples(),
                     max_concurrent_trials=opts.max_concurrent if space.searcher.kind != "random" else None,
+                    # A trial worker runs the next trial instead of a fresh process per trial: saves the imports and
+                    # the text-tower load (~4-7 s per trial measured in bench/RESULTS.md, "Tune + MLflow overhead").
+                    reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
                     name=plan.dataset,
@@ -326,7 +329,10 @@ def run_tune(opts: TuneOptions, progress: Callable[[str], None] = log.info) -> l
 
 
 def best_table(outcomes: list[DatasetOutcome], metric: str) -> str:
-    """The end-of-run table: the best configuration per dataset (selected on ``metric``), with its test numbers."""
+    """The end-of-run table: the best configuration per dataset (selected on ``metric``), with its test numbers:
+    base and new averaged over seeds, HM of those averages (the paper's convention, and ``report``'s)."""
+    from dept.evaluate import harmonic_mean
+
     header = ["dataset", "method", "DePT", "loss w", "fusion w", "lr", "seeds", metric, "test base", "test new",
               "test HM", "trials (done/stopped/failed)"]
     rows = []
@@ -340,7 +346,8 @@ def best_table(outcomes: list[DatasetOutcome], metric: str) -> str:
         rows.append([
             o.dataset, str(p["method"]), "yes" if p["dept"] else "no", f"{p['loss_weight']:.2f}",
             f"{p['fusion_weight']:.2f}", f"{p['lr']:.2e}", str(len(b.completed())), f"{b.mean(metric):.2f}",
-            f"{b.mean('test_base_acc'):.2f}", f"{b.mean('test_new_acc'):.2f}", f"{b.mean('test_hm'):.2f}", counts,
+            f"{b.mean('test_base_acc'):.2f}", f"{b.mean('test_new_acc'):.2f}",
+            f"{harmonic_mean(b.mean('test_base_acc'), b.mean('test_new_acc')):.2f}", counts,
         ])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)

@@ -130,3 +130,29 @@ def test_base_scores_fuse_and_new_classes_use_itm_only(clip):
     with torch.no_grad():
         assert torch.allclose(plain.base_scores(v), plain.itm_logits(v, BASE))
     assert not math.isnan(float(itm.sum()))
+
+
+def test_fixed_logit_scale_scales_itm_logits_only(clip):
+    """A temperature override (e.g. real CLIP's 100 on a model that learned a small one) multiplies the ITM logits;
+    the CAT head's logits do not use it."""
+    learned = float(clip.model.logit_scale.exp())
+    default = build_learner("coop", clip, BASE, dept=DePTConfig(), seed=0)
+    fixed = build_learner("coop", clip, BASE, dept=DePTConfig(), seed=0, logit_scale=100.0)
+    v = torch.randn(3, clip.embed_dim)
+    with torch.no_grad():
+        assert torch.allclose(fixed.itm_logits(v, BASE), default.itm_logits(v, BASE) * (100.0 / learned), rtol=1e-5)
+        assert torch.equal(fixed.cat_logits(v), default.cat_logits(v))
+    with pytest.raises(ValueError, match="logit_scale"):
+        build_learner("coop", clip, BASE, seed=0, logit_scale=-1.0)
+
+
+def test_saved_state_keeps_its_logit_scale(clip, tmp_path):
+    from dept import load_state, save_state
+
+    fixed = build_learner("coop", clip, BASE, dept=DePTConfig(), seed=0, logit_scale=100.0)
+    save_state(fixed, tmp_path / "s.safetensors")
+    again = load_state(tmp_path / "s.safetensors", clip)
+    v = torch.randn(3, clip.embed_dim)
+    with torch.no_grad():
+        assert again.logit_scale == 100.0
+        assert torch.allclose(again.base_scores(v), fixed.base_scores(v), atol=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import shutil
 import signal
@@ -74,7 +75,10 @@ def tiny_args(demo_dir, tiny_clip_checkpoint, tmp_path_factory):
     return [
         "--dataset-dir", demo_dir, "--out", out, "--model", "dept-tiny-vit", "--pretrained", str(tiny_clip_checkpoint),
         "--views", str(VIEWS), "--shots", str(SHOTS), "--seeds", ",".join(map(str, SEEDS)), "--images-per-shard", "3",
-        "--batch-size", "4", "--workers", "2", "--no-progress",
+        # Batch 16 makes decoded blocks ~200 KB: above Ray's 100 KB inline limit, so each block stays in the object
+        # store of the node that decoded it and Ray Data routes it to that node's encoder (actor locality). Smaller
+        # blocks are inlined into the driver, lose their location, and one idle actor can take all of them.
+        "--batch-size", "16", "--workers", "2", "--no-progress",
         # One encoder actor per node, so that the two-node test does not depend on Ray's packing heuristics.
         "--worker-resource", "one_per_node=1",
     ]
@@ -119,9 +123,8 @@ def test_rows_draws_and_manifest(tiny_store, demo_dir):
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 64)
 
 
-@pytest.mark.skip(reason="flaky on a loaded 2-core CI machine: with this tiny store one encoder actor sometimes takes "
-                         "every block before the other node's actor starts (seen in a clean-clone CI run); issue 3 stays open")
 def test_encoding_ran_on_both_nodes(tiny_store):
+    """Decode tasks spread over the nodes (Ray Data's SPREAD); each node's encoder takes the blocks decoded there."""
     manifest = read_manifest(tiny_store["model_url"], "demo")
     used = {n for shard in manifest["shards"].values() for n in shard["node_ids"]}
     assert used == set(node_ids_by_role().values()) and len(used) == 2
@@ -269,6 +272,27 @@ def test_datasets_command_lists_found_and_missing(demo_dir, tmp_path):
     assert lines["ImageNet"][1:] == ["missing", os.path.join(root, "imagenet", "classnames.txt")]
     assert sum(v[1] == "found" for v in lines.values()) == 1
     assert result.output.splitlines()[-1].startswith(f"1 of {len(dataset_names())} datasets found")
+
+
+def test_dataset_all_featurizes_the_downloaded_ones(ray_cluster, demo_dir, tmp_path, tiny_clip_checkpoint, caplog):
+    """'all' takes every supported dataset found under the root and names each one it skips; none found: one line."""
+    root = fake_coop_root(demo_dir, tmp_path / "data")
+    out = str(tmp_path / "out")
+    args = ["--data-root", root, "--dataset", "all", "--out", out, "--model", "dept-tiny-vit", "--pretrained",
+            str(tiny_clip_checkpoint), "--views", "1", "--shots", "1", "--seeds", "1", "--no-progress"]
+    with caplog.at_level(logging.WARNING, logger="pipelines.featurize"):
+        result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    url = model_store_url(out, "dept-tiny-vit", "sha256:" + file_sha256(tiny_clip_checkpoint))
+    assert read_manifest(url, "DTD")["complete"] is True
+    assert sorted(os.listdir(url)) == ["DTD"]
+    skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert len(skipped) == 14 and any(os.path.join(root, "imagenet", "classnames.txt") in m for m in skipped)
+
+    (tmp_path / "empty").mkdir()
+    args[args.index("--data-root") + 1] = str(tmp_path / "empty")
+    msg = one_line_error(run_cli(*args))
+    assert "none of the 15 supported datasets" in msg and str(tmp_path / "empty") in msg
 
 
 def test_demo_data_command(tmp_path):

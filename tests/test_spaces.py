@@ -153,6 +153,7 @@ def test_scheduler_none_and_string_forms(tmp_path):
         ("params: {method: coop}\nsurprise: 1", "surprise"),
         ("seeds: [1]", "params"),
         ("params: {method: coop}\npseudo_new_fraction: 0.5", "pseudo_new_fraction"),
+        ("params: {logit_scale: 0}", "params.logit_scale"),
     ],
 )
 def test_malformed_space_is_one_line_naming_file_and_key(tmp_path, body, key):

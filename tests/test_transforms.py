@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from dept import transforms
-from dept.transforms import CROP_RATIO, CROP_SCALE, sample_crop, train_view, view_generator
+from dept.transforms import CROP_RATIO, CROP_SCALE, describe_train_view, sample_crop, train_view, view_generator
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -117,3 +117,22 @@ def test_test_transform_is_the_models_preprocess(image, tiny_clip_checkpoint):
     assert torch.equal(ours, clip.preprocess_test(image))
     assert ours.shape == (3, 32, 32)
     assert math.isclose(float(ours.mean()), float(clip.preprocess_test(image).mean()))
+
+
+def test_crop_scale_min_bounds_the_crop_area_and_defaults_to_the_papers():
+    from pipelines.featurize import FeaturizeConfig
+
+    assert FeaturizeConfig.crop_scale_min == CROP_SCALE[0] == 0.08
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    g = lambda v: view_generator(0, "a.png", v)  # noqa: E731
+    small = [sample_crop(64, 64, g(v)) for v in range(200)]
+    large = [sample_crop(64, 64, g(v), scale=(0.5, 1.0)) for v in range(200)]
+    assert min(b.height * b.width for b in small) < 0.2 * 64 * 64
+    assert min(b.height * b.width for b in large) >= 0.45 * 64 * 64  # rounding of the sides
+    a = train_view(img, image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, image_id="a.png", view=1)
+    b = train_view(img, image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, image_id="a.png", view=1,
+                   crop_scale_min=0.08)
+    c = train_view(img, image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, image_id="a.png", view=1,
+                   crop_scale_min=0.9)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert describe_train_view(0, 0.5)["scale"] == [0.5, 1.0] and describe_train_view(0)["scale"] == [0.08, 1.0]

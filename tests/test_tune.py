@@ -13,8 +13,10 @@ import sys
 import textwrap
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from pipelines.cli import main
@@ -22,12 +24,13 @@ from pipelines.tracking import EPOCH_METRICS, FINAL_METRICS, SWEEP_CURVES
 from pipelines.trial import FAIL_ONCE_ENV
 
 TINY_MODEL = "dept-tiny-vit"
+REPO = Path(__file__).resolve().parent.parent
 LOGGED_METRICS = set(EPOCH_METRICS) | set(FINAL_METRICS) | set(SWEEP_CURVES)
 TRIAL_TAGS = ("dataset", "method", "dept", "seed", "shots", "backbone", "pretrained", "feature_fingerprint",
               "tune.trial_id")
 HYPERPARAMETERS = ("method", "dept", "loss_weight", "fusion_weight", "fusion", "epochs", "batch_size", "lr",
                    "head_lr_mult", "warmup_epochs", "warmup_lr", "momentum", "weight_decay", "n_ctx", "ctx_init",
-                   "shots", "seed")
+                   "shots", "logit_scale", "seed")
 
 
 def invoke(*args):
@@ -276,7 +279,12 @@ def _driver(args, log_path, cwd):
 @pytest.mark.slow
 def test_driver_killed_and_resumed_logs_every_trial_exactly_once(demo_store, tmp_path, ray_cluster):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = tune_args(demo_store, tmp_path, uri, "killed", "--space", "smoke", "--method", "coop",
+    # The smoke space with 8 samples: 16 sub-second trials, one at a time in a reused worker, so that plenty are
+    # still to run when the driver is killed a few seconds after the first one completes.
+    space = yaml.safe_load((REPO / "tune_spaces" / "smoke.yaml").read_text())
+    space["num_samples"] = 8
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    args = tune_args(demo_store, tmp_path, uri, "killed", "--space", tmp_path / "space.yaml", "--method", "coop",
                      "--max-concurrent", 1, "--ray-address", ray_cluster.address)
     first = _driver(args, tmp_path / "first.log", tmp_path)
     completed_before: dict[str, tuple[str, int]] = {}
@@ -301,13 +309,13 @@ def test_driver_killed_and_resumed_logs_every_trial_exactly_once(demo_store, tmp
     assert parents[0].info.status == "RUNNING"  # killed mid-experiment: no summary yet
     _, trials_at_kill = runs_of(uri, "killed", "tags.role = 'trial'")
     finished_at_kill = [r for r in trials_at_kill if r.data.tags["trial_status"] in ("completed", "stopped_early")]
-    assert len(finished_at_kill) < 4  # trials were left to run
+    assert len(finished_at_kill) < 16  # trials were left to run
 
     second = _driver([*args, "--resume"], tmp_path / "second.log", tmp_path)
     assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
-    assert "resuming 4 trials" in (tmp_path / "second.log").read_text()
+    assert "resuming 16 trials" in (tmp_path / "second.log").read_text()
 
-    client, parent, children = check_tracked(uri, "killed", n_trials=4, seeds={1, 2})
+    client, parent, children = check_tracked(uri, "killed", n_trials=16, seeds={1, 2})
     by_trial = {c.data.tags["tune.trial_id"]: c for c in children}
     for trial_id, (run_id, end_time) in completed_before.items():
         # Finished before the kill: the same run, untouched, and the trial was not trained again.
