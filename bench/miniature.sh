@@ -9,7 +9,8 @@
 #   EXPERIMENT=fixed-tau METHODS=coop bash bench/miniature.sh runs/miniature-bench --logit-scale 100
 # Environment: METHODS ("coop kgcoop cocoop"), SEEDS ("1 2 3"), SPLITS ("disjoint shared"), EXPERIMENT
 # (miniature-bench; also the results subfolder), FEATURES (WORK/features; a store holds one set of seeds and views),
-# VIEWS (10: augmented views per train image; 0: the test view only), CROP_SCALE_MIN (0.08, the papers').
+# VIEWS (10: augmented views per train image; 0: the test view only), CROP_SCALE_MIN (0.08, the papers'),
+# PRETRAINED (shipped: the package's checkpoint; or a dept-mini-vit checkpoint path from `miniature pretrain`).
 # Rerunning skips finished runs (one JSON per run under WORK/results/EXPERIMENT/).
 source "$(dirname "$0")/../scripts/env.sh"
 WORK="${1:-runs/miniature-bench}"
@@ -21,17 +22,18 @@ EXPERIMENT="${EXPERIMENT:-miniature-bench}"
 FEATURES="${FEATURES:-$WORK/features}"
 VIEWS="${VIEWS:-10}"
 CROP_SCALE_MIN="${CROP_SCALE_MIN:-0.08}"
+PRETRAINED="${PRETRAINED:-shipped}"
 URI="sqlite:///$WORK/mlflow.db"
 RESULTS="$WORK/results/$EXPERIMENT"
 mkdir -p "$RESULTS"
-echo "features: views $VIEWS, crop scale min $CROP_SCALE_MIN; train options for every run: ${*:-(defaults)}" > "$RESULTS/recipe.txt"
+echo "model: dept-mini-vit $PRETRAINED; features: views $VIEWS, crop scale min $CROP_SCALE_MIN; train options for every run: ${*:-(defaults)}" > "$RESULTS/recipe.txt"
 
 for split in $SPLITS; do
     data="$WORK/data/miniature-$split"
     dept-pipeline miniature data --out "$data" --split "$split"
     features=$(dept-pipeline featurize --dataset-dir "$data" --out "$FEATURES" --model dept-mini-vit \
-        --pretrained shipped --views "$VIEWS" --crop-scale-min "$CROP_SCALE_MIN" --shots 16 --seeds "${SEEDS// /,}" --no-progress | sed -n 's/^features: //p')
-    dept-pipeline miniature zero-shot --dataset-dir "$data" | tee "$RESULTS/zero-shot-$split.txt"
+        --pretrained "$PRETRAINED" --views "$VIEWS" --crop-scale-min "$CROP_SCALE_MIN" --shots 16 --seeds "${SEEDS// /,}" --no-progress | sed -n 's/^features: //p')
+    dept-pipeline miniature zero-shot --dataset-dir "$data" --pretrained "$PRETRAINED" | tee "$RESULTS/zero-shot-$split.txt"
     for method in $METHODS; do
         for dept in --no-dept --dept; do
             for seed in $SEEDS; do

@@ -64,13 +64,15 @@ class Rates:
     image_per_s_bf16: float
     step_floor_s: float  # a text fwd+bwd step's fixed cost (kernel launches, optimizer) per GPU
     text_tflops: float  # sustained rate of the text path's matmuls, TFLOP/s
-    trial_overhead_s: float  # per trial: worker start, CUDA context, model load, MLflow (tune_overhead.py)
+    trial_overhead_s: float  # per trial inside Tune beyond its own work: scheduling, MLflow child run, reports
     dataset_overhead_s: float  # per dataset: Tune experiment start, MLflow parent run and summary
     source: str
 
 
+# Overheads: measured by bench/tune_overhead.py on the CPU with reused trial workers (1.6-2.1 s per trial, 10-17 s
+# per command), rounded up; a reused worker creates its CUDA context and loads the text tower once, not per trial.
 ASSUMED = Rates(image_per_s=1_100, image_per_s_bf16=6_000, step_floor_s=0.006, text_tflops=40.0,
-                trial_overhead_s=10.0, dataset_overhead_s=20.0,
+                trial_overhead_s=3.0, dataset_overhead_s=15.0,
                 source="assumed (H100/H200 class GPU; fp32 = 67 TFLOP/s peak without TF32, bf16 ~790 peak)")
 
 
