@@ -45,6 +45,9 @@ FINAL_FILE = "final.json"
 #: trial raises once after its first epoch report (a marker file per trial id records the first attempt), so
 #: FailureConfig's retry can be checked end to end. Leave unset in real runs.
 FAIL_ONCE_ENV = "DEPT_PIPELINE_TEST_FAIL_ONCE_DIR"
+#: Test hook: seconds every trial pauses at each epoch report. Test trials on tiny data last ~0.2 s in a reused
+#: worker, too short to still be running when a test kills the driver or for a second node's worker to start.
+EPOCH_PAUSE_ENV = "DEPT_PIPELINE_TEST_EPOCH_PAUSE_S"
 
 
 class InjectedFailure(RuntimeError):
@@ -68,6 +71,7 @@ class TrialContext:
     num_threads: int = 1
     device: str = "cpu"  # "cuda" when the trial holds a GPU
     fail_once_dir: str | None = None  # test hook, see FAIL_ONCE_ENV
+    epoch_pause_s: float = 0.0  # test hook, see EPOCH_PAUSE_ENV
 
     def hyperparameters(self, config: dict) -> Hyperparameters:
         """The resolved hyperparameters of a trial config (the driver uses this too, for MLflow params)."""
@@ -289,6 +293,8 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
     node_id = ray.get_runtime_context().get_node_id()
 
     def on_epoch(metrics: dict) -> None:
+        if context.epoch_pause_s > 0:
+            time.sleep(context.epoch_pause_s)
         tune.report({**metrics, NODE_ID_KEY: node_id})
         reports["n"] += 1
         if context.fail_once_dir and reports["n"] == 1:

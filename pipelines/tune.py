@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import yaml
 
 from pipelines.spaces import SearchSpace, load_space
-from pipelines.trial import FAIL_ONCE_ENV, TrialContext
+from pipelines.trial import EPOCH_PAUSE_ENV, FAIL_ONCE_ENV, TrialContext
 
 from pipelines.ray_runtime import ensure_ray
 
@@ -142,6 +142,7 @@ def make_context(
         num_threads=num_threads,
         device=device,
         fail_once_dir=os.environ.get(FAIL_ONCE_ENV) or None,
+        epoch_pause_s=float(os.environ.get(EPOCH_PAUSE_ENV) or 0.0),
     )
 
 

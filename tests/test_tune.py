@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from pipelines.cli import main
 from pipelines.tracking import EPOCH_METRICS, FINAL_METRICS, SWEEP_CURVES
-from pipelines.trial import FAIL_ONCE_ENV
+from pipelines.trial import EPOCH_PAUSE_ENV, FAIL_ONCE_ENV
 
 TINY_MODEL = "dept-tiny-vit"
 REPO = Path(__file__).resolve().parent.parent
@@ -244,6 +244,9 @@ def test_tune_against_mlflow_server_with_a_trial_failing_once(demo_store, tmp_pa
     marker_dir = tmp_path / "fail-once"
     marker_dir.mkdir()
     monkeypatch.setenv(FAIL_ONCE_ENV, str(marker_dir))
+    # Trials that last seconds, not ~0.2 s: else the first node's reused worker can run every trial before the
+    # second node's worker has started, and the test would not see both nodes work.
+    monkeypatch.setenv(EPOCH_PAUSE_ENV, "1.5")
     result = invoke(*tune_args(demo_store, tmp_path, mlflow_server, "server", "--space", "smoke", "--method", "coop",
                                "--max-failures", 1, "--cpus-per-trial", 2, "--ray-address", ray_cluster.address))
     assert result.exit_code == 0, result.output
@@ -277,10 +280,12 @@ def _driver(args, log_path, cwd):
 
 
 @pytest.mark.slow
-def test_driver_killed_and_resumed_logs_every_trial_exactly_once(demo_store, tmp_path, ray_cluster):
+def test_driver_killed_and_resumed_logs_every_trial_exactly_once(demo_store, tmp_path, ray_cluster, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # The smoke space with 8 samples: 16 sub-second trials, one at a time in a reused worker, so that plenty are
-    # still to run when the driver is killed a few seconds after the first one completes.
+    # The smoke space with 8 samples: 16 trials, one at a time, each pausing 0.5 s per epoch (test hook; a reused
+    # worker runs a tiny trial in ~0.2 s) so that most are still to run when the driver is killed ~3 s after the
+    # first one completes.
+    monkeypatch.setenv(EPOCH_PAUSE_ENV, "0.5")
     space = yaml.safe_load((REPO / "tune_spaces" / "smoke.yaml").read_text())
     space["num_samples"] = 8
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
