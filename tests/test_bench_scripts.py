@@ -34,6 +34,14 @@ def test_text_encoder_bench_runs_and_paths_agree():
     assert len(rows) == 2 and "PATHS DISAGREE" not in out
 
 
+def test_miniature_coop_probe_runs(demo_store, tiny_clip_checkpoint):
+    out = run_script("bench/miniature_coop_probe.py", "--features", demo_store, "--dataset", "demo", "--model",
+                     "dept-tiny-vit", "--pretrained", str(tiny_clip_checkpoint), "--epochs", "2", "--tau", "10")
+    assert "tau 10.0, seed 1" in out and "epoch  2: loss" in out
+    before, after = (float(re.search(rf"{w}: .* text-text cos (-?[\d.]+)", out).group(1)) for w in ("before", "after"))
+    assert -1 <= before <= 1 and -1 <= after <= 1
+
+
 def test_trial_cost_bench_runs():
     out = run_script("bench/trial_cost.py", "--model", "dept-tiny-vit", "--classes", "3", "--shots", "4",
                      "--steps", "1", "--image-side", "48")
