@@ -145,6 +145,8 @@ class Hyperparameters:
     def as_params(self) -> dict[str, Any]:
         """Flat name -> value of everything that applies to this method (MLflow params, results tables)."""
         out = dataclasses.asdict(self)
+        if out["logit_scale"] is None:
+            out["logit_scale"] = "learned"  # the CLIP model's own tau; "none" would read as no temperature
         if self.method != "coop":
             out.pop("class_specific")
         if self.method != "kgcoop":

@@ -67,6 +67,7 @@ def check_tracked(uri: str, experiment: str, n_trials: int, seeds: set[int]):
         assert re.fullmatch(r"coop\+DePT lw=0\.\d\d fw=0\.70 seed=[12]", c.info.run_name), c.info.run_name
         for name in HYPERPARAMETERS:
             assert name in c.data.params, name
+        assert c.data.params["logit_scale"] == "learned"
         for tag in TRIAL_TAGS:
             assert c.data.tags.get(tag), tag
         assert c.data.tags["backbone"] == TINY_MODEL
