@@ -16,7 +16,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from dept import TrainConfig, build_learner, load_clip, train
+from dept import TrainConfig, accuracy, build_learner, load_clip, train
 from pipelines.store import read_features
 
 
@@ -52,18 +52,18 @@ def main(argv: list[str] | None = None) -> None:
     x0, y = train_split.features[:, 0], train_split.labels
     options = {"n_ctx": len(args.ctx_init.split()), "ctx_init": args.ctx_init} if args.ctx_init else {}
 
-    def accuracy(learner, x, labels) -> float:
+    def base_accuracy(learner, x, labels) -> float:
         with torch.no_grad():
-            return 100 * (learner.base_scores(x).argmax(-1) == labels).float().mean().item()
+            return accuracy(learner.base_scores(x), labels)
 
     for tau in args.tau or [None]:
         learner = build_learner("coop", clip, train_split.classnames, dept=None, method_options=options,
                                 seed=args.seed, logit_scale=tau)
         print(f"CoOp, ctx {args.ctx_init or '16 random'}, tau {learner.logit_scale:.1f}, seed {args.seed}")
-        print(f"  before: {calibration(learner, x0, y)}; test base {accuracy(learner, test_split.features, test_split.labels):.1f}")
+        print(f"  before: {calibration(learner, x0, y)}; test base {base_accuracy(learner, test_split.features, test_split.labels):.1f}")
 
         def validate(lr):
-            return {"train": accuracy(lr, x0, y), "test": accuracy(lr, test_split.features, test_split.labels)}
+            return {"train": base_accuracy(lr, x0, y), "test": base_accuracy(lr, test_split.features, test_split.labels)}
 
         for st in train(learner, train_split.features, y, TrainConfig(epochs=args.epochs, seed=args.seed),
                         validate=validate):

@@ -321,7 +321,7 @@ def _plan_dataset(cfg: FeaturizeConfig, index: int, splits, clip, model_url: str
 
 
 def decode_images(batch: dict[str, np.ndarray], *, image_size: int, mean, std, view_seed: int,
-                  crop_scale_min: float = 0.08) -> dict[str, np.ndarray]:
+                  crop_scale_min: float = FeaturizeConfig.crop_scale_min) -> dict[str, np.ndarray]:
     """Decode stage (Ray Data task): one row per (image, view) of pixels; an unreadable image gives one row with
     ``view = -1`` and the error text, so the driver decides (fail or skip) with the file named."""
     from PIL import Image

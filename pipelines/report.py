@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
-from dept.evaluate import harmonic_mean
+from pipelines.tracking import harmonic_mean
 
 log = logging.getLogger(__name__)
 

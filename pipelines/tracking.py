@@ -115,6 +115,12 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None
 
 
+def harmonic_mean(base: float, new: float) -> float:
+    """dept.evaluate.harmonic_mean's formula, here so that ``report`` need not import torch (any ``dept`` import
+    does) to summarise MLflow numbers; tests/test_report.py keeps the two equal."""
+    return 0.0 if base + new == 0 else 2.0 * base * new / (base + new)
+
+
 def param_value(v: Any) -> str:
     if v is None:
         return "none"
@@ -486,6 +492,10 @@ class ConfigSummary:
         vals = [t.result[key] for t in self.completed() if _is_number(t.result.get(key))]
         return sum(vals) / len(vals) if vals else float("nan")
 
+    def test_hm(self) -> float:
+        """HM of the seed-averaged test base and new (the paper's convention, as ``report``), not the mean of HMs."""
+        return harmonic_mean(self.mean("test_base_acc"), self.mean("test_new_acc"))
+
 
 def config_key(hp) -> tuple:
     params = hp.as_params()
@@ -564,11 +574,8 @@ def write_parent_summary(tracker: Tracker, parent_run_id: str, records: list[Tri
         tracker.log_params(parent_run_id, best.params)
         ts = int(time.time() * 1000)
         metrics = [_metric(f"best_{metric}", best.mean(metric), 0, ts)]
-        from dept.evaluate import harmonic_mean
-
-        # best_test_hm: HM of the seed-averaged base and new (the paper's convention, as `report`), not mean of HMs
-        means = {k: best.mean(k) for k in ("test_base_acc", "test_new_acc")}
-        means["test_hm"] = harmonic_mean(means["test_base_acc"], means["test_new_acc"])
+        means = {"test_base_acc": best.mean("test_base_acc"), "test_new_acc": best.mean("test_new_acc"),
+                 "test_hm": best.test_hm()}
         for key, value in means.items():
             if not math.isnan(value):
                 metrics.append(_metric(f"best_{key}", value, 0, ts))

@@ -332,8 +332,6 @@ def run_tune(opts: TuneOptions, progress: Callable[[str], None] = log.info) -> l
 def best_table(outcomes: list[DatasetOutcome], metric: str) -> str:
     """The end-of-run table: the best configuration per dataset (selected on ``metric``), with its test numbers:
     base and new averaged over seeds, HM of those averages (the paper's convention, and ``report``'s)."""
-    from dept.evaluate import harmonic_mean
-
     header = ["dataset", "method", "DePT", "loss w", "fusion w", "lr", "seeds", metric, "test base", "test new",
               "test HM", "trials (done/stopped/failed)"]
     rows = []
@@ -348,7 +346,7 @@ def best_table(outcomes: list[DatasetOutcome], metric: str) -> str:
             o.dataset, str(p["method"]), "yes" if p["dept"] else "no", f"{p['loss_weight']:.2f}",
             f"{p['fusion_weight']:.2f}", f"{p['lr']:.2e}", str(len(b.completed())), f"{b.mean(metric):.2f}",
             f"{b.mean('test_base_acc'):.2f}", f"{b.mean('test_new_acc'):.2f}",
-            f"{harmonic_mean(b.mean('test_base_acc'), b.mean('test_new_acc')):.2f}", counts,
+            f"{b.test_hm():.2f}", counts,
         ])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import statistics
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -21,6 +23,17 @@ def run(dataset, method, dept, seed, base, new, val_hm, config=(("lr", "0.0035")
         config=config, selection_metric="val_hm", selection_mode="max",
         metrics={"test_base_acc": base, "test_new_acc": new, "test_hm": harmonic_mean(base, new), "val_hm": val_hm},
     )
+
+
+def test_report_needs_no_torch_and_its_hm_is_the_method_librarys():
+    """``report`` summarises MLflow numbers without importing torch (any ``dept`` import does), so it keeps its own
+    copy of the HM formula; this keeps the copy equal to dept's."""
+    from dept.evaluate import harmonic_mean as dept_hm
+
+    probe = "import sys, pipelines.report; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    for base, new in ((0.0, 0.0), (80.0, 0.0), (83.2, 56.13), (50.0, 50.0), (99.9, 0.1)):
+        assert harmonic_mean(base, new) == dept_hm(base, new)
 
 
 def test_paper_csv_ships_with_the_package():

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from dept.evaluate import harmonic_mean
 from dept.miniature.render import Shift, render, sample_downstream_scenes
 from dept.miniature.world import COLOUR_NAMES, SHAPES, Composition, composition_index
 
@@ -181,10 +182,6 @@ def write_miniature_dataset(out_dir: str | os.PathLike, config: DownstreamConfig
     return out
 
 
-def _harmonic_mean(b: float, n: float) -> float:
-    return 0.0 if b + n == 0 else 2.0 * b * n / (b + n)
-
-
 def zero_shot_base_new(clip: "LoadedClip", dataset_dir: str | os.PathLike, template: str = ZERO_SHOT_TEMPLATE, batch_size: int = 512) -> dict[str, float]:
     """Zero-shot CLIP on a dataset's test split under the base-to-new protocol: base accuracy among the base
     classes, new accuracy among the new classes (sorted labels, base = first ceil(n/2)), their HM, and the
@@ -216,4 +213,4 @@ def zero_shot_base_new(clip: "LoadedClip", dataset_dir: str | os.PathLike, templ
         return 100.0 * (pred == labels[keep]).float().mean().item()
 
     b, n = acc(base), acc(new)
-    return {"base_acc": b, "new_acc": n, "hm": _harmonic_mean(b, n), "all_acc": acc(list(range(splits.num_classes)))}
+    return {"base_acc": b, "new_acc": n, "hm": harmonic_mean(b, n), "all_acc": acc(list(range(splits.num_classes)))}
