@@ -17,6 +17,7 @@ and credentials-on-the-driver object stores work unchanged.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import math
@@ -598,6 +599,14 @@ def featurize(cfg: FeaturizeConfig) -> FeaturizeResult:
     model_url = model_store_url(cfg.out, clip.model_name, clip.weights_id)
     plans = [_plan_dataset(cfg, i, s, clip, model_url) for i, s in enumerate(splits_list)]
 
+    with contextlib.ExitStack() as locks:
+        for p in plans:
+            if not p.complete:
+                locks.enter_context(p.store.writer_lock())  # StoreError (one line) if another run writes there
+        return _write_plans(cfg, plans, clip, model_url)
+
+
+def _write_plans(cfg: FeaturizeConfig, plans: list[DatasetPlan], clip, model_url: str) -> FeaturizeResult:
     for p in plans:
         if not p.complete:
             # The manifest goes first, marked incomplete: a rerun with other settings is refused before it

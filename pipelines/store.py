@@ -15,6 +15,8 @@ written) and rewritten with ``complete: true`` last; readers refuse anything els
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -42,6 +44,7 @@ FEWSHOT = "fewshot.json"
 #: Parquet key-value metadata of each shard (plain footer metadata: invisible to readers that ignore it).
 SHARD_META_KEY = b"dept.shard"
 _SHARD_RE = re.compile(r"^part-(train|val|test)-(\d{5})\.parquet$")
+WRITER_LOCK = ".featurize.lock"
 _TEMP_RE = re.compile(r"^\.(part-(train|val|test)-\d{5}\.parquet|manifest\.json|fewshot\.json)\.tmp-[0-9a-f]{12}$")
 
 
@@ -166,6 +169,33 @@ class DatasetStore:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         self.write_bytes_atomic(name, sink.getvalue().to_pybytes())
+
+    @contextlib.contextmanager
+    def writer_lock(self):
+        """Held by the one featurize run writing this folder (local stores): a second run would race on the
+        manifest and, at its cleanup, remove the first run's temporary shard files. Object stores need none (no
+        temporaries; a duplicate PUT of a deterministic shard is harmless)."""
+        if not isinstance(self.fs, LocalFileSystem):
+            yield
+            return
+        self.fs.makedirs(self.path, exist_ok=True)
+        lock_path = self._p(WRITER_LOCK)
+        with open(lock_path, "a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise StoreError(f"{self.url}: another featurize run is writing here ({holder}); "
+                                 f"wait for it to finish, then rerun (finished shards are kept)") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def remove_stale_temporaries(self) -> None:
         """Temporary files of killed runs (local stores only; never anything under a final name)."""

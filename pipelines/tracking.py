@@ -40,6 +40,8 @@ TRIAL_ID_TAG = "tune.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 FINAL_TAG = "final_logged"
 STATUS_TAG = "trial_status"  # completed | stopped_early | error | running
+NODE_ID_TAG = "ray_node_id"  # the node that produced the final result
+NODE_IDS_TAG = "ray_node_ids"  # every node any attempt of the trial reported from, comma-separated
 
 #: Reported keys logged once per epoch (step = epoch). Anything else a trial reports is not logged per epoch.
 EPOCH_METRICS = (
@@ -309,6 +311,9 @@ class MlflowTrialLogger(_ray_callback_base()):
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._last_epoch: dict[str, int] = {}  # trial id -> last epoch logged
         self._final_logged: set[str] = set()
+        # trial id -> every node its attempts ran on: a retried trial may move, and the final result names only
+        # the last one.
+        self._nodes: dict[str, set[str]] = {}
         self.records: dict[str, TrialRecord] = {}
         self.complete = False  # set at the end of the experiment: every trial terminated or errored
         _ACTIVE_LOGGERS[key] = self
@@ -353,6 +358,7 @@ class MlflowTrialLogger(_ray_callback_base()):
             self._last_epoch[trial_id] = max((m.step for m in history), default=0)
             if run.data.tags.get(FINAL_TAG) == "true":
                 self._final_logged.add(trial_id)
+            self._nodes[trial_id] = set(filter(None, run.data.tags.get(NODE_IDS_TAG, "").split(",")))
             log.info("trial %s: continuing MLflow run %s", trial_id, run_id)
         else:
             tags = {k: param_value(v) for k, v in self._tags(hp, trial_id).items()}
@@ -380,12 +386,19 @@ class MlflowTrialLogger(_ray_callback_base()):
             metrics.extend(final_metrics(result, ts))
         if metrics:
             self.tracker.log_metrics(run_id, metrics)
+        tags: dict[str, Any] = {}
+        node_id = result.get("node_id")
+        nodes = self._nodes.setdefault(trial_id, set())
+        if node_id and node_id not in nodes:
+            nodes.add(node_id)
+            tags[NODE_IDS_TAG] = ",".join(sorted(nodes))
         if final:
-            tags = {FINAL_TAG: True}
-            if result.get("node_id"):
-                tags["ray_node_id"] = result["node_id"]
-            self.tracker.set_tags(run_id, tags)
+            tags[FINAL_TAG] = True
+            if node_id:
+                tags[NODE_ID_TAG] = node_id
             self._final_logged.add(trial_id)
+        if tags:
+            self.tracker.set_tags(run_id, tags)
 
     def finish(self, trial_id: str, config: dict, status: str, error: str = "", failures: int = 0) -> None:
         run_id = self.run_for(trial_id, config)

@@ -253,6 +253,23 @@ def test_other_settings_into_the_same_store_are_refused(tiny_store, tiny_args):
     assert read_manifest(tiny_store["model_url"], "demo")["complete"] is True
 
 
+def test_a_second_run_into_a_folder_being_written_is_refused(tiny_args, tmp_path):
+    """While one run holds a dataset folder, another run into it stops in one line before writing anything (it
+    would race on the manifest and remove the first run's temporary shards at its cleanup)."""
+    from pipelines.store import DatasetStore
+
+    args = list(tiny_args)
+    out = str(tmp_path / "busy")
+    args[args.index("--out") + 1] = out
+    pretrained = args[args.index("--pretrained") + 1]
+    identity = {"model": "dept-tiny-vit", "weights_id": "sha256:" + file_sha256(pretrained)}
+    folder = os.path.join(model_store_url(out, identity["model"], identity["weights_id"]), "demo")
+    with DatasetStore(folder).writer_lock():
+        msg = one_line_error(run_cli(*args))
+    assert folder in msg and f"pid {os.getpid()}" in msg and "another featurize run" in msg
+    assert os.listdir(folder) == [".featurize.lock"]  # no manifest, no draws, no shard
+
+
 def fake_coop_root(demo_dir: str, root) -> str:
     """The demo images laid out as CoOp's DTD folder: <root>/dtd/split_zhou_DescribableTextures.json + images/."""
     shutil.copytree(os.path.join(demo_dir, "images"), root / "dtd" / "images")
