@@ -55,13 +55,15 @@ def pretrain_cmd(out, minutes, steps, seed, batch_size, lr, weight_decay, warmup
 @click.option("--train-per-class", default=32, show_default=True, type=int)
 @click.option("--val-per-class", default=8, show_default=True, type=int)
 @click.option("--test-per-class", default=100, show_default=True, type=int)
-def data_cmd(out, split, seed, train_per_class, val_per_class, test_per_class) -> None:
+@click.option("--class-tint", default=0.0, show_default=True, type=click.FloatRange(0, 255),
+              help="A class-specific shift: each class's object colour moved by its own fixed RGB offset up to this.")
+def data_cmd(out, split, seed, train_per_class, val_per_class, test_per_class, class_tint) -> None:
     """Write the shifted downstream dataset (DIR/split.json + DIR/images/) for `featurize --dataset-dir DIR`."""
-    from dept.miniature import DownstreamConfig, class_split, write_miniature_dataset
+    from dept.miniature import DownstreamConfig, Shift, class_split, write_miniature_dataset
 
     path = write_miniature_dataset(out, DownstreamConfig(
         split=split, seed=seed, train_per_class=train_per_class, val_per_class=val_per_class,
-        test_per_class=test_per_class,
+        test_per_class=test_per_class, shift=Shift(class_tint=class_tint),
     ))
     s = class_split(split)
     click.echo(f"miniature dataset {split!r} ({len(s.base)} base + {len(s.new)} new classes: {s.description}) written to {path}")

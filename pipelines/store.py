@@ -7,6 +7,7 @@ Layout (any fsspec URL: a local path, ``memory://``, ``s3://`` with s3fs, ...)::
         fewshot.json                   the few-shot draws per seed (train / val image ids), for auditing
         manifest.json                  model identity, transforms, views, shots, seeds, split sha256, row counts,
                                        fingerprint; ``complete: true`` only once every shard is written
+        .featurize.lock                (local stores) held by the featurize run writing the folder
 
 A shard file exists under its final name only once it is complete (local: written to a hidden temporary name,
 then renamed; object stores: one PUT, which is atomic), so "present" means "done" and a rerun skips it. The

@@ -16,7 +16,7 @@ from dept.miniature import (
     MODEL_NAME, SPLITS, DownstreamConfig, MiniatureError, PairStream, Tokens, build_probe, class_split, encode_text,
     write_miniature_dataset,
 )
-from dept.miniature.render import render, sample_downstream_scenes, sample_pretrain_scenes
+from dept.miniature.render import class_tint_offsets, render, sample_downstream_scenes, sample_pretrain_scenes
 from dept.miniature.world import COLOUR_NAMES, HELD_OUT, SHAPES, held_out_compositions, seen_compositions
 from pipelines.cli import main
 
@@ -81,6 +81,26 @@ def test_downstream_domain_is_shifted_from_pretraining():
     assert np.ptp(pre.bg_a, axis=1).max() == 0 and np.ptp(down.bg_a, axis=1).mean() > 20
     assert (pre.alpha == 1).all() and (down.alpha < 1).all()
     assert np.array_equal(render(pre), render(pre))
+
+
+def test_class_tint_moves_each_class_by_its_own_fixed_offset():
+    """The class-specific shift: one RGB offset per colour x shape (the same in every draw), none at 0."""
+    from dept.miniature import Shift
+
+    colour, shape = np.array([0, 0, 0, 1]), np.array([2, 2, 2, 2])
+    plain = sample_downstream_scenes(np.random.default_rng(3), colour, shape)
+    same = sample_downstream_scenes(np.random.default_rng(3), colour, shape, Shift(class_tint=0.0))
+    tinted = sample_downstream_scenes(np.random.default_rng(3), colour, shape, Shift(class_tint=60.0))
+    assert np.array_equal(render(plain), render(same))  # 0: the shipped dataset, pixel for pixel
+    offsets = class_tint_offsets(colour, shape, 60.0)
+    assert np.array_equal(offsets[0], offsets[1]) and np.array_equal(offsets[1], offsets[2])  # one per class
+    assert not np.allclose(offsets[0], offsets[3]) and np.abs(offsets).max() <= 60.0
+    assert np.array_equal(class_tint_offsets(colour[3:], shape[3:], 60.0), offsets[3:])  # whatever else is drawn
+    assert np.allclose(tinted.rgb, np.clip(plain.rgb + offsets, 0, 255))
+    assert np.array_equal(tinted.bg_a, plain.bg_a) and np.array_equal(tinted.cast, plain.cast)  # only the object
+    settings = DownstreamConfig(**SMALL).settings()["shift"]
+    assert "class_tint" not in settings  # folders written before the option keep their settings
+    assert DownstreamConfig(shift=Shift(class_tint=60.0), **SMALL).settings()["shift"]["class_tint"] == 60.0
 
 
 # -- downstream dataset ------------------------------------------------------------------------------------------

@@ -120,7 +120,8 @@ class DownstreamConfig:
             "generator": "dept.miniature.downstream",
             "generator_version": GENERATOR_VERSION,
             **{k: v for k, v in asdict(self).items() if k != "shift"},
-            "shift": asdict(self.shift),
+            # class_tint is recorded only when used, so folders written before it existed keep their settings.
+            "shift": {k: v for k, v in asdict(self.shift).items() if k != "class_tint" or v},
             "description": split.description,
             "base": [k.name for k in split.base],
             "new": [k.name for k in split.new],

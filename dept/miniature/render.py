@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dept.miniature.world import BACKGROUNDS, COLOUR_RGB, SHAPES
+from dept.miniature.world import BACKGROUNDS, COLOUR_RGB, SHAPES, composition_index
 
 IMAGE_SIZE = 32
 SUPERSAMPLE = 2
@@ -248,6 +248,21 @@ class Shift:
     cast: float = 0.2  # per-channel gain in 1 +- cast
     noise: tuple[float, float] = (8.0, 16.0)  # pixel-noise std range
     max_angle_deg: float = 30.0
+    # A class-specific shift: every image of a class has its object colour moved by the same RGB offset (up to
+    # this size per channel, fixed per colour x shape). Only a class's own shots reveal its offset, so what is
+    # learned on base classes does not carry to new ones. 0: none (the shipped dataset).
+    class_tint: float = 0.0
+
+
+#: Seeds the per-class offsets of ``Shift.class_tint`` (independent of the scene streams, so 0 changes nothing).
+CLASS_TINT_STREAM = 5
+
+
+def class_tint_offsets(colour: np.ndarray, shape: np.ndarray, size: float) -> np.ndarray:
+    """``[n, 3]`` RGB offsets, the same for every image of one composition (and for every data seed)."""
+    keys = composition_index(np.asarray(colour), np.asarray(shape))
+    table = {int(k): np.random.default_rng([CLASS_TINT_STREAM, int(k)]).uniform(-size, size, 3) for k in np.unique(keys)}
+    return np.stack([table[int(k)] for k in keys]) if len(keys) else np.zeros((0, 3))
 
 
 def sample_downstream_scenes(rng: np.random.Generator, colour: np.ndarray, shape: np.ndarray, shift: Shift = Shift()) -> Scenes:
@@ -259,8 +274,11 @@ def sample_downstream_scenes(rng: np.random.Generator, colour: np.ndarray, shape
     grey = rng.uniform(70.0, 180.0, (n, 1))
     bg_a = np.clip(grey + rng.uniform(-shift.tint, shift.tint, (n, 3)), 0, 255)
     bg_b = np.clip(bg_a + rng.uniform(25.0, 50.0, (n, 1)) * rng.choice([-1.0, 1.0], (n, 1)), 0, 255)
+    rgb = _object_rgb(rng, np.asarray(colour), 15.0)
+    if shift.class_tint > 0:
+        rgb = np.clip(rgb + class_tint_offsets(colour, shape, shift.class_tint), 0, 255)
     return Scenes(
-        shape=np.asarray(shape), colour=np.asarray(colour), rgb=_object_rgb(rng, np.asarray(colour), 15.0),
+        shape=np.asarray(shape), colour=np.asarray(colour), rgb=rgb,
         background=rng.choice(np.array([3, 4]), n), bg_a=bg_a, bg_b=bg_b,
         alpha=rng.uniform(*shift.alpha, n), cast=rng.uniform(1 - shift.cast, 1 + shift.cast, (n, 3)),
         noise=rng.uniform(*shift.noise, n), **place, **pattern,
