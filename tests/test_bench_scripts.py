@@ -116,3 +116,18 @@ def test_tune_overhead_bench_runs(ray_cluster):
                      "--epochs", "1", "--trials", "2", "--ray-address", ray_cluster.address)
     assert re.search(r"^\| 1 \| [\d.]+ \| [\d.]+ \|", out, re.M), out
     assert "median overhead" in out
+
+
+def test_miniature_table_reports_hm_of_means_and_per_seed_spread(tmp_path):
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / "recipe.txt").write_text("model: test recipe")
+    (folder / "zero-shot-disjoint.txt").write_text("zero-shot x: base 55.20  new 67.00  HM 60.60  (all 50.0)\n")
+    for seed, (base, new) in ((1, (80.0, 50.0)), (2, (70.0, 60.0))):
+        run = {"hyperparameters": {"method": "coop", "dept": True},
+               "test": {"test_base_acc": base, "test_new_acc": new, "test_hm": 2 * base * new / (base + new)}}
+        (folder / f"disjoint-coop-dept-seed{seed}.json").write_text(json.dumps(run))
+    out = run_script(str(BENCH / "miniature_table.py"), str(folder))
+    assert "| disjoint | zero-shot | - | 55.2 | 67.0 | 60.6 | - |" in out
+    # HM of the means 2*75*55/130 = 63.5; the per-seed HMs 61.5 and 64.6 average 63.1 (std 2.2).
+    assert "| disjoint | CoOp+DePT | 2 | 75.0 +- 7.1 | 55.0 +- 7.1 | 63.5 | 63.1 +- 2.2 |" in out
