@@ -241,7 +241,8 @@ def format_markdown(blocks: list[Block], *, experiment: str = "") -> str:
                          f"| {_f(r.hm)} | {_f(p.base if p else None)} | {_f(p.new if p else None)} "
                          f"| {_f(p.hm if p else None)} |")
         a, pa = block.average, block.paper_average
-        lines.append(f"| **Average** ({len(block.rows)} datasets) | {a.label} | | {_f(a.base)} | {_f(a.new)} "
+        n = len(block.rows)
+        lines.append(f"| **Average** ({n} dataset{'' if n == 1 else 's'}) | {a.label} | | {_f(a.base)} | {_f(a.new)} "
                      f"| **{_f(a.hm)}** | {_f(pa.base if pa else None)} | {_f(pa.new if pa else None)} "
                      f"| {_f(pa.hm if pa else None)} |")
         if block.paper_printed is not None:
