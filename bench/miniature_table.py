@@ -14,9 +14,9 @@ import re
 import statistics
 from pathlib import Path
 
+from pipelines.report import method_label
 from pipelines.tracking import harmonic_mean
 
-METHOD_NAMES = {"coop": "CoOp", "kgcoop": "KgCoOp", "cocoop": "CoCoOp"}
 ZERO_SHOT_RE = re.compile(r"base ([\d.]+)\s+new ([\d.]+)\s+HM ([\d.]+)")
 
 
@@ -39,8 +39,7 @@ def table(folder: Path) -> str:
         for path in sorted(folder.glob(f"{split}-*-seed*.json")):
             run = json.loads(path.read_text())
             hp = run["hyperparameters"]
-            name = METHOD_NAMES.get(hp["method"], hp["method"]) + ("+DePT" if hp["dept"] else "")
-            groups.setdefault(name, []).append(run["test"])
+            groups.setdefault(method_label(hp["method"], hp["dept"]), []).append(run["test"])
         for name in sorted(groups):
             runs = groups[name]
             base = [r["test_base_acc"] for r in runs]

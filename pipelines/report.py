@@ -36,6 +36,12 @@ PAPER_DATASETS = ("ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowe
                   "SUN397", "DTD", "EuroSAT", "UCF101")
 
 
+def method_label(method: str, dept: bool) -> str:
+    """A method as the paper's table names it: "CoOp", "CoOp+DePT"."""
+    name = PAPER_METHOD_NAMES.get(method, method)
+    return f"{name}+DePT" if dept else name
+
+
 class ReportError(ValueError):
     """The report cannot be made (no such experiment, no finished runs); one line."""
 
@@ -92,8 +98,7 @@ class Row:
 
     @property
     def label(self) -> str:
-        name = PAPER_METHOD_NAMES.get(self.method, self.method)
-        return f"{name}+DePT" if self.dept else name
+        return method_label(self.method, self.dept)
 
 
 @dataclass
