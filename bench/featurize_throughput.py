@@ -36,7 +36,7 @@ import torch
 
 from dept.clip import load_clip, save_random_checkpoint
 from dept.datasets import load_custom_dataset
-from pipelines import featurize as featurize_mod
+from pipelines.featurize import encode as featurize_mod
 from pipelines.featurize import FeaturizeConfig, decode_images, featurize
 from pipelines.ray_runtime import ensure_ray
 

@@ -14,8 +14,8 @@ import re
 import statistics
 from pathlib import Path
 
-from pipelines.report import method_label
-from pipelines.tracking import harmonic_mean
+from pipelines.metrics import harmonic_mean
+from pipelines.report.table import method_label
 
 ZERO_SHOT_RE = re.compile(r"base ([\d.]+)\s+new ([\d.]+)\s+HM ([\d.]+)")
 

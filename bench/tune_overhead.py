@@ -6,8 +6,8 @@ processes falls on both alike):
 - tune: the real CLI (``dept-pipeline tune``) with a local Ray it starts itself, a SQLite MLflow store in the
   work folder, a space file of one fixed configuration run once per seed (N seeds = N trials, same cost each),
   scheduler none, ``--max-concurrent 1 --cpus-per-trial 1`` (one trial at a time, one thread, as the loop);
-- loop: ``python -c`` calling the trial function the trainable wraps (``pipelines.trial.run_trial``) once per
-  seed with the same context (``pipelines.tune.make_context``, one thread) and the same hyperparameters; no
+- loop: ``python -c`` calling the trial function the trainable wraps (``pipelines.tune.trial.run_trial``) once per
+  seed with the same context (``pipelines.tune.runner.make_context``, one thread) and the same hyperparameters; no
   Ray, no MLflow. It keeps the learned state in a temporary folder as the trainable does.
 
 Overhead = (tune - loop) / loop, on wall time (several processes: CPU time of one would miss most of the work).
@@ -36,10 +36,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CLI = "from pipelines.cli import main; main(prog_name='dept-pipeline')"
 # Comparison (--fresh-workers): the same CLI with Ray Tune's reuse_actors off, i.e. a fresh worker process per
-# trial (imports and text-tower load per trial): what pipelines/tune.py did before it turned reuse_actors on.
+# trial (imports and text-tower load per trial): what pipelines/tune/runner.py did before it turned reuse_actors on.
 CLI_FRESH = ("import ray.tune as t; t.TuneConfig = (lambda C: lambda *a, **k: C(*a, **{**k, 'reuse_actors': False}))"
              "(t.TuneConfig); " + CLI)
-FRESH = ("import time; t0 = time.perf_counter(); import torch, open_clip, dept, pipelines.trial; "
+FRESH = ("import time; t0 = time.perf_counter(); import torch, open_clip, dept, pipelines.tune.trial; "
          "t1 = time.perf_counter(); from dept import load_clip; load_clip({model!r}, {ckpt!r}, text_only=True); "
          "print(t1 - t0, time.perf_counter() - t1)")
 LOOP = "import sys; sys.path.insert(0, {bench!r}); from tune_overhead import loop_main; loop_main({args!r})"
@@ -77,15 +77,15 @@ def loop_main(argv: list[str]) -> None:
     ap.add_argument("--space", required=True)
     args = ap.parse_args(argv)
 
-    from pipelines.spaces import load_space
-    from pipelines.trial import run_trial
-    from pipelines.tune import make_context
+    from pipelines.tune.runner import make_context
+    from pipelines.tune.spaces import load_space
+    from pipelines.tune.trial import run_trial
 
     space = load_space(args.space)
     searched = [p.name for p in space.params.values() if p.kind != "fixed"]
     if searched:
         raise SystemExit(f"the loop needs a space of fixed values; {searched} are searched")
-    # What `tune --cpus-per-trial 1` builds for its trials (pipelines.tune._context).
+    # What `tune --cpus-per-trial 1` builds for its trials (pipelines.tune.runner._context).
     ctx = make_context(args.features, args.dataset, shots=space.shots_values(), seeds=list(space.seeds),
                        objective=space.objective, pseudo_new_fraction=space.pseudo_new_fraction, num_threads=1,
                        device="cpu")
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fresh worker per trial, round {i}: tune {fw:.1f} s (dataset part {fd} s) vs {tw:.1f} s with "
                   f"reused workers, overhead {100 * (fw - res['loop'][0]) / res['loop'][0]:.0f} %; reuse saves "
                   f"{(fw - tw) / args.trials:.1f} s per trial")
-    print(f"a fresh Python process: imports of torch, open_clip, dept, pipelines.trial {imports_s:.1f} s, then "
+    print(f"a fresh Python process: imports of torch, open_clip, dept, pipelines.tune.trial {imports_s:.1f} s, then "
           f"load_clip({args.model}, text_only) {load_s:.1f} s (best of 2)")
     loop_trial = statistics.median(statistics.mean(res["loop"][1]) for res in rows)
     ov_abs = statistics.median(res["tune"][0] - res["loop"][0] for res in rows)

@@ -1,7 +1,8 @@
 """A prompt method composed with DePT's CAT head: the thing that is trained and evaluated.
 
 ``DePTLearner`` works on image *features* (cached or freshly encoded), so trials never run the image encoder.
-With ``dept=None`` it is the plain base method (ITM head only).
+With ``dept=None`` it is the plain base method (ITM head only); so it is with DePT at loss weight 0, where the CAT
+head would get no gradient: no head is built, and the learner is the base method bit for bit.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dept.clip import LoadedClip
-from dept.head import CATHead, DePTConfig, dept_loss, fuse
+from dept.head import CATHead, DePTConfig, applied_dept, dept_loss, fuse
 from dept.methods import METHODS, PromptMethod
 from dept.text_encoder import ClassTokens, PromptTextEncoder
 
@@ -38,8 +39,12 @@ class DePTLearner(nn.Module):
         self.encoder = encoder
         self.embed_dim = embed_dim
         self.method = method
-        self.dept = dept
-        self.cat_head = CATHead(embed_dim, len(base_classnames)) if dept is not None else None
+        self.dept_requested = dept  # what was asked (recorded, and rebuilt from, in saved states)
+        self.dept = dept.effective() if dept is not None else None  # what is applied: None = the plain method
+        if dept is not None and self.dept is None:
+            log.info("DePT loss weight 0: no CAT head; this is the plain %s (fusion weight 0, not %.2f)",
+                     method.name, dept.fusion_weight)
+        self.cat_head = CATHead(embed_dim, len(base_classnames)) if self.dept is not None else None
         self.base_classnames = list(base_classnames)
         self.logit_scale = float(logit_scale)  # the temperature tau itself (CLIP's exp(logit_scale)), frozen
         self.dataset = dataset
@@ -64,12 +69,18 @@ class DePTLearner(nn.Module):
         return {
             "method": self.method.name,
             "method_options": self.method_options,
-            "dept": asdict(self.dept) if self.dept is not None else None,
+            "dept": asdict(self.dept_requested) if self.dept_requested is not None else None,
+            **self.applied_params(),
             "base_classnames": self.base_classnames,
             "dataset": self.dataset,
             "logit_scale": self.logit_scale,
             "clip": self.clip_identity,
         }
+
+    def applied_params(self) -> dict[str, object]:
+        """``dept_effective``, ``loss_weight_effective``, ``fusion_weight_effective``: what this learner really
+        trains and fuses with (DePT at loss weight 0 reads as the plain method: false, 0, 0)."""
+        return applied_dept(self.dept)
 
     # -- heads ----------------------------------------------------------------------------------------------
     def class_tokens(self, classnames: list[str]) -> ClassTokens:
@@ -107,7 +118,7 @@ class DePTLearner(nn.Module):
         text = self.method.text_features(self.encoder, classes, image_features)
         itm = self.itm_logits_from(image_features, text)
         cat = None
-        if self.dept is not None and self.dept.loss_weight > 0:
+        if self.dept is not None:
             # The CAT head sees raw features; its text rows are each sample's own class text feature, so its
             # gradient reaches the prompts through T[y].
             rows = torch.arange(len(labels), device=labels.device)

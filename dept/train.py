@@ -1,8 +1,11 @@
 """Training a ``DePTLearner`` on cached image features.
 
-Schedule (the reference recipe, Dassl's): epoch ``e`` uses ``warmup_lr`` for ``e < warmup_epochs`` and
-``lr * (1 + cos(pi * e / epochs)) / 2`` afterwards — stepped per epoch, for every parameter group scaled by its
-own base lr. Batches drop the last incomplete one, as the reference loader does.
+Schedule (the reference recipe): Dassl's ``ConstantWarmupScheduler(CosineAnnealingLR(T_max=epochs))``, stepped
+once per epoch. Epoch ``e`` (0-based) runs at ``warmup_lr`` for ``e < warmup_epochs``, for every parameter group
+(CAT head included); from then on the cosine starts at its own epoch 0, so ``e`` runs at
+``base_lr * (1 + cos(pi * (e - warmup_epochs) / epochs)) / 2``, each group at its own base lr. With 10 epochs, one
+warmup epoch and lr 0.0035: 1e-5, 3.500e-3, 3.414e-3, ..., 3.342e-4 (the cosine never reaches its end).
+Batches drop the last incomplete one, as the reference loader does.
 """
 from __future__ import annotations
 
@@ -34,11 +37,23 @@ class TrainConfig:
     def __post_init__(self):
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"bad training config: epochs={self.epochs} batch_size={self.batch_size} lr={self.lr}")
+        if self.warmup_epochs < 0 or self.warmup_lr < 0:
+            raise ValueError(f"bad training config: warmup_epochs={self.warmup_epochs} warmup_lr={self.warmup_lr}")
 
     def lr_at(self, epoch: int, base_lr: float) -> float:
+        """The lr of 0-based ``epoch`` for a parameter group whose base lr is ``base_lr``.
+
+        Dassl's warmup wrapper keeps its own epoch count: while that count is below ``warmup_epochs`` every group
+        runs at ``warmup_lr``; once past, it steps the cosine successor, which was created at its epoch 0 and so
+        runs one warmup behind the wrapper (the successor's ``last_epoch`` is not advanced during warmup).
+        """
         if epoch < self.warmup_epochs:
             return self.warmup_lr
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - self.warmup_epochs) / self.epochs))
+
+    def lr_schedule(self, base_lr: float | None = None) -> list[float]:
+        """The lr of every epoch, in order, for base lr ``base_lr`` (default: the prompts' ``lr``)."""
+        return [self.lr_at(e, self.lr if base_lr is None else base_lr) for e in range(self.epochs)]
 
 
 @dataclass

@@ -3,6 +3,7 @@ so single-node and multi-node tests share it instead of starting Ray again and a
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Keep Ray on loopback and quiet before anything imports it.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -15,6 +16,7 @@ import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+REPO = Path(__file__).resolve().parent.parent  # the checkout: tests read its files (README, bench, infra)
 TINY_MODEL = "dept-tiny-vit"  # registered by dept.clip from dept/model_configs
 
 

@@ -1,4 +1,4 @@
-"""Search spaces shipped with dept-pipeline (YAML, package data). Format: see ``pipelines.spaces`` / README.md."""
+"""Search spaces shipped with dept-pipeline (YAML, package data). Format: see ``pipelines.tune.spaces`` / README.md."""
 from __future__ import annotations
 
 from pathlib import Path

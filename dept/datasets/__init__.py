@@ -8,6 +8,7 @@ from .fewshot import base_new_split, draw_few_shot, subset
 from .registry import (
     BASE_TO_NEW,
     DEFAULT_KGCOOP_TEMPLATE,
+    DEFAULT_TEMPLATE,
     DOMAIN_GENERALISATION,
     DatasetSpec,
     dataset_names,
@@ -16,12 +17,14 @@ from .registry import (
     load_custom_dataset,
     load_dataset,
     locate,
+    zero_shot_template,
 )
 from .types import DatasetError, DatasetSplits, Item
 
 __all__ = [
     "BASE_TO_NEW",
     "DEFAULT_KGCOOP_TEMPLATE",
+    "DEFAULT_TEMPLATE",
     "DOMAIN_GENERALISATION",
     "DatasetError",
     "DatasetSpec",
@@ -37,4 +40,5 @@ __all__ = [
     "locate",
     "subset",
     "write_demo_dataset",
+    "zero_shot_template",
 ]

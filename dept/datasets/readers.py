@@ -1,6 +1,6 @@
 """Readers for CoOp's dataset folder layouts.
 
-Each reader takes a :class:`~dept.datasets.registry.DatasetSpec` and the dataset's folder and returns
+Each reader takes a :class:`~dept.datasets.types.DatasetSpec` and the dataset's folder and returns
 :class:`DatasetSplits`. Everything a user can get wrong (missing or malformed files, images listed but absent) is
 checked here, before any caller starts work, and raised as a one-line :class:`DatasetError`.
 """
@@ -10,12 +10,8 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
-from .types import DatasetError, DatasetSplits, Item
-
-if TYPE_CHECKING:
-    from .registry import DatasetSpec
+from .types import DatasetError, DatasetSpec, DatasetSplits, Item
 
 log = logging.getLogger(__name__)
 

@@ -1,69 +1,28 @@
 """The registry of known datasets: one :class:`DatasetSpec` per dataset, holding every per-dataset fact as data
-(folder, image folder, split file, reader, KgCoOp template, class renames), so no code branches on dataset names."""
+(folder, image folder, split file, reader, zero-shot and KgCoOp templates, class renames), so no code branches on
+dataset names.
+
+Templates: CoOp's hand-crafted zero-shot prompts (its ``zsclip.py``) and KgCoOp's target prompts (KgCoOp's and
+DePT's ``kgcoop.py``) are one table but for DTD: zero-shot "{} texture.", KgCoOp "a photo of a {}, a type of
+texture."."""
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
 
 from . import readers
-from .types import DatasetError, DatasetSplits
+from .types import (
+    BASE_TO_NEW,
+    DEFAULT_KGCOOP_TEMPLATE,
+    DEFAULT_TEMPLATE,
+    DOMAIN_GENERALISATION,
+    DatasetError,
+    DatasetSpec,
+    DatasetSplits,
+    frozen_mapping,
+)
 
 log = logging.getLogger(__name__)
-
-#: KgCoOp's hand-crafted template for datasets that have none of their own (and for custom datasets).
-DEFAULT_KGCOOP_TEMPLATE = "a photo of a {}."
-
-BASE_TO_NEW = "base_to_new"
-DOMAIN_GENERALISATION = "domain_generalisation"
-
-
-def _frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:
-    return MappingProxyType(dict(mapping))
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Where a dataset lives under the data root and how to read it.
-
-    ``folder``: the dataset's folder under the data root; ``image_subdir``: the image folder inside it ("" = the
-    folder itself); ``split_file``: the main split/label file inside it (what :func:`locate` looks for);
-    ``reader(spec, dataset_dir) -> DatasetSplits``; ``kgcoop_template``: KgCoOp's hand-crafted prompt, with ``{}``
-    for the class name; ``classname_renames``: raw class name -> prompt name, applied before ``_`` -> space.
-    """
-
-    name: str
-    folder: str
-    image_subdir: str
-    split_file: str
-    reader: Callable[[DatasetSpec, str], DatasetSplits]
-    kgcoop_template: str = DEFAULT_KGCOOP_TEMPLATE
-    classname_renames: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
-    #: base-to-new datasets (the paper's 11) or ImageNet's domain-generalisation targets
-    protocol: str = BASE_TO_NEW
-    #: further label files read besides ``split_file`` (FGVCAircraft's per-split lists, train/val/test order)
-    extra_files: tuple[str, ...] = ()
-    #: raw class names / top-level image folders whose split entries are skipped (Caltech101)
-    dropped_classes: tuple[str, ...] = ()
-    #: ImageNet variants: class folders are named by line index in classnames.txt, not by wnid (ImageNetV2)
-    class_folders_by_index: bool = False
-    #: ImageNet variants: the dataset holds a subset of the 1000 classes; labels cover only those (A, R)
-    class_subset: bool = False
-    #: ImageNet: images per class held out of images/train as the validation split (see readers.read_imagenet)
-    val_holdout_per_class: int = 0
-
-    def dataset_dir(self, data_root: str | os.PathLike) -> str:
-        return os.path.join(os.fspath(data_root), self.folder)
-
-    def required_paths(self, data_root: str | os.PathLike) -> list[str]:
-        """Files and folders that must exist for the dataset to load, in the order they are checked."""
-        d = self.dataset_dir(data_root)
-        return [os.path.join(d, f) for f in (self.split_file, *self.extra_files)] + [
-            os.path.join(d, self.image_subdir) if self.image_subdir else d
-        ]
-
 
 _SPECS: tuple[DatasetSpec, ...] = (
     DatasetSpec(
@@ -76,29 +35,29 @@ _SPECS: tuple[DatasetSpec, ...] = (
         "Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json",
         readers.read_json_dataset,
         # CoOp's split file already carries these prompt names; mapping the folder names keeps other files working.
-        classname_renames=_frozen(
+        classname_renames=frozen_mapping(
             {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
         ),
         dropped_classes=("BACKGROUND_Google", "Faces_easy"),
     ),
     DatasetSpec(
         "OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json", readers.read_json_dataset,
-        kgcoop_template="a photo of a {}, a type of pet.",
+        zero_shot_template="a photo of a {}, a type of pet.",
     ),
     DatasetSpec(
         "StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", readers.read_json_dataset,
     ),
     DatasetSpec(
         "Flowers102", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", readers.read_json_dataset,
-        kgcoop_template="a photo of a {}, a type of flower.",
+        zero_shot_template="a photo of a {}, a type of flower.",
     ),
     DatasetSpec(
         "Food101", "food-101", "images", "split_zhou_Food101.json", readers.read_json_dataset,
-        kgcoop_template="a photo of {}, a type of food.",
+        zero_shot_template="a photo of {}, a type of food.",
     ),
     DatasetSpec(
         "FGVCAircraft", "fgvc_aircraft", "images", "variants.txt", readers.read_fgvc_aircraft,
-        kgcoop_template="a photo of a {}, a type of aircraft.",
+        zero_shot_template="a photo of a {}, a type of aircraft.",
         extra_files=("images_variant_train.txt", "images_variant_val.txt", "images_variant_test.txt"),
     ),
     DatasetSpec(
@@ -106,12 +65,12 @@ _SPECS: tuple[DatasetSpec, ...] = (
     ),
     DatasetSpec(
         "DTD", "dtd", "images", "split_zhou_DescribableTextures.json", readers.read_json_dataset,
-        kgcoop_template="{} texture.",
+        zero_shot_template="{} texture.", kgcoop_template="a photo of a {}, a type of texture.",
     ),
     DatasetSpec(
         "EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json", readers.read_json_dataset,
-        kgcoop_template="a centered satellite photo of {}.",
-        classname_renames=_frozen({
+        zero_shot_template="a centered satellite photo of {}.",
+        classname_renames=frozen_mapping({
             "AnnualCrop": "Annual Crop Land",
             "Forest": "Forest",
             "HerbaceousVegetation": "Herbaceous Vegetation Land",
@@ -126,7 +85,7 @@ _SPECS: tuple[DatasetSpec, ...] = (
     ),
     DatasetSpec(
         "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", readers.read_json_dataset,
-        kgcoop_template="a photo of a person doing {}.",
+        zero_shot_template="a photo of a person doing {}.",
     ),
     DatasetSpec(
         "ImageNetV2", "imagenetv2", "imagenetv2-matched-frequency-format-val", "classnames.txt",
@@ -168,12 +127,19 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 def kgcoop_template(name: str) -> str:
-    """KgCoOp's hand-crafted prompt template for a dataset (``{}`` = class name).
+    """KgCoOp's hand-crafted target prompt template for a dataset (``{}`` = class name).
 
     Datasets without their own template, custom datasets included, get ``"a photo of a {}."``.
     """
     spec = _BY_KEY.get(str(name).lower())
-    return spec.kgcoop_template if spec is not None else DEFAULT_KGCOOP_TEMPLATE
+    return spec.kgcoop_prompt if spec is not None else DEFAULT_KGCOOP_TEMPLATE
+
+
+def zero_shot_template(name: str) -> str:
+    """CoOp's hand-crafted zero-shot prompt template for a dataset (``{}`` = class name); differs from KgCoOp's
+    for DTD only. Datasets without their own template, custom datasets included, get ``"a photo of a {}."``."""
+    spec = _BY_KEY.get(str(name).lower())
+    return spec.zero_shot_template if spec is not None else DEFAULT_TEMPLATE
 
 
 def locate(name: str, data_root: str | os.PathLike) -> tuple[bool, str]:

@@ -1,5 +1,9 @@
 """KgCoOp: CoOp plus a knowledge-guidance term pulling learned class text features towards those of the
-dataset's hand-crafted template: w_kg * (1 - mean_k cos(T_k, T_k^hand))."""
+dataset's hand-crafted template: w_kg * (1 - mean_k cos(T_k, T_k^hand)).
+
+The knowledge-guidance weight w_kg defaults to the DePT reference's 2.0, for KgCoOp and KgCoOp+DePT alike, so
+"+DePT" changes one thing; the original KgCoOp recipe's 8.0 is :data:`ORIGINAL_KGCOOP_WEIGHT`, opt-in.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,13 +15,23 @@ from torch import nn
 from dept.methods.base import MethodOptions, PromptMethod, init_context, register_method
 
 
+#: w_kg of the DePT reference (its KgCoOp config, W: 2.0), used with and without DePT: the one default.
+DEPT_KGCOOP_WEIGHT = 2.0
+#: w_kg of the original KgCoOp recipe; pass ``kg_weight=ORIGINAL_KGCOOP_WEIGHT`` to run that recipe.
+ORIGINAL_KGCOOP_WEIGHT = 8.0
+
+
 @dataclass(frozen=True)
 class KgCoOpOptions(MethodOptions):
     n_ctx: int = 4
     ctx_init: str | None = "a photo of a"
     init_std: float = 0.02
-    kg_weight: float = 2.0  # 2.0 under DePT; the original KgCoOp used 8.0
+    kg_weight: float = DEPT_KGCOOP_WEIGHT  # same with and without DePT; ORIGINAL_KGCOOP_WEIGHT is opt-in
     template: str | None = None  # None = the dataset's hand-crafted template (dept.datasets.kgcoop_template)
+
+    def __post_init__(self):
+        if not self.kg_weight >= 0.0:
+            raise ValueError(f"KgCoOp kg_weight must be >= 0, got {self.kg_weight}")
 
 
 @register_method("kgcoop")

@@ -1,0 +1,51 @@
+"""What more than one command module shares: the ``--method`` choice and the ``--out`` file handling."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+
+class MethodChoice(click.Choice):
+    """``--method``: the names registered in ``dept.methods.METHODS``, read when a value is checked. Importing
+    ``dept`` loads torch (~10 s on a small CPU), so ``--help`` shows METHOD instead of the list; a wrong name is
+    answered with the list."""
+
+    name = "method"
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    def get_metavar(self, *args, **kwargs) -> str:
+        return "METHOD"
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from dept.methods import METHODS
+
+        return tuple(METHODS)
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns it; the registry is the only source
+        pass
+
+
+METHOD_CHOICE = MethodChoice()
+
+
+def check_out(out: str | None) -> Path | None:
+    """An output file's folder must exist before any work starts."""
+    if out is None or out == "-":
+        return None
+    path = Path(out).expanduser().resolve()
+    if not path.parent.is_dir():
+        raise click.BadParameter(f"folder {path.parent} does not exist", param_hint="--out")
+    return path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Never leave a half-written file under the final name."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,61 @@
+"""CLI command ``tune``: Ray Tune over a search space, every trial tracked in MLflow."""
+from __future__ import annotations
+
+import click
+
+from pipelines.cli._common import METHOD_CHOICE
+
+
+def _space_help() -> str:
+    try:
+        from tune_spaces import space_names
+
+        return ", ".join(space_names())
+    except Exception:  # help text only
+        return "?"
+
+
+@click.command("tune")
+@click.option("--features", required=True, help="Feature store model folder (the URL featurize printed).")
+@click.option("--dataset", required=True, help="A dataset in the store, or 'all' (one Tune experiment each, in turn).")
+@click.option("--space", default="smoke", show_default=True, help=f"Search space: a shipped name ({_space_help()}) or a .yaml path.")
+@click.option("--method", "methods", type=METHOD_CHOICE, multiple=True,
+              help="Only these methods (names registered in dept.methods; repeatable); replaces the space's method values.")
+@click.option("--objective", type=click.Choice(["val", "pseudo-new"]), default=None,
+              help="Selection objective; default: the space's (val).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Override the space's num_samples.")
+@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Most trials at once (default: as resources allow).")
+@click.option("--max-failures", type=click.IntRange(min=0), default=2, show_default=True, help="Retries of a failed trial.")
+@click.option("--ray-address", default=None, help="Existing Ray cluster (default: start a local one).")
+@click.option("--storage", default=None, help="Tune storage: folder or URL (s3://...). Default ./runs/tune.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted experiment (finished trials are not rerun).")
+@click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+              help="Default: sqlite:///mlflow.db in the working folder.")
+@click.option("--experiment", default="dept", show_default=True, help="MLflow experiment and Tune folder name.")
+def tune_cmd(features, dataset, space, methods, objective, num_samples, gpus_per_trial, cpus_per_trial,
+             max_concurrent, max_failures, ray_address, storage, resume, mlflow_uri, experiment):
+    """Tune DePT trials with Ray Tune over cached features; every trial tracked in MLflow."""
+    from pipelines.tune.runner import TuneOptions, best_table, run_tune
+
+    opts = TuneOptions(
+        features=features, dataset=dataset, space=space, experiment=experiment, num_samples=num_samples,
+        methods=tuple(methods), objective=objective, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
+        max_concurrent=max_concurrent, max_failures=max_failures, ray_address=ray_address, storage=storage,
+        resume=resume, mlflow_uri=mlflow_uri,
+    )
+    outcomes = run_tune(opts, progress=click.echo)
+    from pipelines.tune.spaces import load_space
+
+    metric = load_space(space).with_overrides(objective=objective).metric
+    click.echo("")
+    click.echo(f"best configuration per dataset (selected on {metric}; test numbers are mean over seeds):")
+    click.echo(best_table(outcomes, metric))
+    failed = [o.dataset for o in outcomes if o.records and o.count("error") == len(o.records)]
+    if failed:
+        raise click.ClickException(f"every trial of {', '.join(failed)} failed; the error of each is in the "
+                                   "'error' tag of its MLflow run")
+
+
+COMMANDS = [tune_cmd]

@@ -1,0 +1,304 @@
+"""The paper-style base-to-new table, read back from MLflow, beside the published numbers.
+
+Per (dataset, method, DePT on/off) the report takes the configuration a researcher would have picked without
+peeking at test images — the one with the best mean *selection* metric over its seeds (``val_hm`` by default; the
+metric each run was tuned on is in its ``selection_metric`` tag) — and shows its test base and new accuracy as mean
+± std over seeds, and HM of those means (METHOD.md: per dataset, mean of seeds for base and new, then HM). The
+average row averages base and new over the datasets shown and takes the HM of those averages (not the mean of the
+per-dataset HMs).
+
+Published numbers (``pipelines/data/paper_results.csv``, ViT-B/16, 16 shots, seeds 1-3) sit beside ours for the
+11 base-to-new datasets. The paper column of our average row is recomputed the same way from the paper's
+per-dataset rows of the datasets shown, so the two are comparable; the row the paper *printed* (over all 11) is
+given in a note, because for CoOp and CoCoOp it does not equal the mean of the paper's own per-dataset rows.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import statistics
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Iterable
+
+from pipelines.metrics import harmonic_mean
+from pipelines.tracking.client import ROLE_TRAIN, ROLE_TRIAL, STATUS_TAG
+
+log = logging.getLogger(__name__)
+
+#: Method ids (``--method``) -> the names the paper's table uses.
+PAPER_METHOD_NAMES = {"coop": "CoOp", "cocoop": "CoCoOp", "kgcoop": "KgCoOp"}
+#: The 11 base-to-new datasets in the paper's table order.
+PAPER_DATASETS = ("ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft",
+                  "SUN397", "DTD", "EuroSAT", "UCF101")
+
+
+def method_label(method: str, dept: bool) -> str:
+    """A method as the paper's table names it: "CoOp", "CoOp+DePT"."""
+    name = PAPER_METHOD_NAMES.get(method, method)
+    return f"{name}+DePT" if dept else name
+
+
+class ReportError(ValueError):
+    """The report cannot be made (no such experiment, no finished runs); one line."""
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    base: float
+    new: float
+    hm: float
+
+
+def load_paper_results() -> dict[tuple[str, str, str], PaperRow]:
+    """(dataset, method, variant) -> published base / new / HM; variant is ``baseline`` or ``dept``."""
+    text = resources.files("pipelines").joinpath("data/paper_results.csv").read_text()
+    out = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        out[(row["dataset"], row["method"], row["variant"])] = PaperRow(
+            float(row["base"]), float(row["new"]), float(row["hm"])
+        )
+    return out
+
+
+@dataclass
+class RunInfo:
+    """One finished trial (or ``train``) run, as the report needs it."""
+
+    run_id: str
+    dataset: str
+    method: str
+    dept: bool
+    seed: str
+    config: tuple  # params without the seed
+    selection_metric: str
+    selection_mode: str
+    metrics: dict
+    completed: bool = True  # False: stopped early by the scheduler (no test metrics)
+
+
+@dataclass
+class Row:
+    dataset: str
+    method: str
+    dept: bool
+    seeds: int
+    base: float
+    base_std: float
+    new: float
+    new_std: float
+    hm: float
+    selection_metric: str = ""
+    selection_value: float = float("nan")
+    configs_compared: int = 1
+    paper: PaperRow | None = None
+
+    @property
+    def label(self) -> str:
+        return method_label(self.method, self.dept)
+
+
+@dataclass
+class Block:
+    """One method variant: a row per dataset, then the average row."""
+
+    method: str
+    dept: bool
+    rows: list[Row] = field(default_factory=list)
+    average: Row | None = None
+    paper_average: PaperRow | None = None  # recomputed over the same datasets as ours
+    paper_printed: PaperRow | None = None  # the paper's printed average row (11 datasets)
+    paper_recomputed_all: PaperRow | None = None  # the mean of the paper's 11 per-dataset rows
+
+
+def _dataset_order(name: str) -> tuple:
+    return (PAPER_DATASETS.index(name), "") if name in PAPER_DATASETS else (len(PAPER_DATASETS), name)
+
+
+def collect_runs(uri: str, experiment: str) -> list[RunInfo]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in client.search_experiments(max_results=50)]
+        raise ReportError(f"no MLflow experiment {experiment!r} at {uri} (there: {', '.join(names) or 'none'})")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    out = []
+    for run in runs:
+        tags, params = run.data.tags, run.data.params
+        if tags.get("role") not in (ROLE_TRIAL, ROLE_TRAIN) or tags.get(STATUS_TAG) not in ("completed",
+                                                                                             "stopped_early"):
+            continue
+        completed = tags.get(STATUS_TAG) == "completed"
+        if completed and not all(k in run.data.metrics for k in ("test_base_acc", "test_new_acc")):
+            continue
+        config = tuple(sorted((k, v) for k, v in params.items() if k != "seed"))
+        out.append(RunInfo(
+            run_id=run.info.run_id,
+            dataset=tags.get("dataset", "?"),
+            method=tags.get("method", params.get("method", "?")),
+            dept=tags.get("dept", params.get("dept", "true")) == "true",
+            seed=tags.get("seed", params.get("seed", "?")),
+            config=config,
+            selection_metric=tags.get("selection_metric", "val_hm"),
+            selection_mode=tags.get("selection_mode", "max"),
+            metrics=dict(run.data.metrics),
+            completed=completed,
+        ))
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def build_report(runs: Iterable[RunInfo], paper: dict | None = None) -> list[Block]:
+    paper = load_paper_results() if paper is None else paper
+    by_cell: dict[tuple[str, str, bool], dict[tuple, list[RunInfo]]] = {}
+    for r in runs:
+        by_cell.setdefault((r.dataset, r.method, r.dept), {}).setdefault(r.config, []).append(r)
+
+    blocks: dict[tuple[str, bool], Block] = {}
+    for (dataset, method, dept), configs in by_cell.items():
+        def score(group: list[RunInfo]) -> float:
+            metric = group[0].selection_metric
+            vals = [g.metrics[metric] for g in group if metric in g.metrics]
+            return statistics.fmean(vals) if vals else float("nan")
+
+        mode = next(iter(configs.values()))[0].selection_mode
+        sign = 1.0 if mode == "max" else -1.0
+        # As for the tune summary: configurations with every seed finished compete first; means use finished runs.
+        finished = {k: [r for r in g if r.completed] for k, g in configs.items()}
+        complete = [finished[k] for k, g in configs.items() if finished[k] and len(finished[k]) == len(g)]
+        candidates = [(score(g), g) for g in (complete or [g for g in finished.values() if g])]
+        if not candidates:
+            continue
+        ranked = [c for c in candidates if not math.isnan(c[0])] or candidates
+        value, group = max(ranked, key=lambda c: sign * c[0] if not math.isnan(c[0]) else -math.inf)
+        base, base_std = _mean_std([g.metrics["test_base_acc"] for g in group])
+        new, new_std = _mean_std([g.metrics["test_new_acc"] for g in group])
+        variant = "dept" if dept else "baseline"
+        row = Row(dataset, method, dept, len({g.seed for g in group}), base, base_std, new, new_std,
+                  harmonic_mean(base, new), group[0].selection_metric, value, len(configs),
+                  paper.get((dataset, PAPER_METHOD_NAMES.get(method, method), variant)))
+        blocks.setdefault((method, dept), Block(method, dept)).rows.append(row)
+
+    method_order = list(PAPER_METHOD_NAMES)
+    ordered = sorted(blocks.values(), key=lambda b: (
+        method_order.index(b.method) if b.method in method_order else len(method_order), b.method, b.dept))
+    for block in ordered:
+        block.rows.sort(key=lambda r: _dataset_order(r.dataset))
+        base = statistics.fmean(r.base for r in block.rows)
+        new = statistics.fmean(r.new for r in block.rows)
+        block.average = Row("Average", block.method, block.dept, min(r.seeds for r in block.rows), base,
+                            float("nan"), new, float("nan"), harmonic_mean(base, new))
+        name, variant = PAPER_METHOD_NAMES.get(block.method, block.method), "dept" if block.dept else "baseline"
+        ours_in_paper = [r.paper for r in block.rows if r.paper is not None]
+        if ours_in_paper and len(ours_in_paper) == len(block.rows):
+            pb = statistics.fmean(p.base for p in ours_in_paper)
+            pn = statistics.fmean(p.new for p in ours_in_paper)
+            block.paper_average = PaperRow(pb, pn, harmonic_mean(pb, pn))
+        block.paper_printed = paper.get(("Average", name, variant))
+        all_rows = [paper.get((d, name, variant)) for d in PAPER_DATASETS]
+        if all(all_rows):
+            pb = statistics.fmean(p.base for p in all_rows)
+            pn = statistics.fmean(p.new for p in all_rows)
+            block.paper_recomputed_all = PaperRow(pb, pn, harmonic_mean(pb, pn))
+    return ordered
+
+
+def _f(x: float | None, std: float | None = None) -> str:
+    if x is None or math.isnan(x):
+        return "—"
+    if std is None or math.isnan(std):
+        return f"{x:.2f}"
+    return f"{x:.2f} ± {std:.2f}"
+
+
+def format_markdown(blocks: list[Block], *, experiment: str = "") -> str:
+    lines = []
+    if experiment:
+        lines.append(f"Base-to-new results of MLflow experiment `{experiment}` (test accuracy, %; mean ± std over "
+                     "seeds; HM of the means). Per cell, the configuration with the best mean selection metric "
+                     "(validation only) is shown.")
+        lines.append("")
+    lines.append("| Dataset | Method | Seeds | Base | New | HM | Paper base | Paper new | Paper HM |")
+    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    notes = []
+    for block in blocks:
+        for r in block.rows:
+            p = r.paper
+            lines.append(f"| {r.dataset} | {r.label} | {r.seeds} | {_f(r.base, r.base_std)} | {_f(r.new, r.new_std)} "
+                         f"| {_f(r.hm)} | {_f(p.base if p else None)} | {_f(p.new if p else None)} "
+                         f"| {_f(p.hm if p else None)} |")
+        a, pa = block.average, block.paper_average
+        n = len(block.rows)
+        lines.append(f"| **Average** ({n} dataset{'' if n == 1 else 's'}) | {a.label} | | {_f(a.base)} | {_f(a.new)} "
+                     f"| **{_f(a.hm)}** | {_f(pa.base if pa else None)} | {_f(pa.new if pa else None)} "
+                     f"| {_f(pa.hm if pa else None)} |")
+        if block.paper_printed is not None:
+            pp, pr = block.paper_printed, block.paper_recomputed_all
+            note = (f"{a.label}: the paper printed the 11-dataset average {pp.base:.2f} / {pp.new:.2f} / {pp.hm:.2f}")
+            if pr is not None and (abs(pr.base - pp.base) >= 0.05 or abs(pr.new - pp.new) >= 0.05):
+                note += (f"; the mean of its own per-dataset rows is {pr.base:.2f} / {pr.new:.2f} / {pr.hm:.2f} "
+                         "(the printed row does not match it)")
+            notes.append(note + ".")
+    lines.append("")
+    lines.append("Average rows: base and new averaged over the datasets shown, HM of those averages. The paper "
+                 "column of an average row is recomputed the same way from the paper's rows of the same datasets "
+                 "(blank when a dataset is not one of the paper's 11).")
+    lines.extend(f"- {n}" for n in notes)
+    return "\n".join(lines) + "\n"
+
+
+CSV_COLUMNS = ("dataset", "method", "dept", "seeds", "base", "base_std", "new", "new_std", "hm",
+               "selection_metric", "selection_value", "configs_compared", "paper_base", "paper_new", "paper_hm",
+               "note")
+
+
+def format_csv(blocks: list[Block]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+
+    def num(x):
+        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, 4)
+
+    for block in blocks:
+        for r in list(block.rows) + [block.average]:
+            p = r.paper if r is not block.average else block.paper_average
+            writer.writerow({
+                "dataset": r.dataset, "method": block.method, "dept": str(block.dept).lower(), "seeds": r.seeds,
+                "base": num(r.base), "base_std": num(r.base_std), "new": num(r.new), "new_std": num(r.new_std),
+                "hm": num(r.hm), "selection_metric": r.selection_metric, "selection_value": num(r.selection_value),
+                "configs_compared": r.configs_compared if r is not block.average else "",
+                "paper_base": num(p.base) if p else "", "paper_new": num(p.new) if p else "",
+                "paper_hm": num(p.hm) if p else "",
+                "note": "HM of averaged base and new; paper recomputed over the same datasets"
+                if r is block.average else "",
+            })
+        if block.paper_printed is not None:
+            pp = block.paper_printed
+            writer.writerow({"dataset": "Average (paper printed, 11 datasets)", "method": block.method,
+                             "dept": str(block.dept).lower(), "paper_base": pp.base, "paper_new": pp.new,
+                             "paper_hm": pp.hm, "note": "as printed in the paper"})
+    return buf.getvalue()
+
+
+def make_report(uri: str, experiment: str, fmt: str = "md") -> str:
+    runs = collect_runs(uri, experiment)
+    if not runs:
+        raise ReportError(f"MLflow experiment {experiment!r} at {uri} has no finished runs with test metrics yet")
+    blocks = build_report(runs)
+    return format_markdown(blocks, experiment=experiment) if fmt == "md" else format_csv(blocks)

@@ -1,0 +1,25 @@
+"""MLflow tracking for ``train`` and ``tune``: one writer, the driver.
+
+``client`` (the :class:`~pipelines.tracking.client.Tracker`, URI checks, names, the ``train`` run),
+``trial_logger`` (the Ray Tune callback that logs trials), ``summary`` (the parent run: best configuration,
+results table, plots).
+
+Layout in MLflow:
+- one experiment per ``--experiment`` name;
+- per dataset one *parent* run (tag ``role=parent``): the best configuration as params, ``best_*`` metrics, and
+  artifacts ``results.csv`` (every trial), ``space.yaml``, plots (base / new / HM against the loss weight and
+  against the fusion weight) and ``best_learned_state/`` (the best trial's prompts + CAT head, safetensors);
+- per Tune trial one *child* run (``mlflow.parentRunId`` = the parent, tag ``role=trial``, tag ``tune.trial_id``)
+  named like ``coop+DePT lw=0.70 fw=0.70 seed=1``: params = every resolved hyperparameter (loss weight and fusion
+  weight separately; both 0 without DePT, which is what the base method is), tags (dataset, method, dept, seed,
+  shots, backbone, pretrained, feature_fingerprint, ...), metrics per epoch with ``step = epoch`` (``train_loss``,
+  ``lr``, ``val_base_acc``, ``val_new_acc``, ``val_hm`` — or ``pseudo_*`` under the pseudo-new objective), the test
+  metrics once (``test_base_acc``, ``test_new_acc``, ``test_hm``) and the fusion-weight sweep as curves with
+  ``step = round(100 * fusion weight)`` (``sweep_val_base_acc``, ``sweep_val_hm``, ``sweep_test_base_acc``,
+  ``sweep_test_hm``).
+
+Trials never talk to MLflow. :class:`MlflowTrialLogger` is a ``ray.tune.Callback``: it runs in the driver and logs
+each trial's reported results as they arrive, by name (Ray's own bookkeeping keys are not logged). A child run is
+looked up by its ``tune.trial_id`` tag before one is created, and epochs already logged are not logged again, so a
+retried trial or a resumed experiment never duplicates runs or points.
+"""

@@ -1,0 +1,241 @@
+"""The driver's MLflow client: tracking URI checks, the :class:`Tracker` of one experiment, run names and
+param values, the metric names trials report, and the single run of ``dept-pipeline train``."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB = "mlflow.db"
+ROLE_PARENT, ROLE_TRIAL, ROLE_TRAIN = "parent", "trial", "train"
+TRIAL_ID_TAG = "tune.trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+FINAL_TAG = "final_logged"
+STATUS_TAG = "trial_status"  # completed | stopped_early | error | running
+NODE_ID_TAG = "ray_node_id"  # the node that produced the final result
+NODE_IDS_TAG = "ray_node_ids"  # every node any attempt of the trial reported from, comma-separated
+
+#: Reported keys logged once per epoch (step = epoch). Anything else a trial reports is not logged per epoch.
+EPOCH_METRICS = (
+    "train_loss", "lr", "epoch_seconds",
+    "val_base_acc", "val_new_acc", "val_hm",
+    "pseudo_base_acc", "pseudo_new_acc", "pseudo_hm",
+)
+#: Reported once, in the final report.
+FINAL_METRICS = ("test_base_acc", "test_new_acc", "test_hm", "train_seconds")
+SWEEP_CURVES = ("sweep_val_base_acc", "sweep_val_hm", "sweep_pseudo_base_acc", "sweep_pseudo_hm",
+                "sweep_test_base_acc", "sweep_test_hm")
+
+
+class TrackingError(ValueError):
+    """The tracking URI or experiment cannot be used; one line."""
+
+
+def default_tracking_uri() -> str:
+    """``sqlite:///<working folder>/mlflow.db`` (absolute, so every process means the same file)."""
+    return f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+
+
+def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when ``uri`` cannot be reached; called before Ray starts."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise TrackingError(f"MLflow tracking server {uri} answered {resp.status} on /health")
+        except urllib.error.HTTPError as e:
+            raise TrackingError(f"MLflow tracking server {uri} answered HTTP {e.code} on /health") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
+        return
+    if parsed.scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else parsed.path
+        if path and path != ":memory:":
+            folder = Path(path).expanduser().resolve().parent
+            if not folder.is_dir():
+                raise TrackingError(f"MLflow tracking URI {uri}: folder {folder} does not exist")
+            if not os.access(folder, os.W_OK):
+                raise TrackingError(f"MLflow tracking URI {uri}: folder {folder} is not writable")
+            if not Path(path).expanduser().exists():
+                return  # created, with its tables, by the first real use (after every other check passed)
+    # Other schemes (file:, databricks, ...) are checked by the first client call below.
+    try:
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as e:  # any failure here is the URI's: report it in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrackingError(f"MLflow tracking URI {uri} cannot be used: {first}") from None
+
+
+def _artifact_location(uri: str) -> str | None:
+    """For a SQLite store, artifacts beside the database (MLflow's default is ./mlruns of whatever folder the
+    process happened to start in)."""
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri[len("sqlite:///"):]).expanduser().resolve().parent / "mlruns")
+    return None
+
+
+def metric_at(key: str, value: Any, step: int, ts: int):
+    from mlflow.entities import Metric
+
+    return Metric(key=key, value=float(value), timestamp=ts, step=int(step))
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None
+
+
+def param_value(v: Any) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v == "":
+        return '""'
+    return str(v)
+
+
+def run_name(hp) -> str:
+    """A readable child-run name: method, DePT or not, loss weight, fusion weight, seed."""
+    name = f"{hp.method}+DePT" if hp.dept else hp.method
+    return f"{name} lw={hp.loss_weight:.2f} fw={hp.fusion_weight:.2f} seed={hp.seed}"
+
+
+class Tracker:
+    """The driver's handle on one MLflow experiment."""
+
+    def __init__(self, uri: str, experiment: str):
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self.experiment_name = experiment
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is not None and exp.lifecycle_stage == "deleted":
+            raise TrackingError(f"MLflow experiment {experiment!r} at {uri} is deleted; restore it or use another name")
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=_artifact_location(uri))
+            log.info("created MLflow experiment %r (%s) at %s", experiment, self.experiment_id, uri)
+        else:
+            self.experiment_id = exp.experiment_id
+
+    # -- queries --------------------------------------------------------------------------------------------
+    def search(self, filter_string: str) -> list:
+        """Every active run of the experiment matching ``filter_string`` (all pages)."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000,
+                                           page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def find_parent(self, dataset: str) -> str | None:
+        runs = self.search(f"tags.role = '{ROLE_PARENT}' and tags.dataset = '{quote_filter(dataset)}'")
+        if len(runs) > 1:
+            log.warning("%d parent runs for dataset %s in experiment %s; using the newest", len(runs), dataset,
+                        self.experiment_name)
+        runs.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+        return runs[0].info.run_id if runs else None
+
+    def children(self, parent_run_id: str) -> list:
+        return self.search(f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+
+    # -- writes ---------------------------------------------------------------------------------------------
+    def create_run(self, name: str, tags: dict[str, str]) -> str:
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def create_parent(self, dataset: str, tags: dict[str, str], name: str) -> str:
+        return self.create_run(name, {**tags, "role": ROLE_PARENT, "dataset": dataset})
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Params are write-once in MLflow: a value already logged (resumed runs) is left as it is."""
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(run_id).data.params
+        fresh = [Param(k, param_value(v)) for k, v in params.items() if k not in existing]
+        changed = [k for k, v in params.items() if k in existing and existing[k] != param_value(v)]
+        if changed:
+            log.warning("run %s already has params %s with other values; keeping the logged ones", run_id, changed)
+        for i in range(0, len(fresh), 100):
+            self.client.log_batch(run_id, params=fresh[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: list) -> None:
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
+
+    def log_values(self, run_id: str, values: dict[str, float], step: int) -> None:
+        """Metrics given as name -> value, all at one step."""
+        ts = int(time.time() * 1000)
+        self.log_metrics(run_id, [metric_at(k, v, step, ts) for k, v in values.items()])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, param_value(v)) for k, v in tags.items()])
+
+
+def quote_filter(value: str) -> str:
+    """Quote a value for an MLflow filter string."""
+    return str(value).replace("'", "\\'")
+
+
+def final_metrics(result: dict, ts: int | None = None) -> list:
+    """The once-per-trial metrics of a final report: test metrics at the last epoch, and the sweep curves."""
+    ts = ts or int(time.time() * 1000)
+    epoch = int(result.get("epoch", 0))
+    out = [metric_at(k, result[k], epoch, ts) for k in FINAL_METRICS if is_number(result.get(k))]
+    weights = result.get("sweep_fusion_weights") or []
+    for key in SWEEP_CURVES:
+        values = result.get(key)
+        if not values:
+            continue
+        out.extend(metric_at(key, v, round(100 * w), ts) for w, v in zip(weights, values) if is_number(v))
+    return out
+
+
+def epoch_metrics(result: dict, ts: int | None = None) -> list:
+    ts = ts or int(time.time() * 1000)
+    epoch = int(result["epoch"])
+    return [metric_at(k, result[k], epoch, ts) for k in EPOCH_METRICS if is_number(result.get(k))
+            and not (isinstance(result[k], float) and math.isnan(result[k]))]
+
+
+# -- train: one run, no parent -----------------------------------------------------------------------------------
+def log_train_run(tracker: Tracker, hp, tags: dict[str, str], history: list[dict], final: dict,
+                  state_path: Path | None) -> str:
+    """``dept-pipeline train``: one top-level run holding the same names as a Tune child run."""
+    run = tracker.client.create_run(
+        tracker.experiment_id, run_name=run_name(hp),
+        tags={**tags, "role": ROLE_TRAIN, "method": hp.method, "dept": param_value(hp.dept),
+              "seed": str(hp.seed), "shots": str(hp.shots), STATUS_TAG: "completed"},
+    )
+    run_id = run.info.run_id
+    try:
+        tracker.log_params(run_id, hp.as_params())
+        ts = int(time.time() * 1000)
+        metrics = [m for r in history for m in epoch_metrics(r, ts)] + epoch_metrics(final, ts)
+        tracker.log_metrics(run_id, metrics + final_metrics(final, ts))
+        tracker.set_tags(run_id, {FINAL_TAG: True})
+        if state_path is not None:
+            tracker.client.log_artifact(run_id, str(state_path), artifact_path="learned_state")
+    except BaseException:
+        tracker.client.set_terminated(run_id, "FAILED")
+        raise
+    tracker.client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+

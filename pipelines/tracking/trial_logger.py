@@ -1,0 +1,258 @@
+"""The driver-side Ray Tune callback that logs every trial of one dataset to MLflow as a child run of the
+dataset's parent run. Trials never talk to MLflow; a retried trial or a resumed experiment never duplicates runs
+or points (see :mod:`pipelines.tracking`)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from pipelines.tracking.client import (
+    FINAL_TAG,
+    NODE_ID_TAG,
+    NODE_IDS_TAG,
+    PARENT_TAG,
+    ROLE_TRIAL,
+    STATUS_TAG,
+    TRIAL_ID_TAG,
+    Tracker,
+    TrackingError,
+    epoch_metrics,
+    final_metrics,
+    param_value,
+    quote_filter,
+    run_name,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialRecord:
+    """What the driver knows about one trial at the end of a dataset."""
+
+    trial_id: str
+    run_id: str | None
+    hp: Any  # Hyperparameters
+    status: str  # completed | stopped_early | error
+    result: dict  # the last reported result (Ray's bookkeeping keys included; only named keys are used)
+    checkpoint: Any = None  # ray.tune.Checkpoint of a completed trial
+    error: str = ""
+    failures: int = 0
+
+
+_ACTIVE_LOGGERS: dict[str, "MlflowTrialLogger"] = {}
+
+
+def _active_logger(key: str):
+    """Unpickling hook: Tune stores its run config (callbacks included) in the experiment folder; on restore the
+    callback is the one the current driver registered (its URI and parent run), never a stale copy."""
+    logger = _ACTIVE_LOGGERS.get(key)
+    if logger is None:
+        raise TrackingError(
+            f"the MLflow logger {key!r} of this Tune experiment is not set up in this process; "
+            "resume through `dept-pipeline tune --resume`"
+        )
+    return logger
+
+
+def _ray_callback_base():
+    from ray.tune import Callback
+
+    return Callback
+
+
+class MlflowTrialLogger(_ray_callback_base()):
+    """Logs every trial of one dataset to MLflow as a child run of ``parent_run_id``, from the driver."""
+
+    def __init__(self, tracker: Tracker, parent_run_id: str, *, key: str, context, space_name: str,
+                 metric: str, mode: str, experiment_path: str):
+        self.tracker = tracker
+        self.parent_run_id = parent_run_id
+        self.key = key
+        self.context = context  # pipelines.tune.trial.TrialContext
+        self.space_name = space_name
+        self.metric = metric
+        self.mode = mode
+        self.experiment_path = experiment_path
+        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._last_epoch: dict[str, int] = {}  # trial id -> last epoch logged
+        self._final_logged: set[str] = set()
+        # trial id -> every node its attempts ran on: a retried trial may move, and the final result names only
+        # the last one.
+        self._nodes: dict[str, set[str]] = {}
+        self.records: dict[str, TrialRecord] = {}
+        self.complete = False  # set at the end of the experiment: every trial terminated or errored
+        _ACTIVE_LOGGERS[key] = self
+
+    def __reduce__(self):
+        return _active_logger, (self.key,)
+
+    def close(self) -> None:
+        _ACTIVE_LOGGERS.pop(self.key, None)
+
+    # -- runs -----------------------------------------------------------------------------------------------
+    def _tags(self, hp, trial_id: str) -> dict[str, Any]:
+        return {
+            **self.context.tags(),
+            "role": ROLE_TRIAL,
+            "method": hp.method,
+            "dept": hp.dept,
+            "seed": hp.seed,
+            "shots": hp.shots,
+            "space": self.space_name,
+            "selection_metric": self.metric,
+            "selection_mode": self.mode,
+            TRIAL_ID_TAG: trial_id,
+            "tune.experiment_path": self.experiment_path,
+            PARENT_TAG: self.parent_run_id,
+        }
+
+    def run_for(self, trial_id: str, config: dict) -> str:
+        """The child run of a trial: cached, else found by its trial id tag, else created."""
+        run_id = self._runs.get(trial_id)
+        if run_id is not None:
+            return run_id
+        client = self.tracker.client
+        existing = self.tracker.search(
+            f"tags.`{TRIAL_ID_TAG}` = '{quote_filter(trial_id)}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
+        )
+        hp = self.context.hyperparameters(config)
+        if existing:
+            run = existing[0]
+            run_id = run.info.run_id
+            history = client.get_metric_history(run_id, "train_loss")
+            self._last_epoch[trial_id] = max((m.step for m in history), default=0)
+            if run.data.tags.get(FINAL_TAG) == "true":
+                self._final_logged.add(trial_id)
+            self._nodes[trial_id] = set(filter(None, run.data.tags.get(NODE_IDS_TAG, "").split(",")))
+            log.info("trial %s: continuing MLflow run %s", trial_id, run_id)
+        else:
+            tags = {k: param_value(v) for k, v in self._tags(hp, trial_id).items()}
+            tags[STATUS_TAG] = "running"
+            run_id = client.create_run(self.tracker.experiment_id, run_name=run_name(hp), tags=tags).info.run_id
+            params = hp.as_params()
+            params["objective"] = self.context.objective
+            if self.context.objective == "pseudo-new":
+                params["pseudo_new_fraction"] = self.context.pseudo_new_fraction
+            self.tracker.log_params(run_id, params)
+            self._last_epoch[trial_id] = 0
+        self._runs[trial_id] = run_id
+        return run_id
+
+    def log_result(self, trial_id: str, config: dict, result: dict) -> None:
+        run_id = self.run_for(trial_id, config)
+        ts = int(time.time() * 1000)
+        metrics = []
+        epoch = int(result.get("epoch", 0))
+        if epoch > self._last_epoch.get(trial_id, 0):
+            metrics.extend(epoch_metrics(result, ts))
+            self._last_epoch[trial_id] = epoch
+        final = bool(result.get("final")) and trial_id not in self._final_logged
+        if final:
+            metrics.extend(final_metrics(result, ts))
+        if metrics:
+            self.tracker.log_metrics(run_id, metrics)
+        tags: dict[str, Any] = {}
+        node_id = result.get("node_id")
+        nodes = self._nodes.setdefault(trial_id, set())
+        if node_id and node_id not in nodes:
+            nodes.add(node_id)
+            tags[NODE_IDS_TAG] = ",".join(sorted(nodes))
+        if final:
+            tags[FINAL_TAG] = True
+            if node_id:
+                tags[NODE_ID_TAG] = node_id
+            self._final_logged.add(trial_id)
+        if tags:
+            self.tracker.set_tags(run_id, tags)
+
+    def finish(self, trial_id: str, config: dict, status: str, error: str = "", failures: int = 0) -> None:
+        run_id = self.run_for(trial_id, config)
+        tags: dict[str, Any] = {STATUS_TAG: status, "failures": failures}
+        if error:
+            tags["error"] = error[:4000]
+        self.tracker.set_tags(run_id, tags)
+        self.tracker.client.set_terminated(run_id, "FAILED" if status == "error" else "FINISHED")
+
+    # -- Tune hooks -----------------------------------------------------------------------------------------
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.log_result(trial.trial_id, trial.config, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        status = "completed" if trial.last_result.get("final") else "stopped_early"
+        self.finish(trial.trial_id, trial.config, status, failures=trial.run_metadata.num_failures)
+        hp = self.context.hyperparameters(trial.config)
+        what = (f"test HM {trial.last_result.get('test_hm', float('nan')):.2f}" if status == "completed"
+                else f"stopped after epoch {trial.last_result.get('epoch')}")
+        log.info("%s %s: %s, %s %.2f", self.context.dataset, run_name(hp), what, self.metric,
+                 trial.last_result.get(self.metric, float("nan")))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.tracker.set_tags(self.run_for(trial.trial_id, trial.config),
+                              {"failures": trial.run_metadata.num_failures, STATUS_TAG: "retrying"})
+        log.warning("%s trial %s failed; retrying (%d failure(s) so far)", self.context.dataset, trial.trial_id,
+                    trial.run_metadata.num_failures)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = _trial_error(trial)
+        self.finish(trial.trial_id, trial.config, "error", error, failures=trial.run_metadata.num_failures)
+        last = error.strip().splitlines()[-1] if error.strip() else "failed"
+        log.error("%s trial %s failed for good: %s", self.context.dataset, trial.trial_id, last)
+
+    def on_experiment_end(self, trials, **info):
+        self.reconcile(trials)
+
+    # -- end of a dataset -----------------------------------------------------------------------------------
+    def reconcile(self, trials: Iterable) -> None:
+        """Make MLflow agree with Tune's final view: every trial exactly one child run with its final metrics and
+        a terminal status (a driver killed at the wrong moment may have missed some), and no child run for a trial
+        id Tune no longer has (created by a killed driver for a trial that Tune re-created under a new id on
+        resume): those are soft-deleted (``mlflow runs restore`` brings them back)."""
+        trials = list(trials)
+        known = {t.trial_id for t in trials}
+        self.complete = all(t.status in ("TERMINATED", "ERROR") for t in trials)
+        for trial in trials:
+            if trial.status not in ("TERMINATED", "ERROR"):
+                continue  # interrupted: it runs again on --resume
+            result = dict(trial.last_result or {})
+            if trial.status == "ERROR":
+                status = "error"
+            elif result.get("final"):
+                status = "completed"
+            else:
+                status = "stopped_early"
+            if result.get("epoch") is not None or status == "error":
+                if result.get("epoch") is not None:
+                    self.log_result(trial.trial_id, trial.config, result)
+                run = self.tracker.client.get_run(self.run_for(trial.trial_id, trial.config))
+                if run.info.status == "RUNNING" or run.data.tags.get(STATUS_TAG) != status:
+                    self.finish(trial.trial_id, trial.config, status, _trial_error(trial) if status == "error" else "",
+                                failures=trial.run_metadata.num_failures)
+            self.records[trial.trial_id] = TrialRecord(
+                trial_id=trial.trial_id,
+                run_id=self._runs.get(trial.trial_id),
+                hp=self.context.hyperparameters(trial.config),
+                status=status,
+                result=result,
+                checkpoint=trial.checkpoint if status == "completed" else None,
+                error=_trial_error(trial) if status == "error" else "",
+                failures=trial.run_metadata.num_failures,
+            )
+        if not self.complete:
+            return
+        for run in self.tracker.children(self.parent_run_id):
+            trial_id = run.data.tags.get(TRIAL_ID_TAG)
+            if trial_id not in known:
+                log.warning("soft-deleting MLflow run %s: its Tune trial %s no longer exists (driver killed before "
+                            "Tune saved it; the trial ran again under a new id)", run.info.run_id, trial_id)
+                self.tracker.client.delete_run(run.info.run_id)
+
+
+def _trial_error(trial) -> str:
+    try:
+        err = trial.get_error()
+    except Exception:  # the error file may be gone on remote storage; the status says enough
+        err = None
+    return str(err) if err else "failed"

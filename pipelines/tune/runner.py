@@ -1,0 +1,355 @@
+"""``dept-pipeline tune``: one Ray Tune experiment per dataset, run one after another, tracked in MLflow.
+
+Everything a user can get wrong (space file, tracking URI, feature store, seeds/shots not featurized, an existing
+experiment without ``--resume``) is checked before Ray starts. Then, per dataset: a parent MLflow run, a ``Tuner``
+(or ``Tuner.restore`` with ``--resume``: finished trials are not run again), trials that read the features once
+and report every epoch, the driver-side :class:`~pipelines.tracking.trial_logger.MlflowTrialLogger`, and at the end
+the parent run's summary (best configuration, results table, plots, best learned state).
+
+Tune storage: ``--storage`` (a local folder or a URL such as ``s3://bucket/prefix``, handled by pyarrow's
+filesystems); default ``./runs/tune`` under the working folder. Experiment folder: ``<storage>/<experiment>/<dataset>``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+import yaml
+
+from pipelines.ray_runtime import ensure_ray
+from pipelines.tune.spaces import SearchSpace, load_space
+from pipelines.tune.trial import EPOCH_PAUSE_ENV, FAIL_ONCE_ENV, TrialContext
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "runs/tune"
+
+
+class TuneSetupError(ValueError):
+    """A tune invocation that cannot start; one line."""
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    features: str
+    dataset: str  # a dataset name in the store, or "all"
+    space: str = "smoke"
+    experiment: str = "dept"
+    num_samples: int | None = None
+    methods: tuple[str, ...] = ()
+    objective: str | None = None
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    ray_address: str | None = None
+    storage: str | None = None
+    resume: bool = False
+    mlflow_uri: str | None = None
+
+
+@dataclass
+class DatasetPlan:
+    dataset: str
+    context: TrialContext
+    experiment_path: str
+    restore: bool  # a Tune experiment exists there and --resume was given
+    parent_run_id: str | None  # existing parent run (resume)
+
+
+@dataclass
+class DatasetOutcome:
+    dataset: str
+    parent_run_id: str
+    experiment_path: str
+    records: list = field(default_factory=list)  # tracking.trial_logger.TrialRecord
+    best: object = None  # tracking.summary.ConfigSummary
+    best_trial: object = None  # tracking.trial_logger.TrialRecord
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.records if r.status == status)
+
+
+def storage_root(storage: str | None) -> str:
+    """Absolute local path, or the URL as given (s3://, gs://, ...)."""
+    if storage and urlparse(storage).scheme not in ("", "file"):
+        return storage.rstrip("/")
+    local = Path(urlparse(storage).path if storage and storage.startswith("file:") else (storage or DEFAULT_STORAGE))
+    return str(local.expanduser().resolve())
+
+
+def make_context(
+    features: str,
+    dataset: str,
+    *,
+    shots: list[int | None],
+    seeds: list[int],
+    objective: str = "val",
+    pseudo_new_fraction: float = 1.0 / 3.0,
+    num_threads: int = 1,
+    device: str = "cpu",
+    who: str = "",
+) -> TrialContext:
+    """The trial context of one dataset, after checking that the store can serve every trial asked for
+    (``shots`` / ``seeds`` drawn, the model's checkpoint present, enough base classes)."""
+    from dept.clip import is_local_checkpoint
+    from pipelines.store import read_manifest
+
+    if urlparse(features).scheme in ("", "file"):
+        # Trials run in other processes (other machines): give them an absolute path.
+        features = str(Path(urlparse(features).path if features.startswith("file:") else features).expanduser().resolve())
+    manifest = read_manifest(features, dataset)
+    stored_shots = int(manifest.get("shots") or 0)
+    where = f"{features} ({dataset})"
+    who = f"{who}: " if who else ""
+    if stored_shots > 0:
+        wrong = [s for s in shots if s is not None and s != stored_shots]
+        if wrong:
+            raise TuneSetupError(f"{who}shots {wrong[0]} but the feature store {where} holds {stored_shots}-shot "
+                                 f"draws; featurize with --shots {wrong[0]} or ask for {stored_shots}")
+        missing = [s for s in seeds if s not in set(manifest.get("seeds", []))]
+        if missing:
+            raise TuneSetupError(f"{who}seed {missing[0]} was not drawn in the feature store {where} "
+                                 f"(seeds {manifest.get('seeds')}); featurize with that seed or use those")
+    pretrained = str(manifest.get("pretrained") or "none")
+    if is_local_checkpoint(pretrained) and not Path(pretrained).is_file():
+        raise TuneSetupError(f"the feature store {where} was made with checkpoint {pretrained}, which does not "
+                             "exist here (trials load its text tower)")
+    if objective == "pseudo-new":
+        num_base = math.ceil(len(manifest["classnames"]) / 2)
+        if num_base < 2:
+            raise TuneSetupError(f"{dataset}: objective pseudo-new needs at least 2 base classes, it has {num_base}")
+    return TrialContext(
+        features_url=features,
+        dataset=dataset,
+        model=manifest["model"],
+        pretrained=pretrained,
+        weights_id=manifest["weights_id"],
+        fingerprint=manifest["fingerprint"],
+        store_shots=stored_shots,
+        objective=objective,
+        pseudo_new_fraction=pseudo_new_fraction,
+        seeds=tuple(seeds),
+        num_threads=num_threads,
+        device=device,
+        fail_once_dir=os.environ.get(FAIL_ONCE_ENV) or None,
+        epoch_pause_s=float(os.environ.get(EPOCH_PAUSE_ENV) or 0.0),
+    )
+
+
+def _context(opts: TuneOptions, space: SearchSpace, dataset: str) -> TrialContext:
+    return make_context(
+        opts.features, dataset, shots=space.shots_values(), seeds=list(space.seeds), objective=space.objective,
+        pseudo_new_fraction=space.pseudo_new_fraction, num_threads=max(1, int(opts.cpus_per_trial)),
+        device="cuda" if opts.gpus_per_trial > 0 else "cpu", who=f"space {space.name}",
+    )
+
+
+def prepare(opts: TuneOptions):
+    """Every check that needs no Ray, in order: space, tracking URI, feature store, Tune storage, MLflow runs.
+    Returns (space, tracking URI, tracker, plans)."""
+    from ray.tune import Tuner
+
+    from pipelines.store import list_datasets
+    from pipelines.tracking.client import Tracker, check_tracking_uri, default_tracking_uri
+
+    if not opts.experiment or "/" in opts.experiment:
+        raise TuneSetupError(f"--experiment must be a non-empty name without '/', got {opts.experiment!r}")
+    if opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0:
+        raise TuneSetupError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    if opts.max_concurrent is not None and opts.max_concurrent < 1:
+        raise TuneSetupError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
+    if opts.max_failures < 0:
+        raise TuneSetupError(f"--max-failures must be >= 0, got {opts.max_failures}")
+    space = load_space(opts.space).with_overrides(
+        methods=list(opts.methods) or None, num_samples=opts.num_samples, objective=opts.objective
+    )
+    uri = opts.mlflow_uri or default_tracking_uri()
+    check_tracking_uri(uri)
+
+    if opts.dataset == "all":
+        datasets = list_datasets(opts.features)
+        if not datasets:
+            raise TuneSetupError(f"no featurized datasets under {opts.features} (run `dept-pipeline featurize` first; "
+                                 "--features is the model folder featurize printed)")
+    else:
+        datasets = [opts.dataset]
+    contexts = {d: _context(opts, space, d) for d in datasets}
+
+    root = f"{storage_root(opts.storage)}/{opts.experiment}"
+    restorable = {d: Tuner.can_restore(f"{root}/{d}") for d in datasets}
+    if not opts.resume:
+        existing = [d for d in datasets if restorable[d]]
+        if existing:
+            raise TuneSetupError(f"a Tune experiment already exists at {root}/{existing[0]}; pass --resume to "
+                                 "continue it, or choose another --experiment")
+
+    tracker = Tracker(uri, opts.experiment)
+    plans = []
+    for d in datasets:
+        parent = tracker.find_parent(d)
+        if parent is not None and not opts.resume:
+            raise TuneSetupError(f"MLflow experiment {opts.experiment!r} at {uri} already has a run for dataset {d} "
+                                 f"({parent}); pass --resume to continue it, or choose another --experiment")
+        if parent is not None:
+            tags = tracker.client.get_run(parent).data.tags
+            if (tags.get("space"), tags.get("selection_metric")) != (space.name, space.metric):
+                raise TuneSetupError(
+                    f"--resume: dataset {d} was tuned with space {tags.get('space')!r} selecting on "
+                    f"{tags.get('selection_metric')!r}; resume with the same --space and --objective"
+                )
+        if parent is not None and not restorable[d]:
+            # Starting afresh under the old parent would mix two Tune experiments in one MLflow run.
+            raise TuneSetupError(f"--resume: MLflow run {parent} of dataset {d} exists, but there is no Tune "
+                                 f"experiment to resume at {root}/{d}; check --storage, or use another --experiment")
+        plans.append(DatasetPlan(d, contexts[d], f"{root}/{d}", restorable[d] and opts.resume, parent))
+    return space, uri, tracker, plans
+
+
+def _init_ray(address: str | None) -> bool:
+    """Connect to (or start) Ray; True when this call started it (and so should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # A driver started inside someone's MLflow run must not hand that run to Ray's workers.
+    if os.environ.pop("MLFLOW_RUN_ID", None):
+        log.info("MLFLOW_RUN_ID removed from the environment: trials do not log to MLflow, the driver does")
+    return ensure_ray(address)
+
+
+def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPlan) -> DatasetOutcome:
+    from ray import tune
+
+    from pipelines.tracking.summary import finish_parent, write_parent_summary
+    from pipelines.tracking.trial_logger import MlflowTrialLogger
+    from pipelines.tune.trial import tune_trainable
+
+    ctx = plan.context
+    parent = plan.parent_run_id
+    if parent is None:
+        parent = tracker.create_parent(
+            plan.dataset,
+            {**ctx.tags(), "space": space.name, "selection_metric": space.metric, "selection_mode": space.mode,
+             "tune.experiment_path": plan.experiment_path, "num_trials": str(space.num_trials())},
+            name=f"{plan.dataset} ({space.name})",
+        )
+    else:
+        tracker.client.update_run(parent, status="RUNNING")
+    logger = MlflowTrialLogger(
+        tracker, parent, key=f"{opts.experiment}/{plan.dataset}", context=ctx, space_name=space.name,
+        metric=space.metric, mode=space.mode, experiment_path=plan.experiment_path,
+    )
+    resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=ctx), resources)
+    started = time.perf_counter()
+    ok = False
+    interrupted = False
+    try:
+        if plan.restore:
+            tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False, param_space=space.param_space())
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=space.param_space(),
+                tune_config=tune.TuneConfig(
+                    metric=space.metric, mode=space.mode, scheduler=space.make_scheduler(),
+                    search_alg=space.make_search_alg(opts.max_concurrent), num_samples=space.tune_num_samples(),
+                    max_concurrent_trials=opts.max_concurrent if space.searcher.kind != "random" else None,
+                    # A trial worker runs the next trial instead of a fresh process per trial: saves the imports and
+                    # the text-tower load (~4-7 s per trial measured in bench/RESULTS.md, "Tune + MLflow overhead").
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=plan.dataset,
+                    storage_path=plan.experiment_path.rsplit("/", 1)[0],
+                    failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                    # Only the final checkpoint exists; num_to_keep=1 also makes Tune save its experiment state
+                    # as each trial's checkpoint lands, so a killed driver loses little.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    callbacks=[logger],
+                    verbose=0,
+                ),
+            )
+        tuner.fit()
+        if not logger.complete:
+            interrupted = True
+            raise TuneSetupError(f"{plan.dataset}: the experiment was interrupted; run the same command with --resume")
+        records = list(logger.records.values())
+        with tempfile.TemporaryDirectory(prefix="dept-tune-summary-") as tmp:
+            best, best_trial = write_parent_summary(
+                tracker, parent, records, metric=space.metric, mode=space.mode,
+                space_yaml=yaml.safe_dump(space.as_dict(), sort_keys=False), workdir=Path(tmp),
+                dataset=plan.dataset,
+            )
+        ok = True
+    finally:
+        logger.close()
+        finish_parent(tracker, parent, "FINISHED" if ok else "KILLED" if interrupted else "FAILED")
+    return DatasetOutcome(plan.dataset, parent, plan.experiment_path, records, best, best_trial,
+                          time.perf_counter() - started)
+
+
+def run_tune(opts: TuneOptions, progress: Callable[[str], None] = log.info) -> list[DatasetOutcome]:
+    space, uri, tracker, plans = prepare(opts)
+    # Our own progress lines replace Tune's console tables; the per-checkpoint experiment snapshots that make
+    # --resume lose little are intended, so Tune's warning about their frequency is noise here.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    progress(f"{space.summary()}")
+    progress(f"MLflow: {uri}, experiment {opts.experiment!r}; Tune storage: {plans[0].experiment_path.rsplit('/', 1)[0]}")
+    started_ray = _init_ray(opts.ray_address)
+    outcomes = []
+    try:
+        for i, plan in enumerate(plans, 1):
+            verb = "resuming" if plan.restore else "starting"
+            progress(f"[{i}/{len(plans)}] {plan.dataset}: {verb} {space.num_trials()} trials")
+            outcome = _run_dataset(opts, space, tracker, plan)
+            outcomes.append(outcome)
+            best = outcome.best
+            best_txt = (f"best {space.metric} {best.mean(space.metric):.2f} over {len(best.completed())} seed(s)"
+                        if best is not None else "no trial completed")
+            progress(f"[{i}/{len(plans)}] {plan.dataset}: done in {outcome.seconds:.0f}s — "
+                     f"{outcome.count('completed')} completed, {outcome.count('stopped_early')} stopped early, "
+                     f"{outcome.count('error')} failed; {best_txt}")
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    return outcomes
+
+
+def best_table(outcomes: list[DatasetOutcome], metric: str) -> str:
+    """The end-of-run table: the best configuration per dataset (selected on ``metric``), with its test numbers:
+    base and new averaged over seeds, HM of those averages (the paper's convention, and ``report``'s)."""
+    header = ["dataset", "method", "DePT", "loss w", "fusion w", "lr", "seeds", metric, "test base", "test new",
+              "test HM", "trials (done/stopped/failed)"]
+    rows = []
+    for o in outcomes:
+        b = o.best
+        counts = f"{o.count('completed')}/{o.count('stopped_early')}/{o.count('error')}"
+        if b is None:
+            rows.append([o.dataset, "-", "-", "-", "-", "-", "0", "-", "-", "-", "-", counts])
+            continue
+        p = b.params
+        rows.append([
+            o.dataset, str(p["method"]), "yes" if p["dept"] else "no", f"{p['loss_weight']:.2f}",
+            f"{p['fusion_weight']:.2f}", f"{p['lr']:.2e}", str(len(b.completed())), f"{b.mean(metric):.2f}",
+            f"{b.mean('test_base_acc'):.2f}", f"{b.mean('test_new_acc'):.2f}",
+            f"{b.test_hm():.2f}", counts,
+        ])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
+    lines.extend(fmt.format(*r) for r in rows)
+    return "\n".join(lines)

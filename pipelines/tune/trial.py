@@ -1,0 +1,314 @@
+"""One DePT trial on cached features: load the text tower once, read the features once, train, report every epoch,
+score the test images once at the end.
+
+The same code serves ``dept-pipeline train`` (no Tune: :func:`run_trial`) and ``dept-pipeline tune``
+(:func:`tune_trainable`, a Ray Tune function trainable that reports through ``ray.tune.report``).
+
+Objectives (what the per-epoch selection metrics are computed on; test images never are):
+
+- ``val``: train on the base classes; per epoch ``val_base_acc`` (fused head, base val images),
+  ``val_new_acc`` (ITM head, new val images) and ``val_hm``. The val images are each seed's few-shot val draw.
+- ``pseudo-new``: never touches the new classes while selecting. The last ``pseudo_new_fraction`` of the base
+  labels (at least one) are held out as *pseudo-new*; the trial trains on the remaining base classes and reports
+  ``pseudo_base_acc`` (fused, val images of the remaining base classes), ``pseudo_new_acc`` (ITM, val images of the
+  held-out classes) and ``pseudo_hm``. A trial that runs to its last epoch is then retrained with the same
+  hyperparameters and seed on *all* base classes (the model the method would ship), and that model is scored on
+  the test images. Test metrics are logged, never selected on; trials stopped early by the scheduler have none.
+
+The final report (the last epoch's) also carries the fusion-weight sweep: the base accuracy and HM at fusion
+weights 0, 0.05, ..., 1, re-scored from the two stored logit matrices without retraining.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from pipelines.tune.settings import Hyperparameters
+from pipelines.tune.spaces import seed_of
+
+log = logging.getLogger(__name__)
+
+#: Reported with every result: the Ray node the trial ran on (a tag and a results.csv column, not a metric).
+NODE_ID_KEY = "node_id"
+
+#: Fusion weights of the post-training sweep (step = round(100 * weight) in MLflow).
+SWEEP_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(21))
+STATE_FILE = "learned_state.safetensors"
+FINAL_FILE = "final.json"
+#: Test hook (documented, used by tests/pipelines/tune/test_tune.py): a folder; when set in the *driver's* environment, every
+#: trial raises once after its first epoch report (a marker file per trial id records the first attempt), so
+#: FailureConfig's retry can be checked end to end. Leave unset in real runs.
+FAIL_ONCE_ENV = "DEPT_PIPELINE_TEST_FAIL_ONCE_DIR"
+#: Test hook: seconds every trial pauses at each epoch report. Test trials on tiny data last ~0.2 s in a reused
+#: worker, too short to still be running when a test kills the driver or for a second node's worker to start.
+EPOCH_PAUSE_ENV = "DEPT_PIPELINE_TEST_EPOCH_PAUSE_S"
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by the test hook ``DEPT_PIPELINE_TEST_FAIL_ONCE_DIR``."""
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one dataset shares (passed to workers with ``tune.with_parameters``)."""
+
+    features_url: str  # the feature store's model folder (<root>/<model>/<weights>)
+    dataset: str
+    model: str  # from the store's manifest: the model whose text tower the trial loads
+    pretrained: str
+    weights_id: str
+    fingerprint: str
+    store_shots: int  # shots the store drew (0: whole splits stored, any shots can be drawn)
+    objective: str = "val"
+    pseudo_new_fraction: float = 1.0 / 3.0
+    seeds: tuple[int, ...] = (1,)  # the space's seeds (Repeater index -> seed)
+    num_threads: int = 1
+    device: str = "cpu"  # "cuda" when the trial holds a GPU
+    fail_once_dir: str | None = None  # test hook, see FAIL_ONCE_ENV
+    epoch_pause_s: float = 0.0  # test hook, see EPOCH_PAUSE_ENV
+
+    def hyperparameters(self, config: dict) -> Hyperparameters:
+        """The resolved hyperparameters of a trial config (the driver uses this too, for MLflow params)."""
+        hp = Hyperparameters.from_config({**config, "seed": seed_of(config, self.seeds)})
+        return hp.resolved([self.store_shots] if self.store_shots > 0 else [16])
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "dataset": self.dataset,
+            "backbone": self.model,
+            "pretrained": self.pretrained,
+            "weights_id": self.weights_id,
+            "feature_fingerprint": self.fingerprint,
+            "features_url": self.features_url,
+            "objective": self.objective,
+        }
+
+
+@dataclass
+class Split:
+    features: "torch.Tensor"  # noqa: F821
+    labels: "torch.Tensor"  # noqa: F821
+    classnames: list[str]
+
+
+def _subset(split: Split, labels: list[int]) -> Split:
+    """The images of ``labels`` (old label values), relabelled 0..len-1 in that order."""
+    import torch
+
+    mapping = torch.full((len(split.classnames),), -1, dtype=torch.int64)
+    for new, old in enumerate(labels):
+        mapping[old] = new
+    keep = mapping[split.labels] >= 0
+    return Split(split.features[keep], mapping[split.labels[keep]], [split.classnames[i] for i in labels])
+
+
+@dataclass
+class TrialData:
+    train: Split  # base classes, this seed's few-shot draw, all views
+    val_base: Split
+    val_new: Split | None  # None under the pseudo-new objective: new classes are not read for selection
+    test_base: Split
+    test_new: Split
+
+
+def read_trial_data(ctx: TrialContext, hp: Hyperparameters, identity: dict) -> TrialData:
+    """Every split the trial needs, read once, before training starts (so a bad store fails fast)."""
+    from pipelines.store import read_features
+
+    def read(split: str, classes: str) -> Split:
+        few_shot = split != "test"
+        fs = read_features(
+            ctx.features_url, ctx.dataset, split=split, classes=classes, expected_identity=identity,
+            seed=hp.seed if few_shot else None, shots=hp.shots if few_shot else None,
+        )
+        return Split(fs.features, fs.labels, list(fs.classnames))
+
+    return TrialData(
+        train=read("train", "base"),
+        val_base=read("val", "base"),
+        val_new=read("val", "new") if ctx.objective == "val" else None,
+        test_base=read("test", "base"),
+        test_new=read("test", "new"),
+    )
+
+
+def pseudo_new_split(num_base: int, fraction: float) -> tuple[list[int], list[int]]:
+    """(kept base labels, held-out pseudo-new labels): the last ``fraction`` of the base labels, at least one,
+    leaving at least one to train on."""
+    if num_base < 2:
+        raise ValueError(f"the pseudo-new objective needs at least 2 base classes, got {num_base}")
+    held = min(num_base - 1, max(1, round(num_base * fraction)))
+    return list(range(num_base - held)), list(range(num_base - held, num_base))
+
+
+def _learner(clip, hp: Hyperparameters, classnames: list[str], dataset: str):
+    from dept import DePTConfig, build_learner
+
+    dept_cfg = DePTConfig(hp.loss_weight, hp.fusion_weight, hp.fusion) if hp.dept else None
+    return build_learner(
+        hp.method, clip, classnames, dataset=dataset, method_options=hp.method_options(), dept=dept_cfg, seed=hp.seed,
+        logit_scale=hp.logit_scale,
+    )
+
+
+def _train_config(hp: Hyperparameters):
+    from dept import TrainConfig
+
+    return TrainConfig(
+        epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, head_lr_mult=hp.head_lr_mult,
+        warmup_epochs=hp.warmup_epochs, warmup_lr=hp.warmup_lr, momentum=hp.momentum,
+        weight_decay=hp.weight_decay, seed=hp.seed,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _frozen_text_tower(model: str, pretrained: str, device: str, weights_id: str):
+    """The frozen text tower, kept across trials in one process: Tune reuses trial workers (``reuse_actors``), and
+    rebuilding ViT-B's text tower costs seconds per trial. Frozen and never written to, so sharing it cannot change
+    a trial's numbers; ``weights_id`` is in the key so features of other weights never meet a stale tower."""
+    from dept import load_clip
+
+    return load_clip(model, pretrained, device=device, text_only=True)
+
+
+def run_trial(
+    hp: Hyperparameters,
+    ctx: TrialContext,
+    *,
+    on_epoch: Callable[[dict], None] | None = None,
+    state_dir: str | Path | None = None,
+) -> dict:
+    """Train and evaluate one configuration. ``on_epoch`` gets the metrics of every epoch but the last; the last
+    epoch's metrics come back in the returned dict together with the test metrics and the fusion sweep (so a
+    scheduler whose horizon is the last epoch still sees the final report). With ``state_dir``, the learned state
+    (prompts + CAT head, safetensors) is saved there."""
+    import torch
+
+    from dept import evaluate_base_new, save_state, train
+
+    torch.set_num_threads(max(1, ctx.num_threads))
+    started = time.perf_counter()
+    clip = _frozen_text_tower(ctx.model, ctx.pretrained, ctx.device, ctx.weights_id)
+    if clip.weights_id != ctx.weights_id:
+        raise ValueError(
+            f"model {ctx.model} loaded from {ctx.pretrained} has weights {clip.weights_id}, but the features of "
+            f"{ctx.dataset} were made with {ctx.weights_id}"
+        )
+    data = read_trial_data(ctx, hp, clip.identity)
+    cfg = _train_config(hp)
+    log.info("%s %s seed %d: %d train images, %d base classes", ctx.dataset, hp.method, hp.seed,
+             len(data.train.labels), len(data.train.classnames))
+
+    if ctx.objective == "val":
+        sel_train = data.train
+        sel_base, sel_new, prefix = data.val_base, data.val_new, "val"
+    else:
+        kept, held = pseudo_new_split(len(data.train.classnames), ctx.pseudo_new_fraction)
+        sel_train = _subset(data.train, kept)
+        sel_base, sel_new, prefix = _subset(data.val_base, kept), _subset(data.val_base, held), "pseudo"
+    if len(sel_train.labels) < hp.batch_size:
+        raise ValueError(
+            f"{ctx.dataset}: {len(sel_train.labels)} training images, fewer than batch size {hp.batch_size}"
+        )
+
+    def selection(learner) -> "object":
+        return evaluate_base_new(
+            learner, sel_base.features, sel_base.labels, sel_new.features, sel_new.labels, sel_new.classnames
+        )
+
+    last: dict = {}
+
+    def validate(learner) -> dict:
+        res = selection(learner)
+        return {f"{prefix}_base_acc": res.base_acc, f"{prefix}_new_acc": res.new_acc, f"{prefix}_hm": res.hm}
+
+    def epoch_done(stats) -> None:
+        metrics = {"epoch": stats.epoch, "train_loss": stats.train_loss, "lr": stats.lr,
+                   "epoch_seconds": stats.seconds, **stats.metrics}
+        last.clear()
+        last.update(metrics)
+        if stats.epoch < hp.epochs and on_epoch is not None:
+            on_epoch(metrics)
+
+    learner = _learner(clip, hp, sel_train.classnames, ctx.dataset)
+    train(learner, sel_train.features, sel_train.labels, cfg, on_epoch=epoch_done, validate=validate)
+    sel_result = selection(learner)
+
+    if ctx.objective == "pseudo-new":
+        # Retrain on every base class for the test scores; the selection numbers above stay what they were.
+        learner = _learner(clip, hp, data.train.classnames, ctx.dataset)
+        train(learner, data.train.features, data.train.labels, cfg)
+    test = evaluate_base_new(
+        learner, data.test_base.features, data.test_base.labels, data.test_new.features, data.test_new.labels,
+        data.test_new.classnames,
+    )
+    final = dict(last)
+    final.update(
+        {
+            "test_base_acc": test.base_acc,
+            "test_new_acc": test.new_acc,
+            "test_hm": test.hm,
+            "sweep_fusion_weights": list(SWEEP_WEIGHTS),
+            f"sweep_{prefix}_base_acc": [b for _, b, _ in sel_result.fusion_sweep(SWEEP_WEIGHTS)],
+            f"sweep_{prefix}_hm": [h for _, _, h in sel_result.fusion_sweep(SWEEP_WEIGHTS)],
+            "sweep_test_base_acc": [b for _, b, _ in test.fusion_sweep(SWEEP_WEIGHTS)],
+            "sweep_test_hm": [h for _, _, h in test.fusion_sweep(SWEEP_WEIGHTS)],
+            "train_seconds": time.perf_counter() - started,
+            "final": True,
+        }
+    )
+    if state_dir is not None:
+        save_state(learner, Path(state_dir) / STATE_FILE)
+    return final
+
+
+# -- Ray Tune -------------------------------------------------------------------------------------------------
+def tune_trainable(config: dict, context: TrialContext) -> None:
+    """The Ray Tune function trainable (wrap with ``tune.with_parameters(tune_trainable, context=...)``)."""
+    import ray
+    from ray import tune
+
+    # A worker may have inherited a driver's MLflow run; trials never write to MLflow (the driver does).
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    hp = context.hyperparameters(config)
+
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            final_path = Path(d) / FINAL_FILE
+            if final_path.is_file():
+                # Finished before the driver stopped: report the same final result again, train nothing.
+                tune.report(json.loads(final_path.read_text()))
+                return
+
+    trial_id = tune.get_context().get_trial_id()
+    reports = {"n": 0}
+    # Which cluster node ran the trial (Ray's own node_ip cannot tell apart nodes sharing an address).
+    node_id = ray.get_runtime_context().get_node_id()
+
+    def on_epoch(metrics: dict) -> None:
+        if context.epoch_pause_s > 0:
+            time.sleep(context.epoch_pause_s)
+        tune.report({**metrics, NODE_ID_KEY: node_id})
+        reports["n"] += 1
+        if context.fail_once_dir and reports["n"] == 1:
+            marker = Path(context.fail_once_dir) / f"{trial_id}.failed-once"
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return  # this trial already failed once: run normally
+            os.close(fd)
+            raise InjectedFailure(f"test hook {FAIL_ONCE_ENV}: first attempt of trial {trial_id} fails on purpose")
+
+    with tempfile.TemporaryDirectory(prefix="dept-trial-") as tmp:
+        final = {**run_trial(hp, context, on_epoch=on_epoch, state_dir=tmp), NODE_ID_KEY: node_id}
+        (Path(tmp) / FINAL_FILE).write_text(json.dumps(final))
+        (Path(tmp) / "hyperparameters.json").write_text(json.dumps(asdict(hp), indent=1))
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
