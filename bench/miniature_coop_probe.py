@@ -6,7 +6,7 @@ does) and prints, per epoch, the training loss and the ITM head's accuracy on th
 base test images; before and after training: the cross-entropy split into right / wrong train images, the mean
 top softmax probability, the mean logit spread (max - min) and the mean cosine between the class text features.
 
-    python bench/miniature_coop_probe.py --features runs/diag/features-v0/dept-mini-vit/<weights> \
+    python bench/miniature_coop_probe.py --features runs/diag/features-v0 \
         --dataset miniature-disjoint --seed 1 --tau 24.1 --tau 100 --ctx-init "a photo of a"
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from dept import TrainConfig, accuracy, build_learner, load_clip, train
-from pipelines.store import read_features
+from pipelines.store import DatasetStore, resolve_features
 
 
 def calibration(learner, x: torch.Tensor, y: torch.Tensor) -> str:
@@ -35,7 +35,7 @@ def calibration(learner, x: torch.Tensor, y: torch.Tensor) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--features", required=True, help="feature store model folder (what featurize printed)")
+    ap.add_argument("--features", required=True, help="feature store root (featurize's --out) or model folder")
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--model", default="dept-mini-vit")
     ap.add_argument("--pretrained", default="shipped", help="the weights the store was made with")
@@ -46,9 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    train_split = read_features(args.features, args.dataset, split="train", seed=args.seed, classes="base")
-    test_split = read_features(args.features, args.dataset, split="test", classes="base")
     clip = load_clip(args.model, args.pretrained, text_only=True)
+    model_url = resolve_features(args.features, dataset=args.dataset, model=args.model, pretrained=args.pretrained)
+    store = DatasetStore.open(model_url, args.dataset, expected_identity=clip.identity)
+    train_split = store.features("train", seed=args.seed, classes="base")
+    test_split = store.features("test", classes="base")
     x0, y = train_split.features[:, 0], train_split.labels
     options = {"n_ctx": len(args.ctx_init.split()), "ctx_init": args.ctx_init} if args.ctx_init else {}
 

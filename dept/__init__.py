@@ -3,7 +3,7 @@
     from dept import load_clip, build_learner, DePTConfig, TrainConfig, train, evaluate_base_new
 """
 from dept.clip import ClipLoadError, LoadedClip, load_clip, save_random_checkpoint
-from dept.evaluate import BaseNewResult, accuracy, evaluate_base_new, harmonic_mean
+from dept.evaluate import BaseNewResult, accuracy, evaluate_base_new, evaluate_zero_shot, harmonic_mean
 from dept.head import CATHead, ChannelwiseTransform, DePTConfig, applied_dept, dept_loss, fuse
 from dept.learner import DePTLearner, build_learner
 from dept.methods import METHODS, PromptMethod, register_method
@@ -14,6 +14,6 @@ from dept.train import EpochStats, TrainConfig, train
 __all__ = [
     "BaseNewResult", "CATHead", "ChannelwiseTransform", "ClipLoadError", "DePTConfig", "DePTLearner",
     "EpochStats", "LoadedClip", "METHODS", "PromptMethod", "PromptTextEncoder", "TrainConfig", "accuracy",
-    "applied_dept", "build_learner", "dept_loss", "evaluate_base_new", "fuse", "harmonic_mean", "load_clip",
-    "load_state", "register_method", "save_random_checkpoint", "save_state", "train",
+    "applied_dept", "build_learner", "dept_loss", "evaluate_base_new", "evaluate_zero_shot", "fuse", "harmonic_mean",
+    "load_clip", "load_state", "register_method", "save_random_checkpoint", "save_state", "train",
 ]

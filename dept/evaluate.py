@@ -1,16 +1,20 @@
 """Base-to-new evaluation: base accuracy with the fused head, new accuracy with the ITM head, HM.
 
 ``BaseNewResult`` keeps the two base-class logit matrices, so any fusion weight can be re-scored after training
-with one matrix mix (``fusion_sweep``) — no encoder pass.
+with one matrix mix (``fusion_sweep``) — no encoder pass. ``evaluate_zero_shot`` scores untrained CLIP the same
+way (the paper tables' first row), from cached features and a hand-written template.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from dept.clip import LoadedClip
 from dept.head import FusionMode, fuse
 from dept.learner import DePTLearner
+from dept.text_encoder import PromptTextEncoder
 
 
 def harmonic_mean(base: float, new: float) -> float:
@@ -106,3 +110,42 @@ def evaluate_base_new(
     result.base_acc = result.base_acc_at(w)
     result.hm = harmonic_mean(result.base_acc, new_acc)
     return result
+
+
+@torch.no_grad()
+def evaluate_zero_shot(
+    clip: LoadedClip,
+    template: str,
+    base_features: torch.Tensor,
+    base_labels: torch.Tensor,
+    base_classnames: list[str],
+    new_features: torch.Tensor,
+    new_labels: torch.Tensor,
+    new_classnames: list[str],
+    *,
+    logit_scale: float | None = None,
+    batch_size: int = 256,
+    class_chunk: int | None = 256,
+) -> BaseNewResult:
+    """Zero-shot CLIP under the base-to-new protocol on ``[N, D]`` image features: class texts
+    ``template.format(name)`` through the frozen text tower (equal to ``encode_text``), logits
+    tau * norm(V) @ norm(T).T as the ITM head's (tau: the model's learned one unless ``logit_scale``); base accuracy
+    among the base classes, new among the new ones. No CAT head, nothing trained."""
+    if "{}" not in template:
+        raise ValueError(f"zero-shot template must contain '{{}}' for the class name: {template!r}")
+    encoder = PromptTextEncoder(clip.model, clip.tokenizer)
+    tau = float(clip.model.logit_scale.exp().item()) if logit_scale is None else float(logit_scale)
+
+    def logits(features: torch.Tensor, classnames: list[str]) -> torch.Tensor:
+        texts = [template.format(c) for c in classnames]
+        text = F.normalize(encoder.encode_texts(texts, chunk_size=class_chunk), dim=-1)
+        rows = [tau * F.normalize(features[i : i + batch_size].to(text.device), dim=-1) @ text.t()
+                for i in range(0, len(features), batch_size)]
+        return torch.cat(rows).cpu() if rows else torch.empty(0, len(classnames))
+
+    base_itm = logits(base_features, base_classnames)
+    new_acc = accuracy(logits(new_features, new_classnames), new_labels) if new_classnames else float("nan")
+    base_acc = accuracy(base_itm, base_labels)
+    return BaseNewResult(base_acc=base_acc, new_acc=new_acc, hm=harmonic_mean(base_acc, new_acc),
+                         base_labels=base_labels.cpu(), base_itm_logits=base_itm, base_cat_logits=None,
+                         fusion_weight=0.0, fusion="logits")

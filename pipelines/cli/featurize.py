@@ -119,7 +119,7 @@ def featurize_cmd(data_root, datasets, dataset_dirs, out, model, pretrained, vie
     """Compute frozen CLIP image features of datasets with Ray and write them to a Parquet feature store.
 
     Writes OUT/<model>/<weights>/<dataset>/: val and test images at view 0 (test transform), the union of the
-    few-shot train draws at views 0..K, fewshot.json and manifest.json. Rerunning skips finished shards; an
+    few-shot train draws at views 0..K, _fewshot.json and _manifest.json. Rerunning skips finished shards; an
     interrupted run resumes.
     """
     from pipelines.featurize import FeaturizeConfig, featurize

@@ -6,38 +6,22 @@ from pathlib import Path
 
 import click
 
-from pipelines.cli._common import METHOD_CHOICE, check_out, write_atomic
+from pipelines.cli._common import check_out, write_atomic
+from pipelines.tune.settings import click_options
 
 
 @click.command("train")
-@click.option("--features", required=True, help="Feature store model folder (the URL featurize printed).")
+@click.option("--features", required=True,
+              help="Feature store: featurize's --out (the store root) or the model folder it printed.")
+@click.option("--model", default=None, help="With a store root holding several models: the model's name.")
+@click.option("--pretrained", default=None, help="With a store root: the weights featurize used (tag, 'shipped', path).")
 @click.option("--dataset", required=True, help="Dataset name in the store.")
-@click.option("--method", type=METHOD_CHOICE, default="coop", show_default=True,
-              help="Base prompt method: a name registered in dept.methods (a wrong one lists them).")
-@click.option("--dept/--no-dept", default=True, show_default=True, help="With DePT's CAT head, or the plain method.")
-@click.option("--loss-weight", type=click.FloatRange(0, 1), default=0.7, show_default=True,
-              help="lam: the CAT head's share of the training loss.")
-@click.option("--fusion-weight", type=click.FloatRange(0, 1), default=0.7, show_default=True,
-              help="a: the CAT head's share of base-class logits at inference.")
-@click.option("--fusion", type=click.Choice(["logits", "probs"]), default="logits", show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: 4 (CoCoOp 1).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Prompt learning rate. Default: 0.0035 (CoCoOp 0.002).")
-@click.option("--head-lr-mult", type=click.FloatRange(min=0, min_open=True), default=6.5, show_default=True,
-              help="CAT head lr = lr x this.")
-@click.option("--n-ctx", type=click.IntRange(min=1), default=None, help="Context tokens. Default: the method's.")
-@click.option("--ctx-init", default=None, help='Context init text ("" = random). Default: the method\'s.')
-@click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True)
-@click.option("--shots", type=click.IntRange(min=1), default=None, help="Default: the store's shots.")
-@click.option("--logit-scale", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="ITM temperature tau (e.g. 100, real CLIP's). Default: the model's learned value.")
+@click_options  # every trial setting: pipelines.tune.settings
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
               help="Log this run to MLflow (e.g. sqlite:///mlflow.db, http://host:5000).")
 @click.option("--experiment", default="dept", show_default=True, help="MLflow experiment (with --mlflow-uri).")
 @click.option("--out", default=None, help="Write the results as JSON to this file.")
-def train_cmd(features, dataset, method, dept, loss_weight, fusion_weight, fusion, epochs, batch_size, lr,
-              head_lr_mult, n_ctx, ctx_init, seed, shots, logit_scale, mlflow_uri, experiment, out):
+def train_cmd(features, model, pretrained, dataset, mlflow_uri, experiment, out, **settings):
     """Train and evaluate one configuration on cached features (no Tune): prints test base / new / HM."""
     import tempfile
     from dataclasses import asdict
@@ -55,13 +39,10 @@ def train_cmd(features, dataset, method, dept, loss_weight, fusion_weight, fusio
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    ctx = make_context(features, dataset, shots=[shots], seeds=[seed], num_threads=torch.get_num_threads(),
-                       device=device)
-    hp = Hyperparameters(
-        method=method, dept=dept, loss_weight=loss_weight, fusion_weight=fusion_weight, fusion=fusion,
-        epochs=epochs, batch_size=batch_size, lr=lr, head_lr_mult=head_lr_mult, n_ctx=n_ctx, ctx_init=ctx_init,
-        shots=shots, logit_scale=logit_scale, seed=seed,
-    ).resolved([ctx.store_shots] if ctx.store_shots > 0 else [16])
+    hp = Hyperparameters(**{k: v for k, v in settings.items() if v is not None})  # not given: the default
+    ctx = make_context(features, dataset, shots=[hp.shots], seeds=[hp.seed], num_threads=torch.get_num_threads(),
+                       device=device, model=model, pretrained=pretrained)
+    hp = hp.resolved([ctx.store_shots] if ctx.store_shots > 0 else [16])
     if mlflow_uri:
         tracker = Tracker(mlflow_uri, experiment)
     history: list[dict] = []
@@ -72,14 +53,15 @@ def train_cmd(features, dataset, method, dept, loss_weight, fusion_weight, fusio
             from pipelines.tracking.client import log_train_run
 
             run_id = log_train_run(tracker, hp, ctx.tags(), history, final, Path(tmp) / STATE_FILE)
-    click.echo(f"{dataset} {method}{'+DePT' if dept else ''} seed {seed}: base {final['test_base_acc']:.2f}  "
-               f"new {final['test_new_acc']:.2f}  HM {final['test_hm']:.2f}  (test; val HM {final['val_hm']:.2f})")
+    click.echo(f"{dataset} {hp.method}{'+DePT' if hp.dept else ''} seed {hp.seed}: "
+               f"base {final['test_base_acc']:.2f}  new {final['test_new_acc']:.2f}  HM {final['test_hm']:.2f}  "
+               f"(test; val HM {final['val_hm']:.2f})")
     if run_id:
         click.echo(f"MLflow run {run_id} in experiment {experiment!r} at {mlflow_uri}")
     if out_path is not None:
         doc = {
             "dataset": dataset,
-            "hyperparameters": asdict(hp),
+            "hyperparameters": {**asdict(hp), **hp.applied_dept()},
             "features": ctx.tags(),
             "test": {k: final[k] for k in ("test_base_acc", "test_new_acc", "test_hm")},
             "val": {k: final[k] for k in ("val_base_acc", "val_new_acc", "val_hm")},

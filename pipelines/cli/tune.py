@@ -16,7 +16,10 @@ def _space_help() -> str:
 
 
 @click.command("tune")
-@click.option("--features", required=True, help="Feature store model folder (the URL featurize printed).")
+@click.option("--features", required=True,
+              help="Feature store: featurize's --out (the store root) or the model folder it printed.")
+@click.option("--model", default=None, help="With a store root holding several models: the model's name.")
+@click.option("--pretrained", default=None, help="With a store root: the weights featurize used (tag, 'shipped', path).")
 @click.option("--dataset", required=True, help="A dataset in the store, or 'all' (one Tune experiment each, in turn).")
 @click.option("--space", default="smoke", show_default=True, help=f"Search space: a shipped name ({_space_help()}) or a .yaml path.")
 @click.option("--method", "methods", type=METHOD_CHOICE, multiple=True,
@@ -34,13 +37,14 @@ def _space_help() -> str:
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
               help="Default: sqlite:///mlflow.db in the working folder.")
 @click.option("--experiment", default="dept", show_default=True, help="MLflow experiment and Tune folder name.")
-def tune_cmd(features, dataset, space, methods, objective, num_samples, gpus_per_trial, cpus_per_trial,
-             max_concurrent, max_failures, ray_address, storage, resume, mlflow_uri, experiment):
+def tune_cmd(features, model, pretrained, dataset, space, methods, objective, num_samples, gpus_per_trial,
+             cpus_per_trial, max_concurrent, max_failures, ray_address, storage, resume, mlflow_uri, experiment):
     """Tune DePT trials with Ray Tune over cached features; every trial tracked in MLflow."""
     from pipelines.tune.runner import TuneOptions, best_table, run_tune
 
     opts = TuneOptions(
-        features=features, dataset=dataset, space=space, experiment=experiment, num_samples=num_samples,
+        features=features, model=model, pretrained=pretrained, dataset=dataset, space=space, experiment=experiment,
+        num_samples=num_samples,
         methods=tuple(methods), objective=objective, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
         max_concurrent=max_concurrent, max_failures=max_failures, ray_address=ray_address, storage=storage,
         resume=resume, mlflow_uri=mlflow_uri,

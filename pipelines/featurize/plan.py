@@ -2,6 +2,7 @@
 that can be checked is checked here, before Ray starts."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -9,14 +10,13 @@ from dataclasses import dataclass, field
 
 from pipelines.store import (
     MANIFEST,
-    NOT_FINGERPRINTED,
     SPLITS,
     STORE_FORMAT,
-    DatasetStore,
+    DatasetFolder,
+    Manifest,
     StoreError,
-    check_identity,
-    content_fingerprint,
     join_url,
+    load_manifest,
     sha256_json,
     shard_name,
 )
@@ -112,8 +112,8 @@ class ShardPlan:
 @dataclass
 class DatasetPlan:
     name: str
-    store: DatasetStore
-    header: dict  # the manifest without the results (rows, skipped, shards)
+    store: DatasetFolder
+    header: Manifest  # the settings; results (rows, skipped, shards) empty, complete false
     fewshot: dict
     shards: list[ShardPlan]
     pending: list[ShardPlan]
@@ -181,49 +181,40 @@ def _unique(items: list, name: str, split: str) -> list:
     return out
 
 
-def _header(cfg: FeaturizeConfig, splits, clip, images: dict[str, int]) -> dict:
+def _header(cfg: FeaturizeConfig, splits, clip, images: dict[str, int], fewshot_sha256: str) -> Manifest:
     from dept.clip import file_sha256
     from dept.transforms import describe_test_transform, describe_train_view
 
-    return {
-        "format": STORE_FORMAT,
-        "dataset": splits.name,
-        "model": clip.model_name,
-        "pretrained": clip.pretrained,
-        "weights_id": clip.weights_id,
-        "open_clip_version": clip.identity["open_clip_version"],
-        "feature_dim": int(clip.embed_dim),
-        "image_size": int(clip.image_size),
-        "mean": [float(x) for x in clip.mean],
-        "std": [float(x) for x in clip.std],
-        "transforms": {"test": describe_test_transform(clip.image_size), "train_view": describe_train_view(cfg.view_seed, cfg.crop_scale_min)},
-        "views": int(cfg.views),
-        "shots": int(cfg.shots),
-        "val_shots": min(int(cfg.shots), 4) if cfg.shots > 0 else 0,
-        "seeds": [int(s) for s in cfg.seeds] if cfg.shots > 0 else [],
-        "num_classes": splits.num_classes,
-        "classnames": list(splits.classnames),
-        "label_to_imagenet": splits.label_to_imagenet,
-        "split_files": list(splits.split_files),
-        "split_sha256": [{"file": f.replace("\\", "/").rsplit("/", 1)[-1], "sha256": file_sha256(f)}
-                         for f in splits.split_files],
-        "image_root": splits.image_root,
-        "images_per_shard": int(cfg.images_per_shard),
-        "images": images,
-        "complete": False,
-    }
-
-
-def _settings_diff(existing: dict, header: dict) -> str:
-    """What differs between a store's manifest and this run, short values shown."""
-    keys = sorted(k for k in set(header) | set(existing)
-                  if k not in NOT_FINGERPRINTED and k not in ("rows", "skipped") and header.get(k) != existing.get(k))
-
-    def show(k: str) -> str:
-        a, b = existing.get(k), header.get(k)
-        return f"{k} {a!r} in the store, {b!r} now" if len(repr(a)) <= 40 and len(repr(b)) <= 40 else k
-
-    return "; ".join(map(show, keys)) or "store format"
+    header = Manifest(
+        format=STORE_FORMAT,
+        dataset=splits.name,
+        model=clip.model_name,
+        pretrained=clip.pretrained,
+        weights_id=clip.weights_id,
+        open_clip_version=clip.identity["open_clip_version"],
+        feature_dim=int(clip.embed_dim),
+        image_size=int(clip.image_size),
+        mean=tuple(float(x) for x in clip.mean),
+        std=tuple(float(x) for x in clip.std),
+        transforms={"test": describe_test_transform(clip.image_size),
+                    "train_view": describe_train_view(cfg.view_seed, cfg.crop_scale_min)},
+        views=int(cfg.views),
+        shots=int(cfg.shots),
+        val_shots=min(int(cfg.shots), 4) if cfg.shots > 0 else 0,
+        seeds=tuple(int(s) for s in cfg.seeds) if cfg.shots > 0 else (),
+        num_classes=splits.num_classes,
+        classnames=tuple(splits.classnames),
+        label_to_imagenet=tuple(splits.label_to_imagenet) if splits.label_to_imagenet is not None else None,
+        split_files=tuple(splits.split_files),
+        split_sha256=tuple({"file": f.replace("\\", "/").rsplit("/", 1)[-1], "sha256": file_sha256(f)}
+                           for f in splits.split_files),
+        image_root=splits.image_root,
+        images_per_shard=int(cfg.images_per_shard),
+        images=images,
+        fewshot_sha256=fewshot_sha256,
+        complete=False,
+    )
+    return dataclasses.replace(header, config_fingerprint=header.settings_fingerprint())
 
 
 def plan_dataset(cfg: FeaturizeConfig, index: int, splits, clip, model_url: str) -> DatasetPlan:
@@ -244,9 +235,7 @@ def plan_dataset(cfg: FeaturizeConfig, index: int, splits, clip, model_url: str)
                "note": "shots 0: every train and val image is used" if cfg.shots == 0 else
                "CoOp's draw: per seed, train then val (min(shots, 4)) per class; image ids = paths under the image root"}
 
-    header = _header(cfg, splits, clip, {s: len(per_split[s]) for s in SPLITS})
-    header["fewshot_sha256"] = sha256_json(fewshot)
-    header["config_fingerprint"] = content_fingerprint(header)
+    header = _header(cfg, splits, clip, {s: len(per_split[s]) for s in SPLITS}, sha256_json(fewshot))
 
     shards: list[ShardPlan] = []
     for split in SPLITS:
@@ -259,29 +248,27 @@ def plan_dataset(cfg: FeaturizeConfig, index: int, splits, clip, model_url: str)
                           it.classname, n_views) for j, it in enumerate(chunk)]
             shards.append(ShardPlan(sname, split, units))
 
-    store = DatasetStore(join_url(model_url, name))
+    store = DatasetFolder(join_url(model_url, name))
     present = set(store.shard_names())
     try:
-        existing = store.read_json(MANIFEST) if store.exists(MANIFEST) else None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FeaturizeError(f"unreadable {store.url}/{MANIFEST} ({e}); use another --out") from None
+        existing = load_manifest(store, require_complete=False)
+        existing.check_identity(clip.identity, store.url)
+    except FileNotFoundError:
+        existing = None
+    except StoreError as e:  # unreadable, old format, another model
+        raise FeaturizeError(f"{e}; use another --out" if "--out" not in str(e) else str(e)) from None
     if existing is None and present:
         raise FeaturizeError(f"{store.url} holds shard files but no {MANIFEST} (not written by featurize, or "
                              "its manifest was removed); use another --out")
-    if existing is not None:
-        try:
-            check_identity(existing, clip.identity, store.url)
-        except StoreError as e:
-            raise FeaturizeError(str(e)) from None
-        if existing.get("config_fingerprint") != header["config_fingerprint"]:
-            raise FeaturizeError(
-                f"{store.url} holds features made with other settings ({_settings_diff(existing, header)}); "
-                "use another --out or the same settings"
-            )
+    if existing is not None and existing.config_fingerprint != header.config_fingerprint:
+        raise FeaturizeError(
+            f"{store.url} holds features made with other settings ({existing.settings_diff(header)}); "
+            "use another --out or the same settings"
+        )
     planned = {s.name for s in shards}
     stray = sorted(present - planned)
     if stray:
         raise FeaturizeError(f"{store.url} holds shard files this plan does not make ({stray[0]}, ...); use another --out")
     pending = [s for s in shards if s.name not in present]
-    complete = bool(existing and existing.get("complete") is True and not pending)
+    complete = bool(existing is not None and existing.complete and not pending)
     return DatasetPlan(name, store, header, fewshot, shards, pending, complete)

@@ -3,6 +3,7 @@ dataset's manifest last. Idempotent and resumable (see :mod:`pipelines.featurize
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -16,12 +17,12 @@ from pipelines.featurize.plan import (
     load_splits,
     plan_dataset,
 )
-from pipelines.store import FEWSHOT, MANIFEST, SPLITS, content_fingerprint, model_store_url
+from pipelines.store import FEWSHOT, MANIFEST, SPLITS, Manifest, load_manifest, model_store_url
 
 log = logging.getLogger(__name__)
 
 
-def _finalize(plan: DatasetPlan, cfg: FeaturizeConfig) -> dict:
+def _finalize(plan: DatasetPlan, cfg: FeaturizeConfig) -> Manifest:
     store = plan.store
     present = set(store.shard_names())
     missing = [s.name for s in plan.shards if s.name not in present]
@@ -41,17 +42,17 @@ def _finalize(plan: DatasetPlan, cfg: FeaturizeConfig) -> dict:
         expected[s.split] += s.rows - len(sk) * n_views
     if rows != expected:
         raise RuntimeError(f"{store.url}: row counts {rows} differ from the plan {expected}")
-    manifest = dict(plan.header)
-    manifest.update(
+    manifest = dataclasses.replace(
+        plan.header,
         rows=rows,
-        skipped=sorted(skipped, key=lambda d: (d["split"], d["image_id"])),
+        skipped=tuple(sorted(skipped, key=lambda d: (d["split"], d["image_id"]))),
         shards=shards,
         on_error=cfg.on_error,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         complete=True,
     )
-    manifest["fingerprint"] = content_fingerprint(manifest)
-    store.write_json(MANIFEST, manifest)
+    manifest = dataclasses.replace(manifest, fingerprint=manifest.content_fingerprint())
+    store.write_json(MANIFEST, manifest.to_dict())
     store.remove_stale_temporaries()
     return manifest
 
@@ -83,8 +84,8 @@ def _write_plans(cfg: FeaturizeConfig, plans: list[DatasetPlan], clip, model_url
         if not p.complete:
             # The manifest goes first, marked incomplete: a rerun with other settings is refused before it
             # writes anything, and no reader takes the folder for a finished store.
-            if not p.store.exists(MANIFEST) or p.store.read_json(MANIFEST).get("complete") is True:
-                p.store.write_json(MANIFEST, p.header)
+            if not p.store.exists(MANIFEST) or load_manifest(p.store, require_complete=False).complete:
+                p.store.write_json(MANIFEST, p.header.to_dict())
             p.store.write_json(FEWSHOT, p.fewshot)
 
     todo = [p for p in plans if p.pending]
@@ -99,10 +100,10 @@ def _write_plans(cfg: FeaturizeConfig, plans: list[DatasetPlan], clip, model_url
 
     results = []
     for p in plans:
-        manifest = p.store.read_json(MANIFEST) if p.complete else _finalize(p, cfg)
+        manifest = load_manifest(p.store) if p.complete else _finalize(p, cfg)
         results.append(DatasetResult(
             name=p.name, url=p.store.url, encoded=encoded_by_name.get(p.name, 0),
-            shards_skipped=len(p.shards) - len(p.pending), rows=manifest["rows"],
-            skipped_images=len(manifest.get("skipped", [])), fingerprint=manifest["fingerprint"],
+            shards_skipped=len(p.shards) - len(p.pending), rows=dict(manifest.rows),
+            skipped_images=len(manifest.skipped), fingerprint=manifest.fingerprint,
         ))
     return FeaturizeResult(model_url=model_url, identity=clip.identity, datasets=results)

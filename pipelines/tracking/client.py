@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DB = "mlflow.db"
 ROLE_PARENT, ROLE_TRIAL, ROLE_TRAIN = "parent", "trial", "train"
+#: CLIP zero-shot on a dataset (no training; ``pipelines.zero_shot``), under the parent run when ``tune`` logs it.
+ROLE_ZERO_SHOT = "zero-shot"
 TRIAL_ID_TAG = "tune.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 FINAL_TAG = "final_logged"

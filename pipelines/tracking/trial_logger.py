@@ -119,9 +119,15 @@ class MlflowTrialLogger(_ray_callback_base()):
             f"tags.`{TRIAL_ID_TAG}` = '{quote_filter(trial_id)}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
         )
         hp = self.context.hyperparameters(config)
+        params = hp.as_params()
+        params["objective"] = self.context.objective
+        if self.context.objective == "pseudo-new":
+            params["pseudo_new_fraction"] = self.context.pseudo_new_fraction
         if existing:
             run = existing[0]
             run_id = run.info.run_id
+            if not run.data.params:  # a driver killed between creating the run and logging its params
+                self.tracker.log_params(run_id, params)
             history = client.get_metric_history(run_id, "train_loss")
             self._last_epoch[trial_id] = max((m.step for m in history), default=0)
             if run.data.tags.get(FINAL_TAG) == "true":
@@ -132,10 +138,6 @@ class MlflowTrialLogger(_ray_callback_base()):
             tags = {k: param_value(v) for k, v in self._tags(hp, trial_id).items()}
             tags[STATUS_TAG] = "running"
             run_id = client.create_run(self.tracker.experiment_id, run_name=run_name(hp), tags=tags).info.run_id
-            params = hp.as_params()
-            params["objective"] = self.context.objective
-            if self.context.objective == "pseudo-new":
-                params["pseudo_new_fraction"] = self.context.pseudo_new_fraction
             self.tracker.log_params(run_id, params)
             self._last_epoch[trial_id] = 0
         self._runs[trial_id] = run_id
@@ -244,6 +246,8 @@ class MlflowTrialLogger(_ray_callback_base()):
             return
         for run in self.tracker.children(self.parent_run_id):
             trial_id = run.data.tags.get(TRIAL_ID_TAG)
+            if run.data.tags.get("role") != ROLE_TRIAL:
+                continue  # the parent's other children (the zero-shot run) are no trials
             if trial_id not in known:
                 log.warning("soft-deleting MLflow run %s: its Tune trial %s no longer exists (driver killed before "
                             "Tune saved it; the trial ran again under a new id)", run.info.run_id, trial_id)

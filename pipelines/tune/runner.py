@@ -38,8 +38,10 @@ class TuneSetupError(ValueError):
 
 @dataclass(frozen=True)
 class TuneOptions:
-    features: str
+    features: str  # the store root (with model / pretrained when it holds several) or a model folder
     dataset: str  # a dataset name in the store, or "all"
+    model: str | None = None  # with features = the store root: which model folder (pipelines.store.resolve)
+    pretrained: str | None = None
     space: str = "smoke"
     experiment: str = "dept"
     num_samples: int | None = None
@@ -73,6 +75,7 @@ class DatasetOutcome:
     best: object = None  # tracking.summary.ConfigSummary
     best_trial: object = None  # tracking.trial_logger.TrialRecord
     seconds: float = 0.0
+    zero_shot: dict = field(default_factory=dict)  # CLIP zero-shot test_* / val_* (pipelines.zero_shot)
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.records if r.status == status)
@@ -97,17 +100,19 @@ def make_context(
     num_threads: int = 1,
     device: str = "cpu",
     who: str = "",
+    model: str | None = None,
+    pretrained: str | None = None,
 ) -> TrialContext:
     """The trial context of one dataset, after checking that the store can serve every trial asked for
-    (``shots`` / ``seeds`` drawn, the model's checkpoint present, enough base classes)."""
+    (``shots`` / ``seeds`` drawn, the model's checkpoint present, enough base classes). ``features``: a model
+    folder, or the store root with ``model`` / ``pretrained`` choosing the model folder."""
     from dept.clip import is_local_checkpoint
-    from pipelines.store import read_manifest
+    from pipelines.store import read_manifest, resolve_features
 
-    if urlparse(features).scheme in ("", "file"):
-        # Trials run in other processes (other machines): give them an absolute path.
-        features = str(Path(urlparse(features).path if features.startswith("file:") else features).expanduser().resolve())
+    # An absolute model folder: trials run in other processes (other machines).
+    features = resolve_features(features, dataset=dataset, model=model, pretrained=pretrained)
     manifest = read_manifest(features, dataset)
-    stored_shots = int(manifest.get("shots") or 0)
+    stored_shots = manifest.shots
     where = f"{features} ({dataset})"
     who = f"{who}: " if who else ""
     if stored_shots > 0:
@@ -115,25 +120,25 @@ def make_context(
         if wrong:
             raise TuneSetupError(f"{who}shots {wrong[0]} but the feature store {where} holds {stored_shots}-shot "
                                  f"draws; featurize with --shots {wrong[0]} or ask for {stored_shots}")
-        missing = [s for s in seeds if s not in set(manifest.get("seeds", []))]
+        missing = [s for s in seeds if s not in set(manifest.seeds)]
         if missing:
             raise TuneSetupError(f"{who}seed {missing[0]} was not drawn in the feature store {where} "
-                                 f"(seeds {manifest.get('seeds')}); featurize with that seed or use those")
-    pretrained = str(manifest.get("pretrained") or "none")
-    if is_local_checkpoint(pretrained) and not Path(pretrained).is_file():
-        raise TuneSetupError(f"the feature store {where} was made with checkpoint {pretrained}, which does not "
+                                 f"(seeds {list(manifest.seeds)}); featurize with that seed or use those")
+    made_with = manifest.pretrained or "none"
+    if is_local_checkpoint(made_with) and not Path(made_with).is_file():
+        raise TuneSetupError(f"the feature store {where} was made with checkpoint {made_with}, which does not "
                              "exist here (trials load its text tower)")
     if objective == "pseudo-new":
-        num_base = math.ceil(len(manifest["classnames"]) / 2)
+        num_base = math.ceil(len(manifest.classnames) / 2)
         if num_base < 2:
             raise TuneSetupError(f"{dataset}: objective pseudo-new needs at least 2 base classes, it has {num_base}")
     return TrialContext(
         features_url=features,
         dataset=dataset,
-        model=manifest["model"],
-        pretrained=pretrained,
-        weights_id=manifest["weights_id"],
-        fingerprint=manifest["fingerprint"],
+        model=manifest.model,
+        pretrained=made_with,
+        weights_id=manifest.weights_id,
+        fingerprint=manifest.fingerprint,
         store_shots=stored_shots,
         objective=objective,
         pseudo_new_fraction=pseudo_new_fraction,
@@ -150,6 +155,7 @@ def _context(opts: TuneOptions, space: SearchSpace, dataset: str) -> TrialContex
         opts.features, dataset, shots=space.shots_values(), seeds=list(space.seeds), objective=space.objective,
         pseudo_new_fraction=space.pseudo_new_fraction, num_threads=max(1, int(opts.cpus_per_trial)),
         device="cuda" if opts.gpus_per_trial > 0 else "cpu", who=f"space {space.name}",
+        model=opts.model, pretrained=opts.pretrained,
     )
 
 
@@ -158,7 +164,7 @@ def prepare(opts: TuneOptions):
     Returns (space, tracking URI, tracker, plans)."""
     from ray.tune import Tuner
 
-    from pipelines.store import list_datasets
+    from pipelines.store import list_datasets, resolve_features
     from pipelines.tracking.client import Tracker, check_tracking_uri, default_tracking_uri
 
     if not opts.experiment or "/" in opts.experiment:
@@ -176,10 +182,11 @@ def prepare(opts: TuneOptions):
     check_tracking_uri(uri)
 
     if opts.dataset == "all":
-        datasets = list_datasets(opts.features)
+        model_url = resolve_features(opts.features, model=opts.model, pretrained=opts.pretrained)
+        datasets = list_datasets(model_url)
         if not datasets:
-            raise TuneSetupError(f"no featurized datasets under {opts.features} (run `dept-pipeline featurize` first; "
-                                 "--features is the model folder featurize printed)")
+            raise TuneSetupError(f"no complete featurized datasets under {model_url} (run `dept-pipeline featurize` "
+                                 "first, or let it finish)")
     else:
         datasets = [opts.dataset]
     contexts = {d: _context(opts, space, d) for d in datasets}
@@ -254,6 +261,10 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
     ok = False
     interrupted = False
     try:
+        from pipelines.zero_shot import ensure_zero_shot_run
+
+        # The paper tables' first row, once per dataset under its parent (a resumed experiment reuses it).
+        zero_shot = ensure_zero_shot_run(tracker, parent, ctx)
         if plan.restore:
             tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable, resume_unfinished=True,
                                        resume_errored=False, param_space=space.param_space())
@@ -296,7 +307,7 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
         logger.close()
         finish_parent(tracker, parent, "FINISHED" if ok else "KILLED" if interrupted else "FAILED")
     return DatasetOutcome(plan.dataset, parent, plan.experiment_path, records, best, best_trial,
-                          time.perf_counter() - started)
+                          time.perf_counter() - started, zero_shot)
 
 
 def run_tune(opts: TuneOptions, progress: Callable[[str], None] = log.info) -> list[DatasetOutcome]:
@@ -318,6 +329,10 @@ def run_tune(opts: TuneOptions, progress: Callable[[str], None] = log.info) -> l
             best = outcome.best
             best_txt = (f"best {space.metric} {best.mean(space.metric):.2f} over {len(best.completed())} seed(s)"
                         if best is not None else "no trial completed")
+            zs = outcome.zero_shot
+            if zs:
+                best_txt += (f"; CLIP zero-shot test base {zs['test_base_acc']:.2f} new {zs['test_new_acc']:.2f} "
+                             f"HM {zs['test_hm']:.2f}")
             progress(f"[{i}/{len(plans)}] {plan.dataset}: done in {outcome.seconds:.0f}s — "
                      f"{outcome.count('completed')} completed, {outcome.count('stopped_early')} stopped early, "
                      f"{outcome.count('error')} failed; {best_txt}")

@@ -1,68 +1,279 @@
-"""The hyperparameters of one DePT trial: their defaults (taken from the method library's own config dataclasses
-and method classes) and what each accepts in a search space (:data:`PARAM_RULES`)."""
+"""Every setting of one DePT trial, defined once: :class:`Hyperparameters`, one field per setting, each declared
+with :func:`setting` (type from the annotation; default, range, allowed values, help). Derived from the fields:
+
+- the check of a search space's ``params`` values (:meth:`Setting.check`, used by :mod:`pipelines.tune.spaces`);
+- the ``dept-pipeline train`` options, with their help and ranges (:func:`click_options`);
+- the MLflow params of a run (:meth:`Hyperparameters.as_params`), ``dept.TrainConfig`` / ``dept.DePTConfig``
+  (:meth:`~Hyperparameters.train_config`, :meth:`~Hyperparameters.dept_config`: the fields named as theirs) and
+  the method's options (:meth:`~Hyperparameters.method_options`: the fields named as its ``Options``' fields);
+- the settings table of ``tune_spaces/README.md`` (:func:`write_readme_table`).
+
+Defaults belong to the method library: a default written ``"dept.head:DePTConfig.loss_weight"`` is read from
+there, and ``per_method`` / ``option`` defaults from the trial's method (``dept.methods.METHODS``). This module
+imports no ``dept`` (torch: ~10 s on a small CPU) until a value is needed, so building the CLI stays fast; help
+texts read dept's literal defaults from its source instead.
+"""
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import math
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from dept.head import DePTConfig
-from dept.methods import METHODS as REGISTRY
-from dept.train import TrainConfig
+#: The prompt methods: the registry's names (read when needed).
+METHODS_REF = "dept.methods:METHODS"
 
 
-def method_names() -> tuple[str, ...]:
-    """The prompt methods a trial can use: every one registered in ``dept.methods.METHODS``."""
-    return tuple(REGISTRY)
+def dept_value(ref: str) -> Any:
+    """The object ``module:Name.attr`` of the method library (imports it)."""
+    module, path = ref.split(":")
+    obj: Any = importlib.import_module(module)
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def dept_source_value(ref: str) -> Any:
+    """The literal ``module:Name.attr`` is assigned in dept's source, read without importing dept (help texts);
+    ``Literal[...]`` gives its values. None when the source does not hold a plain literal there."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    module, path = ref.split(":")
+    top, *rest = module.split(".")
+
+    def assigned(body: list, name: str):
+        for node in body:
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
+                return node.value
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+                return node.value
+        raise LookupError(name)
+
+    try:
+        file = Path(importlib.util.find_spec(top).submodule_search_locations[0], *rest).with_suffix(".py")
+        tree = ast.parse(file.read_text())
+        *classes, name = path.split(".")
+        scope = tree.body
+        for cls in classes:
+            scope = next(n.body for n in scope if isinstance(n, ast.ClassDef) and n.name == cls)
+        node = assigned(scope, name)
+        while isinstance(node, ast.Name):  # a module-level constant
+            node = assigned(tree.body, node.id)
+        if isinstance(node, ast.Subscript):  # Literal["a", "b"]
+            values = ast.literal_eval(node.slice)
+            return values if isinstance(values, tuple) else (values,)
+        return ast.literal_eval(node)
+    except (AttributeError, LookupError, StopIteration, OSError, SyntaxError, TypeError, ValueError):
+        return None
+
+
+def _choices(value: Any) -> tuple:
+    if isinstance(value, dict):  # a registry: its names
+        return tuple(value)
+    if typing.get_origin(value) is typing.Literal:
+        return typing.get_args(value)
+    return tuple(value)
+
+
+def fmt(value: Any) -> str:
+    """A value as a search space writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == "":
+        return '""'
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What one trial setting is: its type, default, range and meaning."""
+
+    help: str
+    default: Any = None  # a literal default
+    from_dept: str | None = None  # or the method library's: "module:Name.attr", read when a trial is built
+    per_method: str | None = None  # default: this class attribute of the trial's method (default_lr, ...)
+    option: bool = False  # a field of the method's Options: default from there; applies only where it is one
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    space_low: float | None = None  # a tighter low bound in search spaces
+    allowed: tuple | str | None = None  # values, or "module:Name" of dept (a registry or a Literal)
+    nullable: bool = False  # null / None is a valid value (besides "not given")
+    none_means: str = ""  # what None means (help text), when None is the default
+    none_label: str | None = None  # the MLflow param value of None
+    blank_is_none: bool = False  # "" here is the method's None (ctx_init: random init)
+    in_space: bool = True  # a ``params`` key of search spaces
+    name: str = ""  # filled from the field
+    kind: type = object  # bool, int, float or str: from the field's annotation
+
+    # -- values ---------------------------------------------------------------------------------------------
+    def choices(self) -> tuple | None:
+        if self.allowed is None or isinstance(self.allowed, tuple):
+            return self.allowed
+        return _choices(dept_value(self.allowed))
+
+    def type_name(self) -> str:
+        return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[self.kind]
+
+    def check(self, value: Any, *, space: bool = False) -> Any:
+        """``value`` as this setting's type and in its range (``space``: a search space's range), else
+        ``ValueError`` with the reason in one line. Numbers written as text are read (command lines; YAML 1.1
+        reads ``1e-3`` as text)."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise ValueError(f"null is not allowed; expected {self.type_name()}")
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"expected true/false, got {value!r}")
+            return value
+        if self.kind is str:
+            if not isinstance(value, str):
+                raise ValueError(f"expected a string, got {value!r}")
+            allowed = self.choices()
+            if allowed is not None and value not in allowed:
+                raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+            return value
+        if isinstance(value, bool):
+            raise ValueError(f"expected {self.type_name()}, got {value!r}")
+        if isinstance(value, str):
+            try:
+                value = self.kind(value)
+            except ValueError:
+                raise ValueError(f"expected {self.type_name()}, got {value!r}") from None
+        if self.kind is int:
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if not isinstance(value, int):
+                raise ValueError(f"expected an integer, got {value!r}")
+        else:
+            if not isinstance(value, (int, float)) or math.isnan(value):
+                raise ValueError(f"expected a number, got {value!r}")
+            value = float(value)
+        low = self.space_low if space and self.space_low is not None else self.low
+        if low is not None and (value < low or (self.low_open and value == low)):
+            raise ValueError(f"{value!r} is below the allowed range ({'>' if self.low_open else '>='} {low:g})")
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            raise ValueError(f"{value!r} is above the allowed range ({'<' if self.high_open else '<='} {self.high:g})")
+        return value
+
+    def default_value(self) -> Any:
+        """The default when no method fills it in (imports dept for ``from_dept``)."""
+        return dept_value(self.from_dept) if self.from_dept else self.default
+
+    def applies_to(self, method: type) -> bool:
+        """Whether the setting means anything for ``method`` (a class of ``dept.methods.METHODS``)."""
+        return not self.option or self.name in {f.name for f in dataclasses.fields(method.Options)}
+
+    def method_default(self, method: type) -> Any:
+        """The default for ``method``: its own for per-method settings, else :meth:`default_value`."""
+        if self.per_method:
+            return getattr(method, self.per_method)
+        if self.option:
+            value = getattr(method.Options(), self.name)
+            return "" if self.blank_is_none and value is None else value
+        return self.default_value()
+
+    # -- texts ----------------------------------------------------------------------------------------------
+    def range_text(self, *, space: bool, live: bool = False) -> str:
+        """The values allowed, in words, in a search space or on the command line; ``live``: choices read from dept
+        (imports it), else from its source ("" when only known at run time)."""
+        if self.kind is bool:
+            return "true/false"
+        if self.kind is str:
+            allowed = ", ".join(map(fmt, self.choices())) if live and self.allowed else self.choice_text()
+            text = f"one of {allowed}" if allowed else "" if self.allowed else "text"
+        else:
+            low = self.space_low if space and self.space_low is not None else self.low
+            word = "integer" if self.kind is int else "number"
+            if low is not None and self.high is not None:
+                ends = ("(" if self.low_open else "[", ")" if self.high_open else "]")
+                text = f"{word} in {ends[0]}{low:g}, {self.high:g}{ends[1]}"
+            elif low is not None:
+                text = f"{word} {'>' if self.low_open else '>='} {low:g}"
+            else:
+                text = word
+            if space and low != self.low:
+                text += f" (train: >= {self.low:g})"
+        return text + (", or null" if space and self.nullable and text else "")
+
+    def choice_text(self) -> str:
+        """The allowed values, read without importing dept; "" when there are none or they are only known at run
+        time (the method registry)."""
+        values = self.allowed
+        if isinstance(values, str):
+            values = dept_source_value(values)
+        return ", ".join(map(fmt, values)) if values else ""
+
+    def default_text(self) -> str:
+        """The default for help texts, without importing dept."""
+        if self.per_method or self.option:
+            return "the method's own"
+        if self.from_dept:
+            value = dept_source_value(self.from_dept)
+            return fmt(value) if value is not None else f"dept's {self.from_dept.split(':')[1]}"
+        return self.none_means if self.default is None else fmt(self.default)
+
+
+def setting(default: Any = None, *, help: str, **kwargs) -> Any:
+    """A :class:`Hyperparameters` field: ``default`` (or ``from_dept="module:Name.attr"``, the method library's,
+    read when a trial is built) and the other keywords of :class:`Setting`."""
+    meta = Setting(help=help, default=default, **kwargs)
+    if meta.from_dept:
+        return dataclasses.field(default_factory=meta.default_value, metadata={"setting": meta})
+    return dataclasses.field(default=default, metadata={"setting": meta})
 
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """Every knob of one trial. ``None`` means "the method's own default", resolved by :meth:`resolved`."""
+    """Every setting of one trial. ``None`` means "the method's own default", resolved by :meth:`resolved`."""
 
-    # Defaults come from the method library's own config dataclasses: one place for each number.
-    method: str = "coop"
-    dept: bool = True
-    loss_weight: float = DePTConfig.loss_weight  # lam: weight of the CAT head's loss in training
-    fusion_weight: float = DePTConfig.fusion_weight  # a: weight of the CAT head in base-class inference
-    fusion: str = DePTConfig.fusion
-    epochs: int = TrainConfig.epochs
-    batch_size: int | None = None  # the method's default_batch_size (CoOp/KgCoOp 4, CoCoOp 1)
-    lr: float | None = None  # the method's default_lr (CoOp/KgCoOp 0.0035, CoCoOp 0.002)
-    head_lr_mult: float = TrainConfig.head_lr_mult
-    warmup_epochs: int = TrainConfig.warmup_epochs
-    warmup_lr: float = TrainConfig.warmup_lr
-    momentum: float = TrainConfig.momentum
-    weight_decay: float = TrainConfig.weight_decay
-    n_ctx: int | None = None  # the method's Options default
-    ctx_init: str | None = None  # the method's Options default; "" = random init
-    class_specific: bool | None = None  # CoOp only
-    kg_weight: float | None = None  # KgCoOp only; None: dept.methods.kgcoop's default (2.0, with or without DePT)
-    shots: int | None = None  # None: the largest shot count in the feature store
-    logit_scale: float | None = None  # ITM temperature tau; None: the CLIP model's learned value
-    seed: int = 1
+    method: str = setting("coop", allowed=METHODS_REF,
+                          help="Base prompt method: a name registered in dept.methods (a wrong one lists them).")
+    dept: bool = setting(True, help="With DePT's CAT head; false: the plain method (loss and fusion weight 0).")
+    loss_weight: float = setting(from_dept="dept.head:DePTConfig.loss_weight", low=0.0, high=1.0,
+                                 help="lam: the CAT head's share of the training loss (0: the plain method).")
+    fusion_weight: float = setting(from_dept="dept.head:DePTConfig.fusion_weight", low=0.0, high=1.0,
+                                   help="a: the CAT head's share of base-class logits at inference.")
+    fusion: str = setting(from_dept="dept.head:DePTConfig.fusion", allowed="dept.head:FusionMode",
+                          help="What is fused for base classes: logits (the reference code) or probs (the paper).")
+    epochs: int = setting(from_dept="dept.train:TrainConfig.epochs", low=0, space_low=1,
+                          help="Training epochs (0: the untrained prompts, e.g. zero-shot from a ctx init).")
+    batch_size: int | None = setting(per_method="default_batch_size", low=1, help="Training batch size.")
+    lr: float | None = setting(per_method="default_lr", low=0.0, low_open=True, help="Prompt learning rate.")
+    head_lr_mult: float = setting(from_dept="dept.train:TrainConfig.head_lr_mult", low=0.0, low_open=True,
+                                  help="CAT head lr = lr x this.")
+    warmup_epochs: int = setting(from_dept="dept.train:TrainConfig.warmup_epochs", low=0,
+                                 help="Epochs at the warmup lr.")
+    warmup_lr: float = setting(from_dept="dept.train:TrainConfig.warmup_lr", low=0.0, low_open=True,
+                               help="Constant lr of the warmup epochs.")
+    momentum: float = setting(from_dept="dept.train:TrainConfig.momentum", low=0.0, high=1.0, high_open=True,
+                              help="SGD momentum.")
+    weight_decay: float = setting(from_dept="dept.train:TrainConfig.weight_decay", low=0.0,
+                                  help="SGD weight decay.")
+    n_ctx: int | None = setting(option=True, low=1, help="Context tokens.")
+    ctx_init: str | None = setting(option=True, nullable=True, blank_is_none=True,
+                                   help='Context init text ("" = random).')
+    class_specific: bool | None = setting(option=True, help="One context per class (CoOp's CSC).")
+    kg_weight: float | None = setting(option=True, low=0.0,
+                                      help="KgCoOp's knowledge-guidance weight w_kg (the original KgCoOp: 8).")
+    shots: int | None = setting(low=1, none_means="the store's largest", help="Few-shot images per class.")
+    logit_scale: float | None = setting(low=0.0, low_open=True, nullable=True, none_means="the model's learned",
+                                        none_label="learned", help="ITM temperature tau (e.g. 100, real CLIP's).")
+    seed: int = setting(1, low=0, in_space=False, help="Few-shot draw and training seed.")
 
     def resolved(self, store_shots: list[int] | None = None) -> "Hyperparameters":
         """The same with every method default filled in (what the trial really uses, and what MLflow shows)."""
-        if self.method not in REGISTRY:
-            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(method_names())}")
-        # Method defaults belong to each method (dept.methods: class attributes and *Options); read them there.
-        method = REGISTRY[self.method]
+        method = method_class(self.method)
         changes: dict[str, Any] = {}
-        if self.batch_size is None:
-            changes["batch_size"] = method.default_batch_size
-        if self.lr is None:
-            changes["lr"] = method.default_lr
-        if self.n_ctx is None or self.ctx_init is None:
-            options = method.Options()
-            if self.n_ctx is None:
-                changes["n_ctx"] = options.n_ctx
-            if self.ctx_init is None:
-                changes["ctx_init"] = options.ctx_init or ""
-        if self.method == "coop" and self.class_specific is None:
-            changes["class_specific"] = False
-        if self.method == "kgcoop" and self.kg_weight is None:
-            changes["kg_weight"] = method.Options().kg_weight  # one default, with or without DePT
+        for s in SETTINGS.values():
+            if (s.per_method or s.option) and getattr(self, s.name) is None and s.applies_to(method):
+                changes[s.name] = s.method_default(method)
         if not self.dept:
             changes["loss_weight"] = 0.0
             changes["fusion_weight"] = 0.0
@@ -71,65 +282,149 @@ class Hyperparameters:
         return dataclasses.replace(self, **changes)
 
     def method_options(self) -> dict:
-        """Options for ``dept.build_learner`` (only those the method has)."""
-        options: dict[str, Any] = {"n_ctx": self.n_ctx, "ctx_init": self.ctx_init or None}
-        if self.method == "coop":
-            options["class_specific"] = bool(self.class_specific)
-        if self.method == "kgcoop":
-            options["kg_weight"] = self.kg_weight
+        """Options for ``dept.build_learner``: the settings that are fields of the method's Options."""
+        method = method_class(self.method)
+        options = {}
+        for s in SETTINGS.values():
+            value = getattr(self, s.name)
+            if s.option and s.applies_to(method) and value is not None:
+                options[s.name] = None if s.blank_is_none and value == "" else value
         return options
 
+    def train_config(self):
+        """``dept.TrainConfig`` from the settings of its field names (resolve first)."""
+        from dept.train import TrainConfig
+
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)
+                              if f.name in SETTINGS})
+
+    def dept_config(self):
+        """``dept.DePTConfig`` from the settings of its field names; None without DePT."""
+        from dept.head import DePTConfig
+
+        if not self.dept:
+            return None
+        return DePTConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DePTConfig)})
+
+    def applied_dept(self) -> dict[str, Any]:
+        """What the trial really applies (``dept.applied_dept``): ``dept_effective`` and the loss / fusion
+        weights in effect; DePT at loss weight 0 is the plain method: false, 0, 0."""
+        from dept.head import applied_dept
+
+        return applied_dept(self.dept_config())
+
     def as_params(self) -> dict[str, Any]:
-        """Flat name -> value of everything that applies to this method (MLflow params, results tables)."""
-        out = dataclasses.asdict(self)
-        if out["logit_scale"] is None:
-            out["logit_scale"] = "learned"  # the CLIP model's own tau; "none" would read as no temperature
-        if self.method != "coop":
-            out.pop("class_specific")
-        if self.method != "kgcoop":
-            out.pop("kg_weight")
-        return out
+        """Flat name -> value of every setting that applies to this method, then what is really applied
+        (:meth:`applied_dept`): MLflow params, results tables."""
+        method = method_class(self.method)
+        out: dict[str, Any] = {}
+        for s in SETTINGS.values():
+            if s.applies_to(method):
+                value = getattr(self, s.name)
+                out[s.name] = s.none_label if value is None and s.none_label else value
+        return {**out, **self.applied_dept()}
 
     @classmethod
     def from_config(cls, config: dict) -> "Hyperparameters":
         """From a Tune trial config (extra keys such as Ray's own are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in names})
+        return cls(**{k: v for k, v in config.items() if k in SETTINGS})
 
 
-@dataclass(frozen=True)
-class ParamRule:
-    kind: type  # bool, int, float, str
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    allowed: tuple | Callable[[], tuple] | None = None  # a callable: read when checking (the method registry)
-    nullable: bool = False
-
-    def choices(self) -> tuple | None:
-        return self.allowed() if callable(self.allowed) else self.allowed
+def _settings() -> dict[str, Setting]:
+    hints = typing.get_type_hints(Hyperparameters)
+    out = {}
+    for f in dataclasses.fields(Hyperparameters):
+        kinds = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None)]
+        out[f.name] = dataclasses.replace(f.metadata["setting"], name=f.name, kind=kinds[0])
+    return out
 
 
-#: What each ``params`` key accepts. ``seed`` is deliberately absent: seeds go under ``seeds``.
-PARAM_RULES: dict[str, ParamRule] = {
-    "method": ParamRule(str, allowed=method_names),
-    "dept": ParamRule(bool),
-    "loss_weight": ParamRule(float, 0.0, 1.0),
-    "fusion_weight": ParamRule(float, 0.0, 1.0),
-    "fusion": ParamRule(str, allowed=("logits", "probs")),
-    "epochs": ParamRule(int, 1),
-    "batch_size": ParamRule(int, 1),
-    "lr": ParamRule(float, 0.0, low_open=True),
-    "head_lr_mult": ParamRule(float, 0.0, low_open=True),
-    "warmup_epochs": ParamRule(int, 0),
-    "warmup_lr": ParamRule(float, 0.0, low_open=True),
-    "momentum": ParamRule(float, 0.0, 1.0, high_open=True),
-    "weight_decay": ParamRule(float, 0.0),
-    "n_ctx": ParamRule(int, 1),
-    "ctx_init": ParamRule(str, nullable=True),
-    "class_specific": ParamRule(bool),
-    "kg_weight": ParamRule(float, 0.0),
-    "shots": ParamRule(int, 1),
-    "logit_scale": ParamRule(float, 0.0, low_open=True, nullable=True),
-}
+#: Every setting, in field order.
+SETTINGS: dict[str, Setting] = _settings()
+
+
+def default_of(name: str) -> Any:
+    """A setting's default when no method fills it in."""
+    return SETTINGS[name].default_value()
+
+
+def method_names() -> tuple[str, ...]:
+    """The prompt methods a trial can use: every one registered in ``dept.methods.METHODS``."""
+    return SETTINGS["method"].choices()
+
+
+def method_class(name: str) -> type:
+    registry = dept_value(METHODS_REF)
+    if name not in registry:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(registry)}")
+    return registry[name]
+
+
+# -- the train command's options -------------------------------------------------------------------------------
+def click_options(command: Callable) -> Callable:
+    """One ``train`` option per setting (``--loss-weight`` ...), checked by :meth:`Setting.check`. None has a click
+    default: an option not given is absent, and :class:`Hyperparameters` fills in the setting's default."""
+    import click
+
+    class SettingType(click.ParamType):
+        def __init__(self, s: Setting):
+            self.setting, self.name = s, s.name
+
+        def get_metavar(self, *args, **kwargs) -> str:
+            choices = self.setting.choice_text()
+            return f"[{choices.replace(', ', '|')}]" if choices else {int: "INTEGER", float: "FLOAT"}.get(
+                self.setting.kind, "TEXT" if self.setting.allowed is None else self.setting.name.upper())
+
+        def convert(self, value, param, ctx):
+            try:
+                return self.setting.check(value)
+            except ValueError as e:
+                self.fail(str(e), param, ctx)
+
+    for s in reversed(SETTINGS.values()):
+        flag = "--" + s.name.replace("_", "-")
+        values = "" if s.kind is bool else s.range_text(space=False)
+        text = f"{s.help}  [{values + '; ' if values else ''}default: {s.default_text()}]"
+        if s.kind is bool:
+            command = click.option(f"{flag}/--no-{flag[2:]}", s.name, default=None, help=text)(command)
+        else:
+            command = click.option(flag, s.name, type=SettingType(s), default=None, help=text)(command)
+    return command
+
+
+# -- the settings table of tune_spaces/README.md ---------------------------------------------------------------
+TABLE_BEGIN = "<!-- settings table: from the fields, by pipelines.tune.settings.write_readme_table() -->"
+TABLE_END = "<!-- end of settings table -->"
+
+
+def settings_table() -> str:
+    """The Markdown table of every search-space setting, defaults read from dept (imports it)."""
+    methods = dept_value(METHODS_REF)
+    rows = ["| setting | values | default | what |", "| --- | --- | --- | --- |"]
+    for s in SETTINGS.values():
+        if not s.in_space:
+            continue
+        if s.per_method or s.option:
+            default = ", ".join(f"{n} `{fmt(s.method_default(m))}`" for n, m in methods.items() if s.applies_to(m))
+        elif s.from_dept:
+            default = f"`{fmt(s.default_value())}` ({s.from_dept.split(':')[1]})"
+        else:
+            default = s.none_means if s.default is None else f"`{fmt(s.default)}`"
+        values = s.range_text(space=True, live=True)
+        rows.append(f"| `{s.name}` | {values} | {default} | {s.help} |")
+    return "\n".join(rows)
+
+
+def readme_block() -> str:
+    return f"{TABLE_BEGIN}\n{settings_table()}\n{TABLE_END}"
+
+
+def write_readme_table(readme: str | None = None) -> str:
+    """Rewrite the settings table of ``tune_spaces/README.md`` from the fields; returns the file's path."""
+    import re
+    from pathlib import Path
+
+    path = Path(readme) if readme else Path(__file__).resolve().parents[2] / "tune_spaces" / "README.md"
+    pattern = re.escape(TABLE_BEGIN) + ".*?" + re.escape(TABLE_END)
+    path.write_text(re.sub(pattern, lambda _: readme_block(), path.read_text(), flags=re.S))
+    return str(path)

@@ -21,15 +21,13 @@ or by path (any ``.yaml`` / ``.yml`` file). Format (every key but ``params`` is 
     searcher: random             # random (default) | optuna (needs the optuna package), or a mapping:
     #  searcher: {type: random, seed: 0}       (seed: reproducible draws; default: none)
 
-Hyperparameters (``params`` keys) and their defaults — :class:`pipelines.tune.settings.Hyperparameters` is the one
-place they live: ``method`` (a name in ``dept.methods.METHODS``: coop, cocoop, kgcoop; default coop), ``dept``
-(true), ``loss_weight`` (0.7), ``fusion_weight`` (0.7), ``fusion`` (logits | probs), ``epochs`` (10), ``batch_size`` (4; CoCoOp 1), ``lr`` (0.0035; CoCoOp 0.002),
-``head_lr_mult`` (6.5), ``warmup_epochs`` (1), ``warmup_lr`` (1e-5), ``momentum`` (0.9), ``weight_decay`` (5e-4),
-``n_ctx`` / ``ctx_init`` (the method's own: CoOp 16 random tokens, CoCoOp and KgCoOp "a photo of a"),
-``class_specific`` (CoOp only, false), ``kg_weight`` (KgCoOp only; 2.0 with DePT, 8.0 without, as the papers),
-``shots`` (default: the largest shot count in the feature store), ``logit_scale`` (the ITM temperature tau, e.g.
-100 as real CLIP's; default null: the model's learned value).
+Hyperparameters (``params`` keys): the fields of :class:`pipelines.tune.settings.Hyperparameters`, where each is
+defined once (type, range, default read from ``dept``'s config dataclasses and methods, help); their table, generated
+from those fields, is in ``tune_spaces/README.md``. Method-dependent defaults (``lr``, ``batch_size``, ``n_ctx``,
+``ctx_init``, ``class_specific``, ``kg_weight``) are filled in per trial and logged to MLflow as the trial's params.
 Without DePT (``dept: false``) the loss weight and fusion weight are 0: DePT with both at 0 *is* the base method.
+DePT at loss weight 0 is the base method too (no CAT head to train or fuse): its params say so
+(``dept_effective: false``, ``fusion_weight_effective: 0``) and its numbers are the base method's.
 
 Seeds are not a ``params`` key: ``seeds`` runs each sampled configuration once per seed (with the random searcher
 through a grid over ``seed`` with random values held constant across the grid; with Optuna through Ray's
@@ -48,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.tune.settings import PARAM_RULES, Hyperparameters, ParamRule, method_names
+from pipelines.tune.settings import SETTINGS, Setting, default_of, method_names
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +129,12 @@ class SearchSpace:
     def max_epochs(self) -> int:
         spec = self.params.get("epochs")
         if spec is None:
-            return Hyperparameters.epochs
+            return default_of("epochs")
         return int(max(spec.values))
 
     def methods(self) -> list[str]:
         spec = self.params.get("method")
-        return [Hyperparameters.method] if spec is None else sorted(set(spec.values))
+        return [default_of("method")] if spec is None else sorted(set(spec.values))
 
     def shots_values(self) -> list[int | None]:
         spec = self.params.get("shots")
@@ -306,48 +304,12 @@ def seed_of(config: dict, seeds: tuple[int, ...] | list[int]) -> int:
 
 
 # -- parsing ------------------------------------------------------------------------------------------------
-def _type_name(rule: ParamRule) -> str:
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[rule.kind]
-
-
-def _coerce(value: Any, rule: ParamRule, fail) -> Any:
-    """One value checked against its rule. YAML 1.1 reads ``1e-3`` as a string: numbers in strings are accepted."""
-    if value is None:
-        if rule.nullable:
-            return None
-        raise fail(f"null is not allowed; expected {_type_name(rule)}")
-    if rule.kind is bool:
-        if not isinstance(value, bool):
-            raise fail(f"expected true/false, got {value!r}")
-        return value
-    if rule.kind is str:
-        if not isinstance(value, str):
-            raise fail(f"expected a string, got {value!r}")
-        allowed = rule.choices()
-        if allowed is not None and value not in allowed:
-            raise fail(f"{value!r} is not one of {', '.join(allowed)}")
-        return value
-    if isinstance(value, bool):
-        raise fail(f"expected {_type_name(rule)}, got {value!r}")
-    if rule.kind is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int):
-            raise fail(f"expected an integer, got {value!r}")
-    else:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise fail(f"expected a number, got {value!r}") from None
-        if not isinstance(value, (int, float)) or math.isnan(value):
-            raise fail(f"expected a number, got {value!r}")
-        value = float(value)
-    if rule.low is not None and (value < rule.low or (rule.low_open and value == rule.low)):
-        raise fail(f"{value!r} is below the allowed range ({'>' if rule.low_open else '>='} {rule.low})")
-    if rule.high is not None and (value > rule.high or (rule.high_open and value == rule.high)):
-        raise fail(f"{value!r} is above the allowed range ({'<' if rule.high_open else '<='} {rule.high})")
-    return value
+def _coerce(value: Any, rule: Setting, fail) -> Any:
+    """One value checked against its setting, in a search space's range."""
+    try:
+        return rule.check(value, space=True)
+    except ValueError as e:
+        raise fail(str(e)) from None
 
 
 def _parse_param(name: str, raw: Any, source: str) -> ParamSpec:
@@ -358,9 +320,9 @@ def _parse_param(name: str, raw: Any, source: str) -> ParamSpec:
 
     if name == "seed":
         raise fail("seeds are listed under the top-level key 'seeds', not under params")
-    rule = PARAM_RULES.get(name)
-    if rule is None:
-        raise fail(f"unknown hyperparameter; known: {', '.join(PARAM_RULES)}")
+    rule = SETTINGS.get(name)
+    if rule is None or not rule.in_space:
+        raise fail(f"unknown hyperparameter; known: {', '.join(n for n, s in SETTINGS.items() if s.in_space)}")
     if isinstance(raw, list):
         raise fail("a bare list is ambiguous: write {choice: [...]} or {grid: [...]}")
     if not isinstance(raw, dict):
@@ -372,7 +334,7 @@ def _parse_param(name: str, raw: Any, source: str) -> ParamSpec:
         raise fail(f"{kind} needs a non-empty list, got {values!r}")
     if kind in ("uniform", "loguniform"):
         if rule.kind is not float:
-            raise fail(f"{kind} needs a real-valued hyperparameter; use choice or grid for {_type_name(rule)}")
+            raise fail(f"{kind} needs a real-valued hyperparameter; use choice or grid for {rule.type_name()}")
         if len(values) != 2:
             raise fail(f"{kind} needs [low, high], got {values!r}")
         low, high = (_coerce(v, rule, fail) for v in values)

@@ -119,15 +119,17 @@ class TrialData:
 
 
 def read_trial_data(ctx: TrialContext, hp: Hyperparameters, identity: dict) -> TrialData:
-    """Every split the trial needs, read once, before training starts (so a bad store fails fast)."""
-    from pipelines.store import read_features
+    """Every selection the trial needs, before training starts (so a bad store fails fast). The store is opened
+    once per worker process (kept for the next trial of the same features: Tune reuses workers), each split is
+    read once, and base / new / few-shot selections are taken from it in memory."""
+    from pipelines.store import open_store
+
+    store = open_store(ctx.features_url, ctx.dataset, fingerprint=ctx.fingerprint, expected_identity=identity)
 
     def read(split: str, classes: str) -> Split:
         few_shot = split != "test"
-        fs = read_features(
-            ctx.features_url, ctx.dataset, split=split, classes=classes, expected_identity=identity,
-            seed=hp.seed if few_shot else None, shots=hp.shots if few_shot else None,
-        )
+        fs = store.features(split, classes=classes, seed=hp.seed if few_shot else None,
+                            shots=hp.shots if few_shot else None)
         return Split(fs.features, fs.labels, list(fs.classnames))
 
     return TrialData(
@@ -149,23 +151,16 @@ def pseudo_new_split(num_base: int, fraction: float) -> tuple[list[int], list[in
 
 
 def _learner(clip, hp: Hyperparameters, classnames: list[str], dataset: str):
-    from dept import DePTConfig, build_learner
+    from dept import build_learner
 
-    dept_cfg = DePTConfig(hp.loss_weight, hp.fusion_weight, hp.fusion) if hp.dept else None
     return build_learner(
-        hp.method, clip, classnames, dataset=dataset, method_options=hp.method_options(), dept=dept_cfg, seed=hp.seed,
-        logit_scale=hp.logit_scale,
+        hp.method, clip, classnames, dataset=dataset, method_options=hp.method_options(), dept=hp.dept_config(),
+        seed=hp.seed, logit_scale=hp.logit_scale,
     )
 
 
 def _train_config(hp: Hyperparameters):
-    from dept import TrainConfig
-
-    return TrainConfig(
-        epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, head_lr_mult=hp.head_lr_mult,
-        warmup_epochs=hp.warmup_epochs, warmup_lr=hp.warmup_lr, momentum=hp.momentum,
-        weight_decay=hp.weight_decay, seed=hp.seed,
-    )
+    return hp.train_config()
 
 
 @functools.lru_cache(maxsize=1)
@@ -240,6 +235,8 @@ def run_trial(
     learner = _learner(clip, hp, sel_train.classnames, ctx.dataset)
     train(learner, sel_train.features, sel_train.labels, cfg, on_epoch=epoch_done, validate=validate)
     sel_result = selection(learner)
+    if not last:  # epochs 0: no epoch reported; the untrained prompts' selection metrics, as epoch 0
+        last.update({"epoch": 0, **{f"{prefix}_{k}": v for k, v in sel_result.metrics().items()}})
 
     if ctx.objective == "pseudo-new":
         # Retrain on every base class for the test scores; the selection numbers above stay what they were.

@@ -25,7 +25,7 @@ from dept.datasets import draw_few_shot, load_custom_dataset, write_demo_dataset
 from dept.transforms import train_view
 from pipelines.cli import main
 from pipelines.featurize import FeaturizeConfig, featurize
-from pipelines.store import MANIFEST, StoreError, model_store_url, read_features, read_manifest
+from pipelines.store import FEWSHOT, MANIFEST, StoreError, model_store_url, read_features, read_manifest
 
 VIEWS, SHOTS, SEEDS = 2, 2, (1, 2)
 
@@ -111,11 +111,11 @@ def test_rows_draws_and_manifest(tiny_store, demo_dir):
     assert len(union) > SHOTS * 4  # the two seeds drew different images: the union is stored, not one draw
 
     manifest = read_manifest(tiny_store["model_url"], "demo")
-    assert manifest["complete"] is True and manifest["rows"] == {"train": len(union) * 3, "val": 8, "test": 12}
-    assert manifest["model"] == "dept-tiny-vit" and manifest["weights_id"] == tiny_store["identity"]["weights_id"]
-    assert manifest["feature_dim"] == 64 and manifest["views"] == VIEWS and manifest["seeds"] == list(SEEDS)
-    assert manifest["split_sha256"][0]["sha256"] == file_sha256(os.path.join(demo_dir, "split.json"))
-    fewshot = json.load(open(os.path.join(tiny_store["folder"], "fewshot.json")))
+    assert manifest.complete is True and manifest.rows == {"train": len(union) * 3, "val": 8, "test": 12}
+    assert manifest.model == "dept-tiny-vit" and manifest.weights_id == tiny_store["identity"]["weights_id"]
+    assert manifest.feature_dim == 64 and manifest.views == VIEWS and manifest.seeds == tuple(SEEDS)
+    assert manifest.split_sha256[0]["sha256"] == file_sha256(os.path.join(demo_dir, "split.json"))
+    fewshot = json.load(open(os.path.join(tiny_store["folder"], FEWSHOT)))
     for s in SEEDS:
         assert fewshot["draws"][str(s)]["train"] == [it.impath for it in draws[s][0]]
         assert fewshot["draws"][str(s)]["val"] == [it.impath for it in draws[s][1]]
@@ -128,7 +128,7 @@ def test_rows_draws_and_manifest(tiny_store, demo_dir):
 def test_encoding_ran_on_both_nodes(tiny_store):
     """Decode tasks spread over the nodes (Ray Data's SPREAD); each node's encoder takes the blocks decoded there."""
     manifest = read_manifest(tiny_store["model_url"], "demo")
-    used = {n for shard in manifest["shards"].values() for n in shard["node_ids"]}
+    used = {n for shard in manifest.shards.values() for n in shard["node_ids"]}
     assert used == set(node_ids_by_role().values()) and len(used) == 2
 
 
@@ -171,11 +171,11 @@ def test_one_node_run_gives_the_same_store(tiny_store, demo_dir, tiny_clip_check
                           images_per_shard=3, batch_size=4, workers=1, worker_resources={"node_head": 0.01},
                           progress=False)
     result = featurize(cfg)
-    assert result.encoded == sum(read_manifest(tiny_store["model_url"], "demo")["rows"].values())
+    assert result.encoded == sum(read_manifest(tiny_store["model_url"], "demo").rows.values())
     one = read_manifest(result.model_url, "demo")
     two = read_manifest(tiny_store["model_url"], "demo")
-    assert one["fingerprint"] == two["fingerprint"]
-    assert {n for s in one["shards"].values() for n in s["node_ids"]} == {node_ids_by_role()["node_head"]}
+    assert one.fingerprint == two.fingerprint
+    assert {n for s in one.shards.values() for n in s["node_ids"]} == {node_ids_by_role()["node_head"]}
     for split, seed in (("train", 1), ("val", 2), ("test", None)):
         a = read_features(result.model_url, "demo", split=split, seed=seed)
         b = read_features(tiny_store["model_url"], "demo", split=split, seed=seed)
@@ -258,13 +258,13 @@ def test_other_settings_into_the_same_store_are_refused(tiny_store, tiny_args):
     msg = one_line_error(run_cli(*args))
     assert f"views {VIEWS} in the store, {VIEWS + 1} now" in msg
     assert sorted(os.listdir(tiny_store["folder"])) == before
-    assert read_manifest(tiny_store["model_url"], "demo")["complete"] is True
+    assert read_manifest(tiny_store["model_url"], "demo").complete is True
 
 
 def test_a_second_run_into_a_folder_being_written_is_refused(tiny_args, tmp_path):
     """While one run holds a dataset folder, another run into it stops in one line before writing anything (it
     would race on the manifest and remove the first run's temporary shards at its cleanup)."""
-    from pipelines.store import DatasetStore
+    from pipelines.store import DatasetFolder
 
     args = list(tiny_args)
     out = str(tmp_path / "busy")
@@ -272,7 +272,7 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tiny_args, tmp_path
     pretrained = args[args.index("--pretrained") + 1]
     identity = {"model": "dept-tiny-vit", "weights_id": "sha256:" + file_sha256(pretrained)}
     folder = os.path.join(model_store_url(out, identity["model"], identity["weights_id"]), "demo")
-    with DatasetStore(folder).writer_lock():
+    with DatasetFolder(folder).writer_lock():
         msg = one_line_error(run_cli(*args))
     assert folder in msg and f"pid {os.getpid()}" in msg and "another featurize run" in msg
     assert os.listdir(folder) == [".featurize.lock"]  # no manifest, no draws, no shard
@@ -310,7 +310,7 @@ def test_dataset_all_featurizes_the_downloaded_ones(ray_cluster, demo_dir, tmp_p
         result = run_cli(*args)
     assert result.exit_code == 0, result.output
     url = model_store_url(out, "dept-tiny-vit", "sha256:" + file_sha256(tiny_clip_checkpoint))
-    assert read_manifest(url, "DTD")["complete"] is True
+    assert read_manifest(url, "DTD").complete is True
     assert sorted(os.listdir(url)) == ["DTD"]
     skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
     assert len(skipped) == 14 and any(os.path.join(root, "imagenet", "classnames.txt") in m for m in skipped)
@@ -352,8 +352,8 @@ def test_unreadable_image_fails_or_is_skipped(ray_cluster, demo_dir, tmp_path, t
     assert result.exit_code == 0, result.output
     assert "1 unreadable images skipped" in result.output
     manifest = read_manifest(url, "DTD")
-    assert [(s["image_id"], s["split"]) for s in manifest["skipped"]] == [(victim, "test")]
-    assert manifest["rows"]["test"] == 11
+    assert [(s["image_id"], s["split"]) for s in manifest.skipped] == [(victim, "test")]
+    assert manifest.rows["test"] == 11
     test = read_features(url, "DTD", split="test")
     assert victim not in test.image_ids and len(test.image_ids) == 11
 
@@ -385,7 +385,7 @@ def test_exact_features_vit_b32(ray_cluster, small_demo, vit_b32_checkpoint, tmp
                      "--no-progress")
     assert result.exit_code == 0, result.output
     url = model_store_url(out, "ViT-B-32", "sha256:" + file_sha256(vit_b32_checkpoint))
-    assert read_manifest(url, "small")["feature_dim"] == 512
+    assert read_manifest(url, "small").feature_dim == 512
     check_exact(url, small_demo, vit_b32_checkpoint, n=8)
 
 
@@ -429,5 +429,35 @@ def test_resume_after_sigkill(ray_cluster, small_demo, vit_b32_checkpoint, tmp_p
     assert set(keys.values()) == {1} and len(keys) == 24 + 4 + 4 * 2
     assert len(glob.glob(os.path.join(folder, "part-*.parquet"))) == total_shards
     manifest = read_manifest(url, "small")
-    assert manifest["rows"] == {"train": 8, "val": 4, "test": 24}
+    assert manifest.rows == {"train": 8, "val": 4, "test": 24}
     check_exact(url, small_demo, vit_b32_checkpoint, n=4)
+
+
+@pytest.mark.slow
+def test_featurized_folder_is_plain_parquet_and_the_root_finds_it(tiny_store, tiny_args, tiny_clip_checkpoint):
+    """What featurize wrote reads with pandas and pyarrow as a folder, and --features <out> --model --pretrained
+    leads trials to the sha256-named model folder."""
+    import pandas as pd
+    import pyarrow.dataset as pads
+
+    from pipelines.tune.runner import make_context
+
+    rows = read_manifest(tiny_store["model_url"], "demo").rows
+    df = pd.read_parquet(tiny_store["folder"])
+    assert df.groupby("split").size().to_dict() == rows
+    assert pads.dataset(tiny_store["folder"]).count_rows() == sum(rows.values())
+    out = tiny_args[tiny_args.index("--out") + 1]
+    ctx = make_context(out, "demo", shots=[None], seeds=[1], model="dept-tiny-vit", pretrained=str(tiny_clip_checkpoint))
+    assert ctx.features_url == tiny_store["model_url"] and ctx.fingerprint == read_manifest(ctx.features_url, "demo").fingerprint
+
+
+def test_old_layout_folder_is_refused(demo_dir, tmp_path, tiny_clip_checkpoint):
+    """A dataset folder of format 1 (manifest.json) is not overwritten or mixed: one line, re-run into a new --out."""
+    out = str(tmp_path / "features")
+    folder = os.path.join(model_store_url(out, "dept-tiny-vit", "sha256:" + file_sha256(tiny_clip_checkpoint)), "demo")
+    os.makedirs(folder)
+    open(os.path.join(folder, "manifest.json"), "w").write('{"format": 1, "complete": true}\n')
+    result = run_cli("--dataset-dir", demo_dir, "--out", out, "--model", "dept-tiny-vit",
+                     "--pretrained", str(tiny_clip_checkpoint), "--no-progress")
+    assert "old format 1 layout" in one_line_error(result) and "new --out" in one_line_error(result)
+    assert sorted(os.listdir(folder)) == ["manifest.json"]

@@ -133,6 +133,8 @@ def test_scheduler_none_and_string_forms(tmp_path):
         ("params: {fusion_weight: {choice: [0.5, 2]}}", "params.fusion_weight"),
         ("params: {method: maple}", "params.method"),
         ("params: {epochs: 2.5}", "params.epochs"),
+        ("params: {epochs: 0}", "params.epochs"),  # train takes 0; a Tune trial must report an epoch
+        ("params: {kg_weight: -1}", "params.kg_weight"),
         ("params: {epochs: {uniform: [1, 3]}}", "params.epochs"),
         ("params: {dept: yes please}", "params.dept"),
         ("params: {n_ctx: [2, 4]}", "params.n_ctx"),

@@ -109,13 +109,13 @@ def test_pseudo_new_objective_never_reads_new_classes_for_selection(demo_store, 
     from pipelines.tune.trial import pseudo_new_split, run_trial
 
     reads = []
-    real = store.read_features
+    real = store.DatasetStore.features
 
-    def spy(url, dataset, **kw):
-        reads.append((kw["split"], kw.get("classes", "all")))
-        return real(url, dataset, **kw)
+    def spy(self, split, **kw):
+        reads.append((split, kw.get("classes", "all")))
+        return real(self, split, **kw)
 
-    monkeypatch.setattr(store, "read_features", spy)
+    monkeypatch.setattr(store.DatasetStore, "features", spy)
     ctx = make_context(demo_store, "demo", shots=[None], seeds=[1], objective="pseudo-new")
     hp = Hyperparameters(method="coop", epochs=2, n_ctx=2, ctx_init="").resolved([ctx.store_shots])
     epochs = []

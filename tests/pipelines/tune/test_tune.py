@@ -56,8 +56,13 @@ def check_tracked(uri: str, experiment: str, n_trials: int, seeds: set[int]):
     assert len(parents) == 1
     parent = parents[0]
     assert parent.data.tags["dataset"] == "demo" and parent.info.status == "FINISHED"
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == n_trials == len(runs) - 1
+    below = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    # Beside the trials, the dataset's CLIP zero-shot run, logged once (also across --resume).
+    (zero_shot,) = [r for r in below if r.data.tags.get("role") == "zero-shot"]
+    assert zero_shot.info.status == "FINISHED" and {"test_hm", "val_hm"} <= set(zero_shot.data.metrics)
+    assert zero_shot.data.tags["feature_fingerprint"] == parent.data.tags["feature_fingerprint"]
+    children = [r for r in below if r.data.tags.get("role") == "trial"]
+    assert len(children) == n_trials == len(runs) - 2
     trial_ids = [c.data.tags["tune.trial_id"] for c in children]
     assert len(set(trial_ids)) == n_trials
     assert {int(c.data.tags["seed"]) for c in children} == seeds
@@ -112,7 +117,7 @@ def test_tune_smoke_end_to_end_sqlite(demo_store, tmp_path):
     result = invoke(*tune_args(demo_store, tmp_path, uri, "e2e", "--space", "smoke", "--method", "coop"))
     assert result.exit_code == 0, result.output
     assert "[1/1] demo: starting 4 trials" in result.output
-    assert re.search(r"\[1/1\] demo: done in \d+s", result.output)
+    assert re.search(r"\[1/1\] demo: done in \d+s.*; CLIP zero-shot test base \d+\.\d\d", result.output)
     assert "best configuration per dataset" in result.output
     assert re.search(r"^demo\s+coop\s+yes\s", result.output, re.M)
     check_tracked(uri, "e2e", n_trials=4, seeds={1, 2})
@@ -122,6 +127,7 @@ def test_tune_smoke_end_to_end_sqlite(demo_store, tmp_path):
     assert report.exit_code == 0, report.output
     assert re.search(r"^\| demo \| CoOp\+DePT \| [12] \| \d+\.\d\d ± \d+\.\d\d \|", report.output, re.M)
     assert "**Average**" in report.output
+    assert re.search(r"^\| demo \| CLIP \(zero-shot\) \| — \| \d+\.\d\d \|", report.output, re.M)
 
     # The same command again is refused (no silent second experiment, nothing overwritten) in one line.
     again = CliRunner().invoke(main, [str(a) for a in tune_args(demo_store, tmp_path, uri, "e2e", "--space", "smoke",

@@ -4,87 +4,22 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dept.datasets import DatasetSplits, Item, base_new_split, draw_few_shot
+from dept.datasets import DatasetSplits, base_new_split, draw_few_shot
 from pipelines.store import (
     FEWSHOT,
     MANIFEST,
-    DatasetStore,
     StoreError,
-    content_fingerprint,
-    feature_schema,
     list_datasets,
     model_store_url,
     read_features,
     read_manifest,
-    shard_name,
 )
-
-DIM = 8
-VIEWS = 2  # augmented views; train rows carry views 0..2
-CLASSES = ["apple", "bear", "cat", "dog", "eel"]  # 5 classes: base = 0,1,2; new = 3,4
-IDENTITY = {"model": "m", "weights_id": "sha256:" + "ab" * 32}
-
-
-def _items(split: str, per_class: int) -> list[Item]:
-    return [Item(f"{c}/{split}{k}.png", label, c) for k in range(per_class) for label, c in enumerate(CLASSES)]
-
-
-def _embedding(image_id: str, view: int) -> np.ndarray:
-    """Recognisable values: element 0 says which image, element 1 which view."""
-    e = np.zeros(DIM, np.float32)
-    e[0] = sum(ord(ch) for ch in image_id)
-    e[1] = view
-    return e
-
-
-def _table(items: list[Item], split: str, n_views: int) -> pa.Table:
-    rows = [(it, v) for it in items for v in range(n_views)]
-    return pa.Table.from_arrays(
-        [
-            pa.array([it.impath for it, _ in rows], pa.string()),
-            pa.array([it.label for it, _ in rows], pa.int32()),
-            pa.array([it.classname for it, _ in rows], pa.string()),
-            pa.array([split] * len(rows), pa.string()),
-            pa.array([v for _, v in rows], pa.int16()),
-            pa.FixedSizeListArray.from_arrays(
-                pa.array(np.concatenate([_embedding(it.impath, v) for it, v in rows]) if rows else [], pa.float32()), DIM),
-        ],
-        schema=feature_schema(DIM),
-    )
-
-
-def make_store(model_url: str, *, dataset="toy", shots=2, seeds=(1, 2), complete=True, per_shard=4) -> DatasetStore:
-    """A store laid out exactly as featurize writes it, with synthetic embeddings."""
-    splits = DatasetSplits(dataset, "", list(CLASSES), _items("train", 4), _items("val", 3), _items("test", 2), "")
-    draws, chosen = {}, set()
-    for seed in seeds if shots else ():
-        tr, va = draw_few_shot(splits, shots, seed)
-        draws[str(seed)] = {"train": [i.impath for i in tr], "val": [i.impath for i in va]}
-        chosen |= set(draws[str(seed)]["train"])
-    per_split = {"train": [i for i in splits.train if not shots or i.impath in chosen], "val": splits.val,
-                 "test": splits.test}
-    store = DatasetStore(f"{model_url}/{dataset}")
-    rows = {}
-    for split, items in per_split.items():
-        n_views = 1 + VIEWS if split == "train" else 1
-        for k in range(0, len(items), per_shard):
-            store.write_shard(shard_name(split, k // per_shard), _table(items[k:k + per_shard], split, n_views),
-                              {"node_ids": ["n1"], "skipped": []})
-        rows[split] = len(items) * n_views
-    store.write_json(FEWSHOT, {"shots": shots, "seeds": list(seeds), "draws": draws})
-    manifest = {**IDENTITY, "dataset": dataset, "pretrained": "/x.safetensors", "open_clip_version": "3",
-                "feature_dim": DIM, "views": VIEWS, "shots": shots, "seeds": list(seeds) if shots else [],
-                "classnames": list(CLASSES), "num_classes": len(CLASSES), "rows": rows, "skipped": [],
-                "complete": complete}
-    manifest["fingerprint"] = content_fingerprint(manifest)
-    store.write_json(MANIFEST, manifest)
-    return store
+from tests.pipelines.store.toy_store import CLASSES, DIM, IDENTITY, VIEWS, embedding, items, make_store
 
 
 @pytest.fixture
@@ -137,7 +72,7 @@ def test_reader_train_draw_with_views_and_base_new(model_url):
     assert all_.features.dtype == torch.float32 and all_.labels.dtype == torch.int64
     assert torch.equal(all_.features[:, :, 1], torch.arange(1 + VIEWS).float().expand(10, -1))  # views in order
     for image_id, f in zip(all_.image_ids, all_.features):
-        assert torch.equal(f[2], torch.from_numpy(_embedding(image_id, 2)))
+        assert torch.equal(f[2], torch.from_numpy(embedding(image_id, 2)))
 
     b = read_features(model_url, "toy", split="train", seed=1, classes="base")
     n = read_features(model_url, "toy", split="train", seed=1, classes="new")
@@ -200,13 +135,13 @@ def test_store_root_with_identity_and_memory_url(tmp_path):
     a = read_features(url, "toy", split="test")
     b = read_features("memory://dept-test-store", "toy", split="test", expected_identity=IDENTITY)
     assert torch.equal(a.features, b.features) and a.image_ids == b.image_ids
-    assert read_manifest(url, "toy")["rows"]["test"] == 10
+    assert read_manifest(url, "toy").rows["test"] == 10
 
 
 def test_whole_split_store_redraws_like_coop(model_url):
     """A store of every train image (shots 0) serves any (shots, seed) draw, identical to CoOp's draw."""
     make_store(model_url, shots=0, seeds=())
-    splits = DatasetSplits("toy", "", list(CLASSES), _items("train", 4), _items("val", 3), [], "")
+    splits = DatasetSplits("toy", "", list(CLASSES), items("train", 4), items("val", 3), [], "")
     train, val = draw_few_shot(splits, 3, 7)
     got = read_features(model_url, "toy", split="train", seed=7, shots=3)
     assert got.image_ids == [i.impath for i in train] and got.features.shape == (15, 1 + VIEWS, DIM)

@@ -1,0 +1,140 @@
+"""CLIP zero-shot on a featurized dataset: the first row of the paper's base-to-new tables.
+
+The class texts are the dataset's hand-crafted template (CoOp's zero-shot prompts, ``dept.datasets.zero_shot_template``;
+"a photo of a {}." for custom datasets), encoded by the same frozen text tower trials load; the stored image features
+are scored with ``dept.evaluate_zero_shot`` (ITM logits only, nothing trained): base accuracy among the base
+classes, new among the new ones, on every test image, and the same on every stored validation image. There is no
+seed, so one run per dataset says it all.
+
+In MLflow it is a run with role ``zero-shot``, method ``clip``, the trials' feature tags (dataset, backbone,
+pretrained, weights_id, feature_fingerprint, ...), their param names where they mean something (dept false, loss
+and fusion weight 0, epochs 0, logit_scale) plus ``template``, and their metric names (``test_base_acc`` ...).
+``dept-pipeline zero-shot`` logs a top-level run; ``tune`` logs one under each dataset's parent run
+(:func:`ensure_zero_shot_run`), once, also across ``--resume``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pipelines.tracking.client import (
+    FINAL_TAG, PARENT_TAG, ROLE_ZERO_SHOT, Tracker, metric_at, param_value,
+)
+
+if TYPE_CHECKING:
+    from pipelines.tune.trial import TrialContext
+
+log = logging.getLogger(__name__)
+
+#: The ``method`` tag of a zero-shot run (the report names it "CLIP (zero-shot)").
+ZERO_SHOT_METHOD = "clip"
+RUN_NAME = "CLIP zero-shot"
+METRICS = ("test_base_acc", "test_new_acc", "test_hm", "val_base_acc", "val_new_acc", "val_hm")
+
+
+@dataclass(frozen=True)
+class ZeroShotResult:
+    dataset: str
+    template: str
+    metrics: dict[str, float]  # METRICS
+    images: dict[str, int]  # images scored: test_base, test_new, val_base, val_new
+    tags: dict[str, str]  # the features' tags, as a trial's (TrialContext.tags())
+
+    def line(self) -> str:
+        m = self.metrics
+        return (f"{self.dataset} CLIP zero-shot ({self.template!r}): base {m['test_base_acc']:.2f}  "
+                f"new {m['test_new_acc']:.2f}  HM {m['test_hm']:.2f}  (test; val HM {m['val_hm']:.2f})")
+
+
+def template_for(dataset: str, template: str | None = None) -> str:
+    """``template`` if given, else the dataset's hand-crafted one."""
+    from dept.datasets import zero_shot_template
+
+    chosen = zero_shot_template(dataset) if template is None else template
+    if "{}" not in chosen:
+        raise ValueError(f"zero-shot template must contain {{}} for the class name, got {chosen!r}")
+    return chosen
+
+
+def zero_shot_from_context(ctx: "TrialContext", *, template: str | None = None, device: str = "cpu") -> ZeroShotResult:
+    """Zero-shot base / new / HM of ``ctx``'s dataset from its feature store (test and every stored val image)."""
+    from dept import evaluate_zero_shot, load_clip
+    from pipelines.store import DatasetStore
+
+    chosen = template_for(ctx.dataset, template)
+    clip = load_clip(ctx.model, ctx.pretrained, device=device, text_only=True)
+    if clip.weights_id != ctx.weights_id:
+        raise ValueError(f"model {ctx.model} loaded from {ctx.pretrained} has weights {clip.weights_id}, but the "
+                         f"features of {ctx.dataset} were made with {ctx.weights_id}")
+    # Opened for this call alone (not the per-process cache trials use): the tune driver should not keep it.
+    store = DatasetStore.open(ctx.features_url, ctx.dataset, expected_identity=clip.identity)
+    metrics: dict[str, float] = {}
+    images: dict[str, int] = {}
+    for split in ("test", "val"):
+        base, new = store.features(split, classes="base"), store.features(split, classes="new")
+        res = evaluate_zero_shot(clip, chosen, base.features, base.labels, base.classnames,
+                                 new.features, new.labels, new.classnames)
+        metrics.update(res.metrics(f"{split}_"))
+        images.update({f"{split}_base": len(base.labels), f"{split}_new": len(new.labels)})
+    return ZeroShotResult(ctx.dataset, chosen, metrics, images, ctx.tags())
+
+
+def zero_shot(features: str, dataset: str, *, model: str | None = None, pretrained: str | None = None,
+              template: str | None = None, device: str = "cpu") -> ZeroShotResult:
+    """Zero-shot on one dataset of a feature store (``features``: a model folder, or the root with ``model`` /
+    ``pretrained``), after the same store checks as a trial's."""
+    from pipelines.tune.runner import make_context
+
+    ctx = make_context(features, dataset, shots=[None], seeds=[], device=device, model=model, pretrained=pretrained,
+                       who="zero-shot")
+    return zero_shot_from_context(ctx, template=template, device=device)
+
+
+def run_params(result: ZeroShotResult) -> dict[str, object]:
+    """The trials' param names where they mean something for zero-shot, and the template."""
+    return {
+        "method": ZERO_SHOT_METHOD, "dept": False, "loss_weight": 0.0, "fusion_weight": 0.0, "epochs": 0,
+        "logit_scale": "learned", "template": result.template,
+        "dept_effective": False, "loss_weight_effective": 0.0, "fusion_weight_effective": 0.0,
+    }
+
+
+def log_zero_shot_run(tracker: Tracker, result: ZeroShotResult, *, parent_run_id: str | None = None) -> str:
+    """One finished MLflow run holding ``result`` (a child of ``parent_run_id`` when given)."""
+    # No trial_status tag: it is no trial (filters on that tag find trials and train runs only).
+    tags = {**result.tags, "role": ROLE_ZERO_SHOT, "method": ZERO_SHOT_METHOD, "dept": param_value(False),
+            "template": result.template, **{f"images_{k}": str(v) for k, v in result.images.items()}}
+    if parent_run_id is not None:
+        tags[PARENT_TAG] = parent_run_id
+    run_id = tracker.create_run(RUN_NAME, tags)
+    try:
+        tracker.log_params(run_id, run_params(result))
+        ts = int(time.time() * 1000)
+        tracker.log_metrics(run_id, [metric_at(k, v, 0, ts) for k, v in result.metrics.items() if not math.isnan(v)])
+        tracker.set_tags(run_id, {FINAL_TAG: True})
+    except BaseException:
+        tracker.client.set_terminated(run_id, "FAILED")
+        raise
+    tracker.client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def find_zero_shot_run(tracker: Tracker, parent_run_id: str):
+    """The finished zero-shot child run of a parent, or None."""
+    runs = tracker.search(f"tags.role = '{ROLE_ZERO_SHOT}' and tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    runs = [r for r in runs if r.info.status == "FINISHED"]
+    return max(runs, key=lambda r: r.info.start_time or 0) if runs else None
+
+
+def ensure_zero_shot_run(tracker: Tracker, parent_run_id: str, ctx: "TrialContext") -> dict[str, float]:
+    """``tune``: the zero-shot metrics of a dataset, logged under its parent run once (a resumed experiment
+    finds the run it logged before and computes nothing). Computed on the driver, on the CPU."""
+    existing = find_zero_shot_run(tracker, parent_run_id)
+    if existing is not None:
+        return {k: v for k, v in existing.data.metrics.items() if k in METRICS}
+    result = zero_shot_from_context(ctx, device="cpu")
+    log_zero_shot_run(tracker, result, parent_run_id=parent_run_id)
+    return result.metrics
