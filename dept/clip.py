@@ -92,9 +92,14 @@ def creation_kwargs(model_name: str, tag: str) -> dict:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as e:  # truncated (a partial download) or no safetensors file at all
+            raise ClipLoadError(f"checkpoint {path} is not a readable .safetensors file ({e}); "
+                                "download it again") from None
     # Never unpickle arbitrary objects from a checkpoint.
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)

@@ -15,7 +15,7 @@ featurized=$(dept-pipeline featurize --dataset-dir demo/miniature-disjoint --out
 printf '%s\n' "$featurized"
 features=$(sed -n 's/^features: //p' <<<"$featurized")
 dept-pipeline tune --features "$features" --dataset all --space demo --experiment "$EXPERIMENT" \
-    --storage demo/tune --mlflow-uri sqlite:///mlflow.db
+    --storage demo/tune --mlflow-uri sqlite:///mlflow.db --resume  # a rerun skips the finished sweep
 dept-pipeline report --mlflow-uri sqlite:///mlflow.db --experiment "$EXPERIMENT"
 cat <<MSG
 

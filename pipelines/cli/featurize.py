@@ -123,7 +123,9 @@ def featurize_cmd(data_root, datasets, dataset_dirs, out, model, pretrained, vie
     interrupted run resumes.
     """
     from pipelines.featurize import FeaturizeConfig, featurize
+    from pipelines.paths import check_writable_folder
 
+    check_writable_folder(out, "--out")  # before any model load or Ray start
     cfg = FeaturizeConfig(
         out=out, datasets=tuple(datasets), data_root=data_root, dataset_dirs=tuple(dataset_dirs), model=model,
         pretrained=pretrained, views=views, shots=shots, seeds=seeds, view_seed=view_seed, crop_scale_min=crop_scale_min,

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from pipelines.cli._common import check_out, write_atomic
+from pipelines.secrets import mask_uri
 
 
 @click.command("report")
@@ -22,7 +23,7 @@ def report_cmd(mlflow_uri, experiment, fmt, out):
     out_path = check_out(out)
     uri = mlflow_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise ReportError(f"no MLflow store at {uri} (nothing tracked there yet)")
+        raise ReportError(f"no MLflow store at {mask_uri(uri)} (nothing tracked there yet)")
     check_tracking_uri(uri)
     text = make_report(uri, experiment, fmt)
     if out_path is None:

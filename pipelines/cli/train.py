@@ -57,7 +57,9 @@ def train_cmd(features, model, pretrained, dataset, mlflow_uri, experiment, out,
                f"base {final['test_base_acc']:.2f}  new {final['test_new_acc']:.2f}  HM {final['test_hm']:.2f}  "
                f"(test; val HM {final['val_hm']:.2f})")
     if run_id:
-        click.echo(f"MLflow run {run_id} in experiment {experiment!r} at {mlflow_uri}")
+        from pipelines.secrets import mask_uri
+
+        click.echo(f"MLflow run {run_id} in experiment {experiment!r} at {mask_uri(mlflow_uri)}")
     if out_path is not None:
         doc = {
             "dataset": dataset,

@@ -1,9 +1,21 @@
 """CLI command ``tune``: Ray Tune over a search space, every trial tracked in MLflow."""
 from __future__ import annotations
 
+import shlex
+import signal
+import sys
+
 import click
 
 from pipelines.cli._common import METHOD_CHOICE
+
+
+def resume_command() -> str:
+    """This very command line, as ``dept-pipeline ...``, with ``--resume``."""
+    args = sys.argv[1:]
+    if "--resume" not in args:
+        args = [*args, "--resume"]
+    return shlex.join(["dept-pipeline", *args])
 
 
 def _space_help() -> str:
@@ -40,7 +52,7 @@ def _space_help() -> str:
 def tune_cmd(features, model, pretrained, dataset, space, methods, objective, num_samples, gpus_per_trial,
              cpus_per_trial, max_concurrent, max_failures, ray_address, storage, resume, mlflow_uri, experiment):
     """Tune DePT trials with Ray Tune over cached features; every trial tracked in MLflow."""
-    from pipelines.tune.runner import TuneOptions, best_table, run_tune
+    from pipelines.tune.runner import TuneInterrupted, TuneOptions, best_table, run_tune
 
     opts = TuneOptions(
         features=features, model=model, pretrained=pretrained, dataset=dataset, space=space, experiment=experiment,
@@ -49,7 +61,13 @@ def tune_cmd(features, model, pretrained, dataset, space, methods, objective, nu
         max_concurrent=max_concurrent, max_failures=max_failures, ray_address=ray_address, storage=storage,
         resume=resume, mlflow_uri=mlflow_uri,
     )
-    outcomes = run_tune(opts, progress=click.echo)
+    try:
+        outcomes = run_tune(opts, progress=click.echo)
+    except TuneInterrupted as e:
+        # Tune saved its state; the parent run is KILLED. One line: what happened and the command that continues.
+        click.echo(f"interrupted ({signal.Signals(e.signum).name}); Tune's state is saved, resume with: "
+                   f"{resume_command()}", err=True)
+        sys.exit(128 + e.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     from pipelines.tune.spaces import load_space
 
     metric = load_space(space).with_overrides(objective=objective).metric

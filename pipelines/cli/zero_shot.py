@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from pipelines.secrets import mask_uri
+
 
 @click.command("zero-shot")
 @click.option("--features", required=True,
@@ -46,7 +48,7 @@ def zero_shot_cmd(features, model, pretrained, dataset, template, mlflow_uri, ex
         result = zero_shot_from_context(ctx, template=template, device=device)
         run_id = log_zero_shot_run(tracker, result)
         click.echo(result.line())
-        click.echo(f"MLflow run {run_id} in experiment {experiment!r} at {uri}")
+        click.echo(f"MLflow run {run_id} in experiment {experiment!r} at {mask_uri(uri)}")
 
 
 COMMANDS = [zero_shot_cmd]

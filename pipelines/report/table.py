@@ -29,6 +29,7 @@ from importlib import resources
 from typing import Iterable
 
 from pipelines.metrics import harmonic_mean
+from pipelines.secrets import mask_uri
 from pipelines.tracking.client import ROLE_TRAIN, ROLE_TRIAL, ROLE_ZERO_SHOT, STATUS_TAG
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,8 @@ def collect_runs(uri: str, experiment: str) -> list[RunInfo]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments(max_results=50)]
-        raise ReportError(f"no MLflow experiment {experiment!r} at {uri} (there: {', '.join(names) or 'none'})")
+        raise ReportError(f"no MLflow experiment {experiment!r} at {mask_uri(uri)} "
+                          f"(there: {', '.join(names) or 'none'})")
     runs, token = [], None
     while True:
         page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
@@ -177,8 +179,24 @@ def collect_runs(uri: str, experiment: str) -> list[RunInfo]:
             selection_mode=tags.get("selection_mode", "max"),
             metrics=dict(run.data.metrics),
             completed=completed,
+            start_time=run.info.start_time or 0,
         ))
-    return out
+    return _latest_per_config_and_seed(out)
+
+
+def _latest_per_config_and_seed(runs: list[RunInfo]) -> list[RunInfo]:
+    """One run per (dataset, method, configuration, seed): the newest. Two tune runs of one configuration (an
+    experiment tuned twice) would otherwise count a seed twice in the mean and the seed count."""
+    latest: dict[tuple, RunInfo] = {}
+    others = []
+    for r in runs:
+        if r.zero_shot:
+            others.append(r)
+            continue
+        key = (r.dataset, r.method, r.dept, r.config, r.seed)
+        if key not in latest or r.start_time > latest[key].start_time:
+            latest[key] = r
+    return others + list(latest.values())
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -376,6 +394,7 @@ def format_csv(blocks: list[Block]) -> str:
 def make_report(uri: str, experiment: str, fmt: str = "md") -> str:
     runs = collect_runs(uri, experiment)
     if not runs:
-        raise ReportError(f"MLflow experiment {experiment!r} at {uri} has no finished runs with test metrics yet")
+        raise ReportError(f"MLflow experiment {experiment!r} at {mask_uri(uri)} has no finished runs with test "
+                          "metrics yet")
     blocks = build_report(runs)
     return format_markdown(blocks, experiment=experiment) if fmt == "md" else format_csv(blocks)

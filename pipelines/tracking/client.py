@@ -48,37 +48,44 @@ def default_tracking_uri() -> str:
 
 def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
     """Fail fast, in one line, when ``uri`` cannot be reached; called before Ray starts."""
+    from pipelines.secrets import mask_uri, split_basic_auth
+
     parsed = urlparse(uri)
+    shown = mask_uri(uri)
     if parsed.scheme in ("http", "https"):
-        url = uri.rstrip("/") + "/health"
+        # Credentials in the URI (http://user:password@host) go as a basic-auth header, as MLflow's client sends them.
+        bare, headers = split_basic_auth(uri)
+        request = urllib.request.Request(bare.rstrip("/") + "/health", headers=headers)
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
                 if resp.status != 200:
-                    raise TrackingError(f"MLflow tracking server {uri} answered {resp.status} on /health")
+                    raise TrackingError(f"MLflow tracking server {shown} answered {resp.status} on /health")
         except urllib.error.HTTPError as e:
-            raise TrackingError(f"MLflow tracking server {uri} answered HTTP {e.code} on /health") from None
+            raise TrackingError(f"MLflow tracking server {shown} answered HTTP {e.code} on /health") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
-        return
+            raise TrackingError(f"MLflow tracking server {shown} is unreachable ({reason})") from None
+        # /health needs no login: the client call below tells whether the credentials are accepted.
     if parsed.scheme == "sqlite":
         path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else parsed.path
         if path and path != ":memory:":
             folder = Path(path).expanduser().resolve().parent
             if not folder.is_dir():
-                raise TrackingError(f"MLflow tracking URI {uri}: folder {folder} does not exist")
+                raise TrackingError(f"MLflow tracking URI {shown}: folder {folder} does not exist")
             if not os.access(folder, os.W_OK):
-                raise TrackingError(f"MLflow tracking URI {uri}: folder {folder} is not writable")
+                raise TrackingError(f"MLflow tracking URI {shown}: folder {folder} is not writable")
             if not Path(path).expanduser().exists():
                 return  # created, with its tables, by the first real use (after every other check passed)
-    # Other schemes (file:, databricks, ...) are checked by the first client call below.
+    # Other schemes (file:, databricks, ...), and the server's answer to a real request, by a first client call.
     try:
         from mlflow import MlflowClient
 
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as e:  # any failure here is the URI's: report it in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrackingError(f"MLflow tracking URI {uri} cannot be used: {first}") from None
+        if parsed.password:  # the library's message may quote the URI it was given
+            first = first.replace(uri, shown).replace(parsed.password, "***")
+        raise TrackingError(f"MLflow tracking URI {shown} cannot be used: {first}") from None
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -121,15 +128,17 @@ class Tracker:
     def __init__(self, uri: str, experiment: str):
         from mlflow import MlflowClient
 
+        from pipelines.secrets import mask_uri
+
         self.uri = uri
         self.experiment_name = experiment
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is not None and exp.lifecycle_stage == "deleted":
-            raise TrackingError(f"MLflow experiment {experiment!r} at {uri} is deleted; restore it or use another name")
+            raise TrackingError(f"MLflow experiment {experiment!r} at {mask_uri(uri)} is deleted; restore it or use another name")
         if exp is None:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=_artifact_location(uri))
-            log.info("created MLflow experiment %r (%s) at %s", experiment, self.experiment_id, uri)
+            log.info("created MLflow experiment %r (%s) at %s", experiment, self.experiment_id, mask_uri(uri))
         else:
             self.experiment_id = exp.experiment_id
 

@@ -112,7 +112,11 @@ def write_parent_summary(tracker: Tracker, parent_run_id: str, records: list[Tri
     counts = {s: sum(1 for r in records if r.status == s) for s in ("completed", "stopped_early", "error")}
     tags: dict[str, Any] = {f"trials_{k}": v for k, v in counts.items()}
     if best is not None:
+        # MLflow params are write-once: they hold the best configuration of the first summary, written only at the
+        # true end of an experiment (an interrupted one writes none). The ``best.<name>`` tags are rewritten by every
+        # summary, so they stay right even for a parent whose params an older run of this code fixed too early.
         tracker.log_params(parent_run_id, best.params)
+        tags.update({f"best.{k}": param_value(v) for k, v in best.params.items()})
         ts = int(time.time() * 1000)
         metrics = [metric_at(f"best_{metric}", best.mean(metric), 0, ts)]
         means = {"test_base_acc": best.mean("test_base_acc"), "test_new_acc": best.mean("test_new_acc"),

@@ -4,7 +4,10 @@ or points (see :mod:`pipelines.tracking`)."""
 from __future__ import annotations
 
 import logging
+import re
+import tempfile
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -84,6 +87,10 @@ class MlflowTrialLogger(_ray_callback_base()):
         self._nodes: dict[str, set[str]] = {}
         self.records: dict[str, TrialRecord] = {}
         self.complete = False  # set at the end of the experiment: every trial terminated or errored
+        # Set by the runner: called as Tune starts (after it installed its SIGINT handler), and asked at the end
+        # whether SIGINT / SIGTERM stopped the experiment (then trials Tune stopped are unfinished, not done).
+        self.on_setup = None
+        self.interrupted = lambda: False
         _ACTIVE_LOGGERS[key] = self
 
     def __reduce__(self):
@@ -94,7 +101,7 @@ class MlflowTrialLogger(_ray_callback_base()):
 
     # -- runs -----------------------------------------------------------------------------------------------
     def _tags(self, hp, trial_id: str) -> dict[str, Any]:
-        return {
+        tags = {
             **self.context.tags(),
             "role": ROLE_TRIAL,
             "method": hp.method,
@@ -108,6 +115,12 @@ class MlflowTrialLogger(_ray_callback_base()):
             "tune.experiment_path": self.experiment_path,
             PARENT_TAG: self.parent_run_id,
         }
+        from pipelines.secrets import mask_uri
+
+        # Paths and URLs as shown anywhere: without credentials.
+        for key in ("tune.experiment_path", "features_url"):
+            tags[key] = mask_uri(str(tags[key]))
+        return tags
 
     def run_for(self, trial_id: str, config: dict) -> str:
         """The child run of a trial: cached, else found by its trial id tag, else created."""
@@ -170,15 +183,25 @@ class MlflowTrialLogger(_ray_callback_base()):
         if tags:
             self.tracker.set_tags(run_id, tags)
 
-    def finish(self, trial_id: str, config: dict, status: str, error: str = "", failures: int = 0) -> None:
+    def finish(self, trial_id: str, config: dict, status: str, error: "TrialError | None" = None,
+               failures: int = 0) -> None:
         run_id = self.run_for(trial_id, config)
         tags: dict[str, Any] = {STATUS_TAG: status, "failures": failures}
-        if error:
-            tags["error"] = error[:4000]
+        if error is not None:
+            tags["error"] = error.summary
+            if error.traceback:
+                with tempfile.TemporaryDirectory(prefix="dept-trial-error-") as tmp:
+                    path = Path(tmp) / "error.txt"
+                    path.write_text(error.traceback)
+                    self.tracker.client.log_artifact(run_id, str(path))
         self.tracker.set_tags(run_id, tags)
         self.tracker.client.set_terminated(run_id, "FAILED" if status == "error" else "FINISHED")
 
     # -- Tune hooks -----------------------------------------------------------------------------------------
+    def setup(self, **info):
+        if self.on_setup is not None:
+            self.on_setup()
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.log_result(trial.trial_id, trial.config, result)
 
@@ -198,10 +221,9 @@ class MlflowTrialLogger(_ray_callback_base()):
                     trial.run_metadata.num_failures)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = _trial_error(trial)
+        error = trial_error(trial)
         self.finish(trial.trial_id, trial.config, "error", error, failures=trial.run_metadata.num_failures)
-        last = error.strip().splitlines()[-1] if error.strip() else "failed"
-        log.error("%s trial %s failed for good: %s", self.context.dataset, trial.trial_id, last)
+        log.error("%s trial %s failed for good: %s", self.context.dataset, trial.trial_id, error.summary)
 
     def on_experiment_end(self, trials, **info):
         self.reconcile(trials)
@@ -214,6 +236,11 @@ class MlflowTrialLogger(_ray_callback_base()):
         resume): those are soft-deleted (``mlflow runs restore`` brings them back)."""
         trials = list(trials)
         known = {t.trial_id for t in trials}
+        if self.interrupted():
+            # Tune marks the trials it stopped TERMINATED; they are unfinished and run again on --resume (its saved
+            # state, written before it stopped them, has them running). Their MLflow runs stay open.
+            self.complete = False
+            return
         self.complete = all(t.status in ("TERMINATED", "ERROR") for t in trials)
         for trial in trials:
             if trial.status not in ("TERMINATED", "ERROR"):
@@ -230,7 +257,7 @@ class MlflowTrialLogger(_ray_callback_base()):
                     self.log_result(trial.trial_id, trial.config, result)
                 run = self.tracker.client.get_run(self.run_for(trial.trial_id, trial.config))
                 if run.info.status == "RUNNING" or run.data.tags.get(STATUS_TAG) != status:
-                    self.finish(trial.trial_id, trial.config, status, _trial_error(trial) if status == "error" else "",
+                    self.finish(trial.trial_id, trial.config, status, trial_error(trial) if status == "error" else None,
                                 failures=trial.run_metadata.num_failures)
             self.records[trial.trial_id] = TrialRecord(
                 trial_id=trial.trial_id,
@@ -239,7 +266,7 @@ class MlflowTrialLogger(_ray_callback_base()):
                 status=status,
                 result=result,
                 checkpoint=trial.checkpoint if status == "completed" else None,
-                error=_trial_error(trial) if status == "error" else "",
+                error=trial_error(trial).summary if status == "error" else "",
                 failures=trial.run_metadata.num_failures,
             )
         if not self.complete:
@@ -254,9 +281,65 @@ class MlflowTrialLogger(_ray_callback_base()):
                 self.tracker.client.delete_run(run.info.run_id)
 
 
-def _trial_error(trial) -> str:
+@dataclass(frozen=True)
+class TrialError:
+    summary: str  # "<ExceptionType>: <first line of its message>", for the run's ``error`` tag
+    traceback: str  # the full text Tune recorded (error.txt), logged as the run's error.txt artifact
+
+
+#: The line of a formatted traceback that names the exception ("ValueError: ..." or "pkg.mod.SomeError").
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Failure|Interrupt|Exit)\b(?::.*)?$|"
+                             r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*: \S.*$")
+ERROR_TAG_CHARS = 500
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _summary(exc_type: str, message: str) -> str:
+    first = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    text = f"{exc_type}: {first}" if first else exc_type
+    return text if len(text) <= ERROR_TAG_CHARS else text[: ERROR_TAG_CHARS - 1] + "…"
+
+
+def _read(path) -> str | None:
     try:
-        err = trial.get_error()
-    except Exception:  # the error file may be gone on remote storage; the status says enough
-        err = None
-    return str(err) if err else "failed"
+        return Path(path).read_text(errors="replace") if path and Path(path).is_file() else None
+    except OSError:
+        return None
+
+
+def trial_error(trial) -> TrialError:
+    """The exception that ended a trial: its type and message from Tune's pickled error when there is one (the
+    trial's own exception inside Ray's ``RayTaskError``), else from the last exception line of Tune's error.txt
+    (read from the driver's trial folder, else from the storage)."""
+    text = _read(getattr(trial, "error_file", None))
+    if text is None:
+        try:
+            text = trial.get_error()
+        except Exception:  # remote storage may have lost it; the pickled error or the status still tell
+            text = None
+    text = _ANSI.sub("", str(text)) if text else ""  # Ray colours the task name
+    try:
+        pickled = _pickled_error(trial)
+    except Exception:  # an exception class this driver cannot unpickle: fall back to the text
+        pickled = None
+    if pickled is not None:
+        cause = getattr(pickled, "cause", None) or pickled
+        return TrialError(_summary(type(cause).__name__, str(cause)), text)
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    named = [line for line in lines if not line[0].isspace() and _EXCEPTION_LINE.match(line)]
+    if named:
+        kind, _, message = named[-1].partition(": ")
+        return TrialError(_summary(kind, message), text)
+    if lines:
+        return TrialError(_summary(lines[0], "")[:ERROR_TAG_CHARS], text)
+    return TrialError("failed (Tune recorded no error text)", "")
+
+
+def _pickled_error(trial):
+    path = getattr(trial, "pickled_error_file", None)
+    if path and Path(path).is_file():
+        import cloudpickle
+
+        with open(path, "rb") as f:
+            return cloudpickle.load(f)
+    return None

@@ -11,10 +11,14 @@ filesystems); default ``./runs/tune`` under the working folder. Experiment folde
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
+import signal
+import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,127 @@ DEFAULT_STORAGE = "runs/tune"
 
 class TuneSetupError(ValueError):
     """A tune invocation that cannot start; one line."""
+
+
+class TuneInterrupted(Exception):
+    """SIGINT (Ctrl-C) or SIGTERM stopped the experiment; Tune saved its state, ``--resume`` continues it."""
+
+    def __init__(self, signum: int, dataset: str | None):
+        self.signum = signum
+        self.dataset = dataset
+        super().__init__(f"{signal.Signals(signum).name} received" + (f" while tuning {dataset}" if dataset else ""))
+
+
+class StopSignals:
+    """SIGTERM made the same clean stop as SIGINT, and which of the two arrived.
+
+    Ray Tune stops an experiment gracefully on SIGINT (its handler, installed by ``Tuner.fit``, saves the experiment
+    state one last time and returns; a second SIGINT skips that). SIGTERM would otherwise reach the handler
+    ``ray.init`` installs (``sys.exit`` mid-loop, which aborts the process with a C++ stack), so our SIGTERM handler
+    calls whatever SIGINT handler is current: Tune's during ``fit``, Python's ``KeyboardInterrupt`` elsewhere."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._saved: dict[int, object] = {}
+
+    def record(self, signum: int) -> None:
+        """The first signal counts (a second SIGINT only makes the stop quicker)."""
+        if self.received is None:
+            self.received = signum
+
+    def install(self) -> None:
+        """Our SIGTERM handler (again after ``ray.init``, which replaces it). Main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._saved.setdefault(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.record(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    def watch_tune(self) -> None:
+        """Called when Tune has just installed its SIGINT handler (our logger's ``setup``): wrap it, to know."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        tune_handler = signal.getsignal(signal.SIGINT)
+        if not callable(tune_handler) or getattr(tune_handler, "_dept_watch", False):
+            return
+
+        def on_sigint(signum, frame):
+            self.record(signum)
+            tune_handler(signum, frame)
+
+        on_sigint._dept_watch = True
+        signal.signal(signal.SIGINT, on_sigint)
+
+    def interrupted(self) -> bool:
+        return self.received is not None
+
+    def restore(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        self._saved.clear()
+
+
+#: Tune's own lines about an interrupted run name ``Tuner.restore``; our one line names the command instead.
+_TUNE_INTERRUPT_LINES = ("Stop signal received", "Experiment has been interrupted", "Trials did not complete")
+
+
+class _DropTuneInterruptLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_TUNE_INTERRUPT_LINES)
+
+
+LOCK_FILE = ".dept-tune.lock"
+
+
+class ExperimentLock:
+    """One ``tune`` at a time per experiment: an exclusive ``flock`` on a file in the experiment's Tune folder (local
+    storage; the kernel drops it when the holder dies, so a killed run never leaves it stale). Remote storage (s3://,
+    gs://) is not locked (infra/README.md)."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self._file = None
+
+    def acquire(self) -> None:
+        if urlparse(self.root).scheme not in ("", "file"):
+            return
+        Path(self.root).mkdir(parents=True, exist_ok=True)
+        f = open(Path(self.root) / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise TuneSetupError(f"another `dept-pipeline tune` is running experiment {Path(self.root).name!r} in "
+                                 f"{self.root} ({holder}); wait for it to finish, or use another --experiment") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def check_storage(root: str) -> None:
+    """A local ``--storage`` must be (or be creatable as) a writable folder; checked before anything is created."""
+    from pipelines.paths import check_writable_folder
+
+    check_writable_folder(root, "--storage")
 
 
 @dataclass(frozen=True)
@@ -107,7 +232,7 @@ def make_context(
     (``shots`` / ``seeds`` drawn, the model's checkpoint present, enough base classes). ``features``: a model
     folder, or the store root with ``model`` / ``pretrained`` choosing the model folder."""
     from dept.clip import is_local_checkpoint
-    from pipelines.store import read_manifest, resolve_features
+    from pipelines.store import read_manifest, resolve_features, weights_id_of
 
     # An absolute model folder: trials run in other processes (other machines).
     features = resolve_features(features, dataset=dataset, model=model, pretrained=pretrained)
@@ -128,6 +253,11 @@ def make_context(
     if is_local_checkpoint(made_with) and not Path(made_with).is_file():
         raise TuneSetupError(f"the feature store {where} was made with checkpoint {made_with}, which does not "
                              "exist here (trials load its text tower)")
+    # Trials load the text tower from the same file; other weights there would fail every trial, one by one.
+    now = weights_id_of(manifest.model, made_with)
+    if now is not None and now != manifest.weights_id:
+        raise TuneSetupError(f"the feature store {where} was made with weights {manifest.weights_id}, but "
+                             f"{made_with} now holds {now}; featurize again with these weights, or restore the file")
     if objective == "pseudo-new":
         num_base = math.ceil(len(manifest.classnames) / 2)
         if num_base < 2:
@@ -160,12 +290,11 @@ def _context(opts: TuneOptions, space: SearchSpace, dataset: str) -> TrialContex
 
 
 def prepare(opts: TuneOptions):
-    """Every check that needs no Ray, in order: space, tracking URI, feature store, Tune storage, MLflow runs.
-    Returns (space, tracking URI, tracker, plans)."""
-    from ray.tune import Tuner
-
+    """Every check that needs no Ray, in order: space, tracking URI, feature store, Tune storage (writable, not in
+    use by another ``tune``), MLflow runs. Returns (space, tracking URI, tracker, plans, the experiment's lock: the
+    caller releases it)."""
     from pipelines.store import list_datasets, resolve_features
-    from pipelines.tracking.client import Tracker, check_tracking_uri, default_tracking_uri
+    from pipelines.tracking.client import check_tracking_uri, default_tracking_uri
 
     if not opts.experiment or "/" in opts.experiment:
         raise TuneSetupError(f"--experiment must be a non-empty name without '/', got {opts.experiment!r}")
@@ -192,6 +321,23 @@ def prepare(opts: TuneOptions):
     contexts = {d: _context(opts, space, d) for d in datasets}
 
     root = f"{storage_root(opts.storage)}/{opts.experiment}"
+    check_storage(storage_root(opts.storage))
+    # Held until run_tune ends; taken before anything (MLflow experiment, parent runs, Tune state) is created.
+    lock = ExperimentLock(root)
+    lock.acquire()
+    try:
+        return (space, uri, *_plans(opts, space, uri, root, datasets, contexts), lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _plans(opts: TuneOptions, space: SearchSpace, uri: str, root: str, datasets: list[str], contexts: dict):
+    from ray.tune import Tuner
+
+    from pipelines.secrets import mask_uri
+    from pipelines.tracking.client import Tracker
+
     restorable = {d: Tuner.can_restore(f"{root}/{d}") for d in datasets}
     if not opts.resume:
         existing = [d for d in datasets if restorable[d]]
@@ -202,23 +348,33 @@ def prepare(opts: TuneOptions):
     tracker = Tracker(uri, opts.experiment)
     plans = []
     for d in datasets:
+        path = f"{root}/{d}"
         parent = tracker.find_parent(d)
-        if parent is not None and not opts.resume:
-            raise TuneSetupError(f"MLflow experiment {opts.experiment!r} at {uri} already has a run for dataset {d} "
-                                 f"({parent}); pass --resume to continue it, or choose another --experiment")
+        run = tracker.client.get_run(parent) if parent is not None else None
+        tags = run.data.tags if run is not None else {}
+        # A start killed (or failed) after its parent run was created and before Tune saved any state: same Tune
+        # folder, no Tune experiment, parent never finished. Nothing ran that Tune remembers, so the parent is
+        # reused and Tune starts afresh (child runs of trials Tune does not know are soft-deleted at the end).
+        aborted_start = (run is not None and not restorable[d] and tags.get("tune.experiment_path") == mask_uri(path)
+                         and run.info.status != "FINISHED")
+        if parent is not None and not opts.resume and not aborted_start:
+            raise TuneSetupError(f"MLflow experiment {opts.experiment!r} at {mask_uri(uri)} already has a run for "
+                                 f"dataset {d} ({parent}); pass --resume to continue it, or choose another --experiment")
         if parent is not None:
-            tags = tracker.client.get_run(parent).data.tags
             if (tags.get("space"), tags.get("selection_metric")) != (space.name, space.metric):
                 raise TuneSetupError(
                     f"--resume: dataset {d} was tuned with space {tags.get('space')!r} selecting on "
                     f"{tags.get('selection_metric')!r}; resume with the same --space and --objective"
                 )
-        if parent is not None and not restorable[d]:
+        if parent is not None and not restorable[d] and not aborted_start:
             # Starting afresh under the old parent would mix two Tune experiments in one MLflow run.
             raise TuneSetupError(f"--resume: MLflow run {parent} of dataset {d} exists, but there is no Tune "
-                                 f"experiment to resume at {root}/{d}; check --storage, or use another --experiment")
-        plans.append(DatasetPlan(d, contexts[d], f"{root}/{d}", restorable[d] and opts.resume, parent))
-    return space, uri, tracker, plans
+                                 f"experiment to resume at {path}; check --storage, or use another --experiment")
+        if aborted_start:
+            log.info("dataset %s: MLflow run %s is of a start that ended before Tune saved anything; reusing it",
+                     d, parent)
+        plans.append(DatasetPlan(d, contexts[d], path, restorable[d] and opts.resume, parent))
+    return tracker, plans
 
 
 def _init_ray(address: str | None) -> bool:
@@ -233,9 +389,11 @@ def _init_ray(address: str | None) -> bool:
     return ensure_ray(address)
 
 
-def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPlan) -> DatasetOutcome:
+def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPlan,
+                 signals: StopSignals) -> DatasetOutcome:
     from ray import tune
 
+    from pipelines.secrets import mask_uri
     from pipelines.tracking.summary import finish_parent, write_parent_summary
     from pipelines.tracking.trial_logger import MlflowTrialLogger
     from pipelines.tune.trial import tune_trainable
@@ -246,7 +404,8 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
         parent = tracker.create_parent(
             plan.dataset,
             {**ctx.tags(), "space": space.name, "selection_metric": space.metric, "selection_mode": space.mode,
-             "tune.experiment_path": plan.experiment_path, "num_trials": str(space.num_trials())},
+             "tune.experiment_path": mask_uri(plan.experiment_path), "num_trials": str(space.num_trials()),
+             "features_url": mask_uri(ctx.features_url)},
             name=f"{plan.dataset} ({space.name})",
         )
     else:
@@ -255,6 +414,9 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
         tracker, parent, key=f"{opts.experiment}/{plan.dataset}", context=ctx, space_name=space.name,
         metric=space.metric, mode=space.mode, experiment_path=plan.experiment_path,
     )
+    # Tune installs its SIGINT handler as fit starts; the logger's setup hook runs right after, and wraps it.
+    logger.on_setup = signals.watch_tune
+    logger.interrupted = signals.interrupted
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=ctx), resources)
     started = time.perf_counter()
@@ -291,7 +453,19 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
                     verbose=0,
                 ),
             )
-        tuner.fit()
+        tune_log = logging.getLogger("ray.tune.tune")
+        quiet = _DropTuneInterruptLines()
+        tune_log.addFilter(quiet)
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's handler was in place
+            signals.record(signal.SIGINT)
+        finally:
+            tune_log.removeFilter(quiet)
+        if signals.interrupted():
+            # Tune saved its state and returned; no summary: the best over part of the trials is no result.
+            interrupted = True
+            raise TuneInterrupted(signals.received, plan.dataset)
         if not logger.complete:
             interrupted = True
             raise TuneSetupError(f"{plan.dataset}: the experiment was interrupted; run the same command with --resume")
@@ -311,20 +485,42 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
 
 
 def run_tune(opts: TuneOptions, progress: Callable[[str], None] = log.info) -> list[DatasetOutcome]:
-    space, uri, tracker, plans = prepare(opts)
+    """Raises :class:`TuneInterrupted` when SIGINT / SIGTERM stopped it (Tune's state saved, parent runs KILLED)."""
+    signals = StopSignals()
+    signals.install()  # before Ray starts: a SIGTERM during the checks is a clean stop too
+    try:
+        return _run_tune(opts, progress, signals)
+    except KeyboardInterrupt:
+        raise TuneInterrupted(signals.received or signal.SIGINT, None) from None
+    finally:
+        signals.restore()
+
+
+def _run_tune(opts: TuneOptions, progress: Callable[[str], None], signals: StopSignals) -> list[DatasetOutcome]:
+    space, uri, tracker, plans, lock = prepare(opts)
+    try:
+        return _run_plans(opts, progress, signals, space, uri, tracker, plans)
+    finally:
+        lock.release()
+
+
+def _run_plans(opts, progress, signals, space, uri, tracker, plans) -> list[DatasetOutcome]:
+    from pipelines.secrets import mask_uri
+
     # Our own progress lines replace Tune's console tables; the per-checkpoint experiment snapshots that make
     # --resume lose little are intended, so Tune's warning about their frequency is noise here.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     progress(f"{space.summary()}")
-    progress(f"MLflow: {uri}, experiment {opts.experiment!r}; Tune storage: {plans[0].experiment_path.rsplit('/', 1)[0]}")
+    progress(f"MLflow: {mask_uri(uri)}, experiment {opts.experiment!r}; Tune storage: {plans[0].experiment_path.rsplit('/', 1)[0]}")
     started_ray = _init_ray(opts.ray_address)
+    signals.install()  # ray.init replaced it
     outcomes = []
     try:
         for i, plan in enumerate(plans, 1):
             verb = "resuming" if plan.restore else "starting"
             progress(f"[{i}/{len(plans)}] {plan.dataset}: {verb} {space.num_trials()} trials")
-            outcome = _run_dataset(opts, space, tracker, plan)
+            outcome = _run_dataset(opts, space, tracker, plan, signals)
             outcomes.append(outcome)
             best = outcome.best
             best_txt = (f"best {space.metric} {best.mean(space.metric):.2f} over {len(best.completed())} seed(s)"

@@ -461,7 +461,8 @@ def resolve_space_path(name_or_path: str) -> tuple[str, Path]:
     from tune_spaces import space_names, space_path
 
     candidate = Path(name_or_path).expanduser()
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists() or "/" in name_or_path:
+    # A folder of the same name (the quickstart's ./demo) is no space file: the shipped name wins.
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file() or "/" in name_or_path:
         if not candidate.is_file():
             raise SpaceError(f"search space file not found: {candidate.resolve()}")
         return candidate.stem, candidate.resolve()
