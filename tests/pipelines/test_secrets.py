@@ -61,7 +61,8 @@ def auth_server(tmp_path):
         admin_password = not-the-default-9
         authorization_function = mlflow.server.auth:authenticate_request_basic_auth
     """))
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_AUTH_CONFIG_PATH": str(folder / "auth.ini")}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_AUTH_CONFIG_PATH": str(folder / "auth.ini"),
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex()}
     env.pop("MLFLOW_TRACKING_USERNAME", None)
     env.pop("MLFLOW_TRACKING_PASSWORD", None)
     log = open(folder / "server.log", "w")
@@ -90,7 +91,9 @@ def auth_server(tmp_path):
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
+        except ProcessLookupError:
+            pass  # it exited (reported above)
+        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         log.close()

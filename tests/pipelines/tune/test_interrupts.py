@@ -53,9 +53,9 @@ def _stopped(proc, log, signum, code) -> str:
 @pytest.mark.slow
 def test_sigterm_then_sigint_stop_cleanly_and_resume_ends_with_the_best_config(demo_store, tmp_path, ray_cluster,
                                                                                  monkeypatch):
-    monkeypatch.setenv(EPOCH_PAUSE_ENV, "0.5")  # trials of seconds, so that some are in flight at each signal
+    monkeypatch.setenv(EPOCH_PAUSE_ENV, "1.5")  # trials of seconds, so that some are in flight at each signal
     space = yaml.safe_load((REPO / "tune_spaces" / "smoke.yaml").read_text())
-    space["num_samples"] = 4  # 8 trials
+    space["num_samples"] = 6  # 12 trials
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = tune_args(demo_store, tmp_path, uri, "sig", "--space", tmp_path / "space.yaml", "--method", "coop",
@@ -83,7 +83,7 @@ def test_sigterm_then_sigint_stop_cleanly_and_resume_ends_with_the_best_config(d
     (parent,) = parents
     assert parent.info.status == "KILLED"
     assert "best_val_hm" not in parent.data.metrics and "loss_weight" not in parent.data.params
-    assert len(_completed(uri, "sig")) < 8
+    assert len(_completed(uri, "sig")) < 12
 
     # The printed command, as given, continues the experiment; Ctrl-C (SIGINT) stops that one just as cleanly.
     resume_args = shlex.split(command)[1:]
@@ -105,7 +105,7 @@ def test_sigterm_then_sigint_stop_cleanly_and_resume_ends_with_the_best_config(d
     final = _driver(resume_args, third_log, tmp_path)
     assert final.wait(timeout=600) == 0, third_log.read_text()[-3000:]
     assert "best configuration per dataset" in third_log.read_text()
-    client, parent, children = check_tracked(uri, "sig", n_trials=8, seeds={1, 2})
+    client, parent, children = check_tracked(uri, "sig", n_trials=12, seeds={1, 2})
     best = client.get_run(parent.data.tags["best_run_id"])
     for name in CONFIG_PARAMS:
         assert parent.data.params[name] == best.data.params[name], name
