@@ -49,3 +49,14 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def feature_store_options(command):
+    """``--features`` (store root or model folder) and the ``--model`` / ``--pretrained`` that pick a model folder
+    under a root: the same three options for every command that reads the store."""
+    command = click.option("--pretrained", default=None,
+                           help="With a store root: the weights featurize used (tag, 'shipped', path).")(command)
+    command = click.option("--model", default=None,
+                           help="With a store root holding several models: the model's name.")(command)
+    return click.option("--features", required=True,
+                        help="Feature store: featurize's --out (the store root) or the model folder it printed.")(command)

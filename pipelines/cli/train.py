@@ -6,15 +6,12 @@ from pathlib import Path
 
 import click
 
-from pipelines.cli._common import check_out, write_atomic
+from pipelines.cli._common import check_out, feature_store_options, write_atomic
 from pipelines.tune.settings import click_options
 
 
 @click.command("train")
-@click.option("--features", required=True,
-              help="Feature store: featurize's --out (the store root) or the model folder it printed.")
-@click.option("--model", default=None, help="With a store root holding several models: the model's name.")
-@click.option("--pretrained", default=None, help="With a store root: the weights featurize used (tag, 'shipped', path).")
+@feature_store_options
 @click.option("--dataset", required=True, help="Dataset name in the store.")
 @click_options  # every trial setting: pipelines.tune.settings
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,

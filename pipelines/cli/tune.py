@@ -7,12 +7,15 @@ import sys
 
 import click
 
-from pipelines.cli._common import METHOD_CHOICE
+from pipelines.cli._common import METHOD_CHOICE, feature_store_options
 
 
 def resume_command() -> str:
-    """This very command line, as ``dept-pipeline ...``, with ``--resume``."""
-    args = sys.argv[1:]
+    """This very command line, as ``dept-pipeline ...``, with ``--resume``; a password in a URI shown as ``***``
+    (put it back, or pass it as MLFLOW_TRACKING_PASSWORD)."""
+    from pipelines.secrets import mask_uri
+
+    args = [mask_uri(a) for a in sys.argv[1:]]
     if "--resume" not in args:
         args = [*args, "--resume"]
     return shlex.join(["dept-pipeline", *args])
@@ -28,10 +31,7 @@ def _space_help() -> str:
 
 
 @click.command("tune")
-@click.option("--features", required=True,
-              help="Feature store: featurize's --out (the store root) or the model folder it printed.")
-@click.option("--model", default=None, help="With a store root holding several models: the model's name.")
-@click.option("--pretrained", default=None, help="With a store root: the weights featurize used (tag, 'shipped', path).")
+@feature_store_options
 @click.option("--dataset", required=True, help="A dataset in the store, or 'all' (one Tune experiment each, in turn).")
 @click.option("--space", default="smoke", show_default=True, help=f"Search space: a shipped name ({_space_help()}) or a .yaml path.")
 @click.option("--method", "methods", type=METHOD_CHOICE, multiple=True,

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import click
 
+from pipelines.cli._common import feature_store_options
 from pipelines.secrets import mask_uri
 
 
 @click.command("zero-shot")
-@click.option("--features", required=True,
-              help="Feature store: featurize's --out (the store root) or the model folder it printed.")
-@click.option("--model", default=None, help="With a store root holding several models: the model's name.")
-@click.option("--pretrained", default=None, help="With a store root: the weights featurize used (tag, 'shipped', path).")
+@feature_store_options
 @click.option("--dataset", required=True, help="A dataset in the store, or 'all' (each in turn).")
 @click.option("--template", default=None,
               help="Prompt template with {} for the class name. Default: the dataset's hand-crafted one "
