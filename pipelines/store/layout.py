@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -19,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
+
+from pipelines.paths import HolderLock, LockHeld
 
 log = logging.getLogger(__name__)
 
@@ -169,24 +170,16 @@ class DatasetFolder:
         if not isinstance(self.fs, LocalFileSystem):
             yield
             return
-        self.fs.makedirs(self.path, exist_ok=True)
-        lock_path = self._p(WRITER_LOCK)
-        with open(lock_path, "a+") as f:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "unknown"
-                raise StoreError(f"{self.url}: another featurize run is writing here ({holder}); "
-                                 f"wait for it to finish, then rerun (finished shards are kept)") from None
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-            f.flush()
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        lock = HolderLock(self._p(WRITER_LOCK))
+        try:
+            lock.acquire()
+        except LockHeld as held:
+            raise StoreError(f"{self.url}: another featurize run is writing here ({held.holder}); "
+                             f"wait for it to finish, then rerun (finished shards are kept)") from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def remove_stale_temporaries(self) -> None:
         """Temporary files of killed runs (local stores only; never anything under a final name)."""

@@ -11,12 +11,10 @@ filesystems); default ``./runs/tune`` under the working folder. Experiment folde
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import math
 import os
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -27,6 +25,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from pipelines.paths import HolderLock, LockHeld, check_writable_folder
 from pipelines.ray_runtime import ensure_ray
 from pipelines.tune.spaces import SearchSpace, load_space
 from pipelines.tune.trial import EPOCH_PAUSE_ENV, FAIL_ONCE_ENV, TrialContext
@@ -126,38 +125,25 @@ class ExperimentLock:
 
     def __init__(self, root: str):
         self.root = root
-        self._file = None
+        self._lock = HolderLock(Path(root) / LOCK_FILE) if urlparse(root).scheme in ("", "file") else None
 
     def acquire(self) -> None:
-        if urlparse(self.root).scheme not in ("", "file"):
+        if self._lock is None:
             return
-        Path(self.root).mkdir(parents=True, exist_ok=True)
-        f = open(Path(self.root) / LOCK_FILE, "a+")
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            f.close()
+            self._lock.acquire()
+        except LockHeld as held:
             raise TuneSetupError(f"another `dept-pipeline tune` is running experiment {Path(self.root).name!r} in "
-                                 f"{self.root} ({holder}); wait for it to finish, or use another --experiment") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        f.flush()
-        self._file = f
+                                 f"{self.root} ({held.holder}); wait for it to finish, or use another --experiment"
+                                 ) from None
 
     def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        if self._lock is not None:
+            self._lock.release()
 
 
 def check_storage(root: str) -> None:
     """A local ``--storage`` must be (or be creatable as) a writable folder; checked before anything is created."""
-    from pipelines.paths import check_writable_folder
-
     check_writable_folder(root, "--storage")
 
 
