@@ -61,15 +61,14 @@ def template_for(dataset: str, template: str | None = None) -> str:
 
 def zero_shot_from_context(ctx: "TrialContext", *, template: str | None = None, device: str = "cpu") -> ZeroShotResult:
     """Zero-shot base / new / HM of ``ctx``'s dataset from its feature store (test and every stored val image)."""
-    from dept import evaluate_zero_shot, load_clip
+    from dept import evaluate_zero_shot
     from pipelines.store import DatasetStore
+    from pipelines.tune.trial import text_tower
 
     chosen = template_for(ctx.dataset, template)
-    clip = load_clip(ctx.model, ctx.pretrained, device=device, text_only=True)
-    if clip.weights_id != ctx.weights_id:
-        raise ValueError(f"model {ctx.model} loaded from {ctx.pretrained} has weights {clip.weights_id}, but the "
-                         f"features of {ctx.dataset} were made with {ctx.weights_id}")
-    # Opened for this call alone (not the per-process cache trials use): the tune driver should not keep it.
+    # Not from the trials' per-process cache: the tune driver should not keep a text tower after this call.
+    clip = text_tower(ctx, device=device, keep=False)
+    # Opened for this call alone, for the same reason.
     store = DatasetStore.open(ctx.features_url, ctx.dataset, expected_identity=clip.identity)
     metrics: dict[str, float] = {}
     images: dict[str, int] = {}

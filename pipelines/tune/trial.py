@@ -173,6 +173,24 @@ def _frozen_text_tower(model: str, pretrained: str, device: str, weights_id: str
     return load_clip(model, pretrained, device=device, text_only=True)
 
 
+def text_tower(ctx: TrialContext, *, device: str | None = None, keep: bool = True):
+    """The frozen text tower of ``ctx``'s model on ``device`` (default ``ctx.device``), refused unless its weights
+    are those the features were made with. ``keep``: from the per-process cache trials share."""
+    device = ctx.device if device is None else device
+    if keep:
+        clip = _frozen_text_tower(ctx.model, ctx.pretrained, device, ctx.weights_id)
+    else:
+        from dept import load_clip
+
+        clip = load_clip(ctx.model, ctx.pretrained, device=device, text_only=True)
+    if clip.weights_id != ctx.weights_id:
+        raise ValueError(
+            f"model {ctx.model} loaded from {ctx.pretrained} has weights {clip.weights_id}, but the features of "
+            f"{ctx.dataset} were made with {ctx.weights_id}"
+        )
+    return clip
+
+
 def run_trial(
     hp: Hyperparameters,
     ctx: TrialContext,
@@ -190,12 +208,7 @@ def run_trial(
 
     torch.set_num_threads(max(1, ctx.num_threads))
     started = time.perf_counter()
-    clip = _frozen_text_tower(ctx.model, ctx.pretrained, ctx.device, ctx.weights_id)
-    if clip.weights_id != ctx.weights_id:
-        raise ValueError(
-            f"model {ctx.model} loaded from {ctx.pretrained} has weights {clip.weights_id}, but the features of "
-            f"{ctx.dataset} were made with {ctx.weights_id}"
-        )
+    clip = text_tower(ctx)
     data = read_trial_data(ctx, hp, clip.identity)
     cfg = _train_config(hp)
     log.info("%s %s seed %d: %d train images, %d base classes", ctx.dataset, hp.method, hp.seed,
