@@ -13,8 +13,10 @@ so ``--model dept-tiny-vit`` works everywhere a stock name does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -74,6 +76,15 @@ def is_local_checkpoint(pretrained: str | None) -> bool:
 
 
 def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, computed once per (file, size, modification time) in a process: a checkpoint's
+    weights id is asked for at several checks before a run (one per dataset with ``--dataset all``), and hashing a
+    ViT-B checkpoint takes seconds. A file rewritten in place gets a new modification time, so a new hash."""
+    st = os.stat(path)
+    return _sha256_of(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
