@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
-import time
-import urllib.request
 
 import pytest
 from click.testing import CliRunner
 
 from pipelines.secrets import mask_uri, split_basic_auth
+from tests.mlflow_server import mlflow_server as serve_mlflow
 
 
 def test_mask_uri_hides_passwords_and_secret_query_values_only():
@@ -48,9 +43,6 @@ def test_errors_never_show_the_password(tmp_path):
 def auth_server(tmp_path):
     """``mlflow server --app-name basic-auth`` on 127.0.0.1 with its admin account; stopped by its process group."""
     pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs mlflow[auth] (Flask-WTF)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     folder = tmp_path / "server"
     folder.mkdir()
     (folder / "auth.ini").write_text(textwrap.dedent(f"""
@@ -65,38 +57,8 @@ def auth_server(tmp_path):
            "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex()}
     env.pop("MLFLOW_TRACKING_USERNAME", None)
     env.pop("MLFLOW_TRACKING_PASSWORD", None)
-    log = open(folder / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port",
-         str(port), "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--workers", "1"],
-        cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(folder / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except urllib.error.HTTPError:
-                break  # it answers (health may need credentials)
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail("mlflow server did not answer within 180 s")
-            time.sleep(1)
+    with serve_mlflow(folder, extra_args=("--app-name", "basic-auth"), env=env, answer_is_enough=True) as port:
         yield port
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except ProcessLookupError:
-            pass  # it exited (reported above)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.mark.slow

@@ -4,15 +4,12 @@ driver killed with SIGKILL and resumed, every trial exactly once in MLflow."""
 from __future__ import annotations
 
 import csv
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 
 import pytest
 import yaml
@@ -22,6 +19,7 @@ from pipelines.cli import main
 from pipelines.tracking.client import EPOCH_METRICS, FINAL_METRICS, SWEEP_CURVES
 from pipelines.tune.trial import EPOCH_PAUSE_ENV, FAIL_ONCE_ENV
 from tests.conftest import REPO
+from tests.mlflow_server import mlflow_server as serve_mlflow
 
 TINY_MODEL = "dept-tiny-vit"
 LOGGED_METRICS = set(EPOCH_METRICS) | set(FINAL_METRICS) | set(SWEEP_CURVES)
@@ -196,47 +194,11 @@ def test_asha_stops_weak_trials(demo_store, tmp_path):
 
 @pytest.fixture()
 def mlflow_server(tmp_path):
-    """A real ``mlflow server`` on 127.0.0.1 (free port), stopped by its process id at the end."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """A real ``mlflow server`` on 127.0.0.1 (free port), stopped by its process group at the end."""
     folder = tmp_path / "server"
     folder.mkdir()
-    log = open(folder / "server.log", "w")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--workers", "1"],
-        cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(folder / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail("mlflow server did not answer /health within 180 s")
-            time.sleep(1)
-        yield url
-    finally:
-        # The server's workers share its session: end that process group (ours), then make sure.
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=30)
-        log.close()
+    with serve_mlflow(folder) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.slow
