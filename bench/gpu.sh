@@ -16,6 +16,13 @@
 #     -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4
 # and carry .whl with the run (device tool: carry [".whl"]), e.g.
 #   command: OUT=$OUT bench/gpu.sh "$OUT"      timeout_s: 540
+#
+# Trial populations (issue 16), a run of its own (about 5 minutes on an H200): bench/population.py at P = 1, 8, 32,
+# 64, ViT-B-16 text tower (random weights), CoOp+DePT, 50 base classes; the fp32 exactness check first, then fp32
+# and bf16 autocast (fp32 master weights). POP_COMPILE=reduce-overhead adds a run with the step under torch.compile
+# (CUDA graphs).
+#   command: OUT=$OUT bench/gpu.sh --population "$OUT"      timeout_s: 420
+#   dry run: PYTHON=.venv/bin/python bench/gpu.sh --population --cpu-dry-run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"  # PYTHON=.venv/bin/python for a local dry run
@@ -31,6 +38,24 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
+if [[ "${1:-}" == "--population" ]]; then
+    shift
+    if [[ "${1:-}" == "--cpu-dry-run" ]]; then
+        exec "$PY" bench/population.py --tiny
+    fi
+    out="${1:-${OUT:-bench/gpu-out}}"
+    mkdir -p "$out"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$out/nvidia-smi.txt" || true
+    pop=(bench/population.py --device cuda --clock wall --model ViT-B-16 --pretrained none --classes 50 --shots 8
+         --views 4 --seq-sample 3)
+    timeout 150 "$PY" "${pop[@]}" --out "$out/fp32" 2>&1 | tee "$out/population_fp32.log" || echo "fp32 run failed ($?)"
+    timeout 150 "$PY" "${pop[@]}" --amp --exact-members 2 --exact-epochs 1 --out "$out/bf16" 2>&1 | tee "$out/population_bf16.log" || echo "bf16 run failed ($?)"
+    if [[ -n "${POP_COMPILE:-}" ]]; then
+        timeout 150 "$PY" "${pop[@]}" --amp --compile "$POP_COMPILE" --exact-members 2 --exact-epochs 1 --out "$out/compiled" \
+            2>&1 | tee "$out/population_compiled.log" || echo "compiled run failed ($?)"
+    fi
+    exit 0
+fi
 if [[ "${1:-}" == "--cpu-dry-run" ]]; then
     exec "$PY" bench/gpu_bench.py --device cpu --tiny
 fi

@@ -94,6 +94,22 @@ class CATHead(nn.Module):
         return torch.cat([self.text_logits(class_text_features), self.image_logits(image_features)], dim=0)
 
 
+def stacked_training_logits(
+    heads: list[CATHead], image_features: torch.Tensor, class_text_features: torch.Tensor
+) -> torch.Tensor:
+    """Z ``[P, 2B, K]`` of P heads at once (a population's, see ``dept.population``) for ``[P, B, D]`` inputs:
+    member ``p``'s rows equal ``heads[p].training_logits``, as batched matmuls over stacked parameters."""
+
+    def stack(get) -> torch.Tensor:
+        return torch.stack([get(h) for h in heads]).unsqueeze(1)  # [P, 1, ...]: broadcast over the batch
+
+    w = torch.stack([h.classifier.weight for h in heads]).transpose(1, 2)  # [P, D, K]
+    bias = stack(lambda h: h.classifier.bias)
+    text = class_text_features * stack(lambda h: h.cwt_text.scale) + stack(lambda h: h.cwt_text.shift)
+    image = image_features * stack(lambda h: h.cwt_image.scale) + stack(lambda h: h.cwt_image.shift)
+    return torch.cat([torch.baddbmm(bias, text, w), torch.baddbmm(bias, image, w)], dim=1)
+
+
 def dept_loss(
     itm_logits: torch.Tensor,
     cat_logits: torch.Tensor | None,

@@ -84,6 +84,32 @@ class PromptMethod(nn.Module):
         """An extra training loss term on the text features (KgCoOp's knowledge guidance); None for most."""
         return None
 
+    # -- populations (dept.population): P members of this method, one batched step ------------------------------
+    @classmethod
+    def population_text_features(
+        cls, members: list["PromptMethod"], encoder: "PromptTextEncoder", classes: "ClassTokens", image_features: torch.Tensor
+    ) -> torch.Tensor:
+        """``[P, K, D]`` (``[P, B, K, D]`` when ``per_image``) for ``image_features [P, B, D]``, member ``p``'s
+        rows equal to ``members[p].text_features``. This default runs one member at a time (exact, not batched);
+        a method batches by overriding it."""
+        return torch.stack([m.text_features(encoder, classes, x) for m, x in zip(members, image_features)])
+
+    @classmethod
+    def population_regularizer(
+        cls, members: list["PromptMethod"], encoder: "PromptTextEncoder", classes: "ClassTokens", text_features: torch.Tensor
+    ) -> torch.Tensor | None:
+        """``[P]``: each member's :meth:`regularizer` on its ``text_features [P, K, D]``; None where the method has none."""
+        regs = [m.regularizer(encoder, classes, t) for m, t in zip(members, text_features)]
+        return None if regs[0] is None else torch.stack(regs)
+
+
+def stacked_context_features(
+    members: list[PromptMethod], encoder: "PromptTextEncoder", classes: "ClassTokens"
+) -> torch.Tensor:
+    """``[P, K, D]`` for P members with one context ``ctx [n, d]`` each shared by all classes: the P contexts go
+    through the text encoder as P prefix groups (the per-image layout with one "image" per member)."""
+    return encoder(torch.stack([m.ctx for m in members]), classes, per_image=True)
+
 
 def init_context(
     encoder: "PromptTextEncoder", n_ctx: int, ctx_init: str | None, init_std: float, shape_prefix: tuple[int, ...] = ()

@@ -39,3 +39,15 @@ class CoCoOp(PromptMethod):
         shift = self.meta_net(F.normalize(image_features, dim=-1))  # [B, width]
         ctx = self.ctx.unsqueeze(0) + shift.unsqueeze(1)  # [B, n_ctx, width]: every token shifted alike
         return encoder(ctx, classes, per_image=True, chunk_size=chunk_size)  # [B, K, D]
+
+    @classmethod
+    def population_text_features(cls, members, encoder, classes, image_features):
+        """The P meta-nets as batched matmuls, then all P x B per-image contexts through the encoder at once."""
+        P, B, _ = image_features.shape
+        w1, b1, w2, b2 = (torch.stack([getattr(m.meta_net[i], name) for m in members])
+                          for i, name in ((0, "weight"), (0, "bias"), (2, "weight"), (2, "bias")))
+        hidden = torch.baddbmm(b1.unsqueeze(1), F.normalize(image_features, dim=-1), w1.transpose(1, 2)).relu()
+        shift = torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2))  # [P, B, width]
+        ctx = torch.stack([m.ctx for m in members]).unsqueeze(1) + shift.unsqueeze(2)  # [P, B, n_ctx, width]
+        text = encoder(ctx.flatten(0, 1), classes, per_image=True)  # [P * B, K, D]
+        return text.view(P, B, *text.shape[1:])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dept.methods.base import MethodOptions, PromptMethod, init_context, register_method
+from dept.methods.base import MethodOptions, PromptMethod, init_context, register_method, stacked_context_features
 
 
 @dataclass(frozen=True)
@@ -33,3 +33,9 @@ class CoOp(PromptMethod):
                 f"class-specific CoOp has contexts for {self.ctx.shape[0]} classes, asked for {len(classes)}"
             )
         return encoder(self.ctx, classes, chunk_size=chunk_size)
+
+    @classmethod
+    def population_text_features(cls, members, encoder, classes, image_features):
+        if members[0].options.class_specific:  # a context per class takes the truncated path: one member at a time
+            return super().population_text_features(members, encoder, classes, image_features)
+        return stacked_context_features(members, encoder, classes)

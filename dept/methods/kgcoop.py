@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dept.methods.base import MethodOptions, PromptMethod, init_context, register_method
+from dept.methods.base import MethodOptions, PromptMethod, init_context, register_method, stacked_context_features
 
 
 #: w_kg of the DePT reference (its KgCoOp config, W: 2.0), used with and without DePT: the one default.
@@ -64,3 +64,14 @@ class KgCoOp(PromptMethod):
         target = self.hand_crafted_features(encoder, tuple(classes.classnames)).to(text_features.device)
         cos = F.cosine_similarity(text_features, target, dim=-1)
         return self.options.kg_weight * (1.0 - cos.mean())
+
+    @classmethod
+    def population_text_features(cls, members, encoder, classes, image_features):
+        return stacked_context_features(members, encoder, classes)
+
+    @classmethod
+    def population_regularizer(cls, members, encoder, classes, text_features):
+        target = members[0].hand_crafted_features(encoder, tuple(classes.classnames)).to(text_features.device)
+        cos = F.cosine_similarity(text_features, target, dim=-1)  # [P, K]
+        kg = torch.tensor([m.options.kg_weight for m in members], dtype=cos.dtype, device=cos.device)
+        return kg * (1.0 - cos.mean(-1))

@@ -92,6 +92,14 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     assert "rates: measured" in table
 
 
+def test_population_bench_runs_and_checks_exactness_first(tmp_path):
+    """bench/population.py's dry run: the exactness check (members vs dept.train alone) before any timing."""
+    run_script("bench/population.py", "--tiny", "--out", str(tmp_path))
+    doc = json.loads((tmp_path / "population.json").read_text())
+    assert doc["exactness"]["accuracy_equal"] and doc["exactness"]["loss"] <= 1e-5 and doc["exactness"]["params"] <= 1e-5
+    assert [r["members"] for r in doc["rows"]] == [1, 4]
+
+
 def test_gpu_shell_script_syntax():
     subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
 

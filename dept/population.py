@@ -1,0 +1,236 @@
+"""Trial populations: P learners of one method and shape trained in one batched step.
+
+A coefficient search runs dozens of trials of identical shape on one dataset. Trained one after another, each
+step of each trial is ~1,400 small kernels; trained as one population, the P members' contexts go through the
+text encoder's shared-prefix path as P prefix groups, their CAT heads run as batched matmuls over stacked
+parameters, and the P losses are summed into one backward. Members are independent (no op mixes two members'
+rows), so the gradient each member's parameters receive is that of its own loss.
+
+What each member keeps to itself: its ``DePTLearner`` (initialisation, loss weight, fusion weight, KgCoOp
+weight) and its ``TrainConfig`` (lr, head-lr multiplier, weight decay, momentum, warmup, seed: its own shuffle
+and view draws, ``dept.train``'s per-(seed, epoch) ``randperm`` and :func:`dept.train.epoch_views`). What the
+members share (the population's "shape"): method, base classes, frozen text tower, context shape, logit scale,
+CAT head or none, epochs and batch size.
+
+The parameters stay each member's own leaf tensors (the learners are trained in place, and evaluate / save as
+usual); one ``torch.optim.SGD`` holds one param group per member and part (prompts, CAT head), so the update is
+torch's own per member. A member stopped by the caller after an epoch (``on_epoch`` returns True: ASHA's
+decision) or failed with a non-finite loss leaves the forward: its parameters get no gradient, so SGD skips
+them, and it costs nothing from then on.
+
+Exactness (tests/dept/test_population.py): each member equals its own ``dept.train`` run within float32
+rounding (~1e-6 relative: batched matmuls round differently from single ones); a population of one runs its
+learner's own ``training_loss`` and gives ``dept.train``'s numbers bit for bit. ``dept.train`` is the population of one: same data order, same loss, same
+optimizer, so it can become ``train_population([learner], ..., [config])[0].history``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+
+from dept.head import stacked_training_logits
+from dept.learner import DePTLearner
+from dept.train import EpochStats, TrainConfig, check_training_data, epoch_views
+
+log = logging.getLogger(__name__)
+
+MemberStatus = Literal["done", "stopped", "failed"]
+
+
+@dataclass(frozen=True)
+class PopulationOptions:
+    amp: bool = False  # bf16 autocast for the forward; parameters, gradients and SGD stay fp32 (master weights)
+    compile: str | None = None  # torch.compile mode for the loss ("default"; "reduce-overhead": CUDA graphs)
+
+    def __post_init__(self):
+        if self.compile not in (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+            raise ValueError(f"population compile mode {self.compile!r} is not a torch.compile mode")
+
+
+@dataclass
+class MemberResult:
+    history: list[EpochStats] = field(default_factory=list)
+    status: MemberStatus = "done"
+    reason: str = ""  # why it stopped or failed
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+
+def check_population(learners: list[DePTLearner], configs: list[TrainConfig]) -> None:
+    """One-line errors, before any work, for members that cannot be trained as one population."""
+    if not learners:
+        raise ValueError("a population needs at least one learner")
+    if len(configs) != len(learners):
+        raise ValueError(f"population: {len(learners)} learners but {len(configs)} training configs")
+    if len({id(m) for m in learners}) != len(learners):
+        raise ValueError("population: the same learner object appears twice (members must not share parameters)")
+    lead, c0 = learners[0], configs[0]
+
+    def shape(m: DePTLearner) -> tuple:
+        return (type(m.method), [tuple(p.shape) for p in m.method.parameters()], m.dept is not None,
+                next(m.method.parameters()).device)
+
+    for i, (m, c) in enumerate(zip(learners, configs)):
+        differs = [what for what, same in (
+            ("method / context shape / CAT head / device", shape(m) == shape(lead)),
+            ("base classes", m.base_classnames == lead.base_classnames),
+            ("text tower", m.encoder._tower.transformer is lead.encoder._tower.transformer),
+            ("logit scale", m.logit_scale == lead.logit_scale),
+            ("epochs", c.epochs == c0.epochs),
+            ("batch size", c.batch_size == c0.batch_size),
+        ) if not same]
+        if differs:
+            raise ValueError(f"population member {i} differs from member 0 in {', '.join(differs)}; "
+                             "train it in another population")
+
+
+def population_losses(learners: list[DePTLearner], image_features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[P]``: member ``p``'s ``training_loss`` on its own batch ``image_features[p] [B, D]``, ``labels[p]``.
+
+    A population of one is its learner's own ``training_loss`` (so ``dept.train``'s numbers, bit for bit: batched
+    matmuls' backward rounds differently from single ones); more members take :func:`batched_losses`."""
+    if len(learners) == 1:
+        return learners[0].training_loss(image_features[0], labels[0])[0].unsqueeze(0)
+    return batched_losses(learners, image_features, labels)
+
+
+def batched_losses(learners: list[DePTLearner], image_features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """:func:`population_losses` as one batched computation over the P members (equal within float rounding)."""
+    lead = learners[0]
+    classes = lead.class_tokens(lead.base_classnames)
+    methods = [m.method for m in learners]
+    text = type(lead.method).population_text_features(methods, lead.encoder, classes, image_features)
+    v, t = F.normalize(image_features, dim=-1), F.normalize(text, dim=-1)
+    # The same ops, in the same order, as DePTLearner.itm_logits_from, one batch dimension up.
+    if t.dim() == 4:
+        itm = lead.logit_scale * torch.einsum("pbd,pbkd->pbk", v, t)
+    else:
+        itm = torch.bmm(lead.logit_scale * v, t.transpose(1, 2))
+    loss = _mean_ce(itm, labels)
+    if lead.dept is not None:
+        rows = torch.arange(len(learners), device=labels.device)[:, None]
+        if text.dim() == 4:  # each sample's own class text feature, as in DePTLearner.training_loss
+            class_text = text[rows, torch.arange(labels.shape[1], device=labels.device)[None, :], labels]
+        else:
+            class_text = text[rows, labels]
+        z = stacked_training_logits([m.cat_head for m in learners], image_features, class_text)
+        lw = torch.tensor([m.dept.loss_weight for m in learners], dtype=loss.dtype, device=loss.device)
+        one_minus = torch.tensor([1.0 - m.dept.loss_weight for m in learners], dtype=loss.dtype, device=loss.device)
+        loss = one_minus * loss + lw * _mean_ce(z, torch.cat([labels, labels], dim=1))
+    reg = type(lead.method).population_regularizer(
+        methods, lead.encoder, classes, text if text.dim() == 3 else text.mean(1))
+    return loss if reg is None else loss + reg
+
+
+def _mean_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-member mean cross-entropy: ``[P, N, K]`` logits, ``[P, N]`` targets -> ``[P]``."""
+    P, N, K = logits.shape
+    return F.cross_entropy(logits.reshape(P * N, K), targets.reshape(P * N), reduction="none").view(P, N).mean(1)
+
+
+def train_population(
+    learners: list[DePTLearner],
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    configs: list[TrainConfig],
+    *,
+    on_epoch: Callable[[int, EpochStats], bool | None] | None = None,
+    validate: Callable[[int, DePTLearner], dict[str, float]] | None = None,
+    options: PopulationOptions = PopulationOptions(),
+) -> list[MemberResult]:
+    """Train P members in place on one dataset's ``features [N, V, D]`` (or ``[N, D]``) and ``labels [N]``, each
+    with its own ``configs[p]``; returns each member's history and status in member order.
+
+    ``on_epoch(p, stats)`` after each of member ``p``'s epochs: return True to stop it there (ASHA).
+    ``validate(p, learner)``: member ``p``'s metrics after each epoch (in ``stats.metrics``, as ``dept.train``)."""
+    check_population(learners, configs)
+    lead, c0 = learners[0], configs[0]
+    features = check_training_data(lead, features, labels)
+    n, num_views, _ = features.shape
+    device = next(lead.method.parameters()).device
+    groups, members_of = [], []  # one SGD param group per (member, part); members_of[g] = its member
+    for p, (m, c) in enumerate(zip(learners, configs)):
+        for g in m.param_groups(c.lr, c.head_lr_mult):
+            groups.append({**g, "momentum": c.momentum, "weight_decay": c.weight_decay})
+            members_of.append(p)
+    base_lrs = [g["lr"] for g in groups]
+    optimizer = torch.optim.SGD(groups, lr=c0.lr)
+    loss_fn = population_losses
+    if options.compile:
+        # One uncompiled forward first fills the lazy caches (class tokens, KgCoOp targets: tokenizer calls that
+        # would break the graph); new member modules of the same shape reuse the compiled graph.
+        with torch.no_grad():
+            population_losses(learners, features[: c0.batch_size, 0].expand(len(learners), -1, -1).to(device),
+                              labels[: c0.batch_size].expand(len(learners), -1).to(device))
+        loss_fn = torch.compile(population_losses, mode=options.compile)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if options.amp else contextlib.nullcontext()
+    results = [MemberResult() for _ in learners]
+    active = list(range(len(learners)))
+    for m in learners:
+        m.train()
+    for epoch in range(c0.epochs):
+        if not active:
+            break
+        start = time.perf_counter()
+        for group, base, p in zip(optimizer.param_groups, base_lrs, members_of):
+            group["lr"] = configs[p].lr_at(epoch, base)
+        # Each member's own shuffle and views, exactly as dept.train draws them.
+        order = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(configs[p].seed * 1_000_003 + epoch))
+                             for p in active])
+        views = torch.stack([epoch_views(n, num_views, epoch, configs[p].seed) for p in active])
+        totals = [0.0] * len(active)
+        steps = 0
+        for i in range(0, n - c0.batch_size + 1, c0.batch_size):
+            idx = order[:, i : i + c0.batch_size]  # [A, B]
+            batch = features[idx, views.gather(1, idx)].to(device)
+            members = [learners[p] for p in active]
+            with amp:
+                losses = loss_fn(members, batch, labels[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            values = losses.tolist()
+            bad = [j for j, v in enumerate(values) if not math.isfinite(v)]
+            for j in bad:  # failed: no update from this step on; the others' gradients are their own
+                p = active[j]
+                for q in learners[p].parameters():
+                    q.grad = None
+                results[p].status, results[p].reason = "failed", f"non-finite loss {values[j]} at epoch {epoch + 1}, step {steps + 1}"
+                log.warning("population member %d failed: %s", p, results[p].reason)
+            optimizer.step()
+            for j, v in enumerate(values):
+                totals[j] += v
+            steps += 1
+            if bad:
+                keep = [j for j in range(len(active)) if j not in bad]
+                active, order, views, totals = [active[j] for j in keep], order[keep], views[keep], [totals[j] for j in keep]
+                if not active:
+                    break
+        seconds = time.perf_counter() - start
+        still = []
+        for p, total in zip(active, totals):
+            stats = EpochStats(epoch=epoch + 1, train_loss=total / max(steps, 1),
+                               lr=configs[p].lr_at(epoch, configs[p].lr), seconds=seconds)
+            if validate is not None:
+                learners[p].eval()
+                with torch.no_grad():
+                    stats.metrics = dict(validate(p, learners[p]))
+                learners[p].train()
+            results[p].history.append(stats)
+            if on_epoch is not None and on_epoch(p, stats):
+                results[p].status, results[p].reason = "stopped", f"stopped by the caller after epoch {epoch + 1}"
+            else:
+                still.append(p)
+        log.info("population epoch %d/%d: %d members, %.2fs", epoch + 1, c0.epochs, len(active), seconds)
+        active = still
+    for m in learners:
+        m.eval()
+    return results
