@@ -6,18 +6,25 @@ once per epoch. Epoch ``e`` (0-based) runs at ``warmup_lr`` for ``e < warmup_epo
 ``base_lr * (1 + cos(pi * (e - warmup_epochs) / epochs)) / 2``, each group at its own base lr. With 10 epochs, one
 warmup epoch and lr 0.0035: 1e-5, 3.500e-3, 3.414e-3, ..., 3.342e-4 (the cosine never reaches its end).
 Batches drop the last incomplete one, as the reference loader does.
+
+Resuming: an epoch's shuffle and view draw depend only on (seed, epoch), and nothing else is random, so the learned
+state and the SGD momentum after epoch ``E`` (a :class:`TrainResume`) are all that training epochs ``E+1..`` needs
+to give the numbers of an uninterrupted run, bit for bit.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from dept.learner import DePTLearner
+from dept.state import learned_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +64,35 @@ class TrainConfig:
 
 
 @dataclass
+class TrainResume:
+    """What training continues from after ``epoch`` epochs: the learned modules' tensors (prompts / meta-net, CAT
+    head; the frozen towers are rebuilt, not stored) and the optimizer's state (SGD momentum)."""
+
+    epoch: int  # epochs done; training resumes at 0-based epoch ``epoch``
+    learned: dict[str, torch.Tensor]  # keys as in dept.state.learned_state_dict
+    optimizer: dict  # torch.optim.SGD.state_dict()
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"epoch": self.epoch, "learned": self.learned, "optimizer": self.optimizer}, tmp)
+        tmp.replace(path)  # never a half-written state under the final name
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainResume":
+        d = torch.load(Path(path), map_location="cpu", weights_only=True)
+        return cls(epoch=int(d["epoch"]), learned=d["learned"], optimizer=d["optimizer"])
+
+
+@dataclass
 class EpochStats:
     epoch: int  # 1-based: the number of epochs done
     train_loss: float
     lr: float  # prompt lr used in this epoch
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)  # from the caller's ``validate``, if any
+    state: TrainResume | None = field(default=None, repr=False)  # with ``train(resumable=True)``: resume from here
 
 
 def epoch_views(num_images: int, num_views: int, epoch: int, seed: int) -> torch.Tensor:
@@ -74,6 +104,20 @@ def epoch_views(num_images: int, num_views: int, epoch: int, seed: int) -> torch
     return torch.randint(1, num_views, (num_images,), generator=g)
 
 
+def check_training_data(learner: DePTLearner, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``features`` as ``[N, V, D]`` after checking them and ``labels`` against the learner (one line each)."""
+    if features.dim() == 2:
+        features = features.unsqueeze(1)
+    n, _, dim = features.shape
+    if labels.shape != (n,):
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match {n} images")
+    if n and (labels.min() < 0 or labels.max() >= len(learner.base_classnames)):
+        raise ValueError(f"labels must lie in 0..{len(learner.base_classnames) - 1}")
+    if dim != learner.embed_dim:
+        raise ValueError(f"image features have dim {dim}, the model's embedding is {learner.embed_dim}")
+    return features
+
+
 def train(
     learner: DePTLearner,
     features: torch.Tensor,
@@ -82,25 +126,32 @@ def train(
     *,
     on_epoch: Callable[[EpochStats], None] | None = None,
     validate: Callable[[DePTLearner], dict[str, float]] | None = None,
+    resume: TrainResume | None = None,
+    resumable: bool = False,
 ) -> list[EpochStats]:
     """Train on ``features`` ``[N, V, D]`` (view 0 = test transform, 1.. = augmented views) or ``[N, D]``,
-    with ``labels`` ``[N]`` in 0..K-1 over ``learner.base_classnames``. Same seed, same numbers."""
-    if features.dim() == 2:
-        features = features.unsqueeze(1)
-    n, num_views, dim = features.shape
-    if labels.shape != (n,):
-        raise ValueError(f"labels shape {tuple(labels.shape)} does not match {n} images")
-    if n and (labels.min() < 0 or labels.max() >= len(learner.base_classnames)):
-        raise ValueError(f"labels must lie in 0..{len(learner.base_classnames) - 1}")
-    if dim != learner.embed_dim:
-        raise ValueError(f"image features have dim {dim}, the model's embedding is {learner.embed_dim}")
+    with ``labels`` ``[N]`` in 0..K-1 over ``learner.base_classnames``. Same seed, same numbers.
+
+    ``resumable``: every epoch's stats carry the :class:`TrainResume` to continue from (a copy). ``resume``: load
+    one into ``learner`` (built as for the first attempt) and run the remaining epochs; the history holds those."""
+    features = check_training_data(learner, features, labels)
+    n, num_views, _ = features.shape
     device = next(learner.method.parameters()).device
     groups = learner.param_groups(config.lr, config.head_lr_mult)
     base_lrs = [g["lr"] for g in groups]
     optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    start_epoch = 0
+    if resume is not None:
+        if not 0 <= resume.epoch <= config.epochs:
+            raise ValueError(f"cannot resume after epoch {resume.epoch} of a {config.epochs}-epoch training")
+        for prefix, module in learner.learned_modules().items():
+            own = {k[len(prefix) + 1 :]: v for k, v in resume.learned.items() if k.startswith(prefix + ".")}
+            module.load_state_dict(own, strict=True)
+        optimizer.load_state_dict(resume.optimizer)
+        start_epoch = resume.epoch
     history: list[EpochStats] = []
     learner.train()
-    for epoch in range(config.epochs):
+    for epoch in range(start_epoch, config.epochs):
         start = time.perf_counter()
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = config.lr_at(epoch, base)
@@ -122,6 +173,9 @@ def train(
             lr=optimizer.param_groups[0]["lr"],
             seconds=time.perf_counter() - start,
         )
+        if resumable:  # copies: training goes on in place
+            stats.state = TrainResume(epoch + 1, {k: v.clone() for k, v in learned_state_dict(learner).items()},
+                                      copy.deepcopy(optimizer.state_dict()))
         if validate is not None:
             learner.eval()
             with torch.no_grad():

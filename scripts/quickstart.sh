@@ -19,6 +19,7 @@ dept-pipeline tune --features "$features" --dataset all --space demo --experimen
 dept-pipeline report --mlflow-uri sqlite:///mlflow.db --experiment "$EXPERIMENT"
 cat <<MSG
 
-MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
-then open http://127.0.0.1:5000 -> "Model training" -> experiment "$EXPERIMENT".
+MLflow UI (the trials side by side, best validation HM first; Ctrl-C stops it):
+  $(command -v dept-pipeline) ui --mlflow-uri sqlite:///$PWD/mlflow.db --experiment $EXPERIMENT
+then open the link it prints (http://127.0.0.1:5000/#/experiments/<id>/runs?viewStateShareKey=dept-trials&...).
 MSG

@@ -24,11 +24,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def mlflow_server(folder: Path, *, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                  answer_is_enough: bool = False, timeout_s: float = 180):
-    """Serve a SQLite store in ``folder`` (``server.db``, log ``server.log``) on a free loopback port; yields the
-    port once ``/health`` answers 200 (with ``answer_is_enough``, any HTTP answer: an auth app may refuse it)."""
-    port = free_port()
-    log = open(folder / "server.log", "w")
+                  answer_is_enough: bool = False, timeout_s: float = 180, port: int | None = None):
+    """Serve a SQLite store in ``folder`` (``server.db``, log ``server.log``) on a free loopback port (or ``port``:
+    a restarted server); yields the port once ``/health`` answers 200 (with ``answer_is_enough``, any HTTP answer:
+    an auth app may refuse it)."""
+    port = port or free_port()
+    log = open(folder / "server.log", "a")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"} if env is None else env
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", *extra_args, "--host", "127.0.0.1", "--port", str(port),

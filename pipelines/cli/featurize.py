@@ -111,7 +111,8 @@ def demo_data_cmd(out: str, num_classes: int, train_per_class: int, val_per_clas
               help="Images per Parquet shard, the unit a rerun skips or redoes.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="Unreadable image: stop, or skip it and record it in the manifest.")
-@click.option("--ray-address", default=None, help="Ray cluster to use (default: the connected one, else a local Ray).")
+@click.option("--ray-address", default=None,
+              help="Ray cluster to join (default: $RAY_ADDRESS, as `ray job submit` sets it; else a new local Ray).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def featurize_cmd(data_root, datasets, dataset_dirs, out, model, pretrained, views, shots, seeds, view_seed, crop_scale_min,
                   batch_size, workers, gpus_per_worker, cpus_per_worker, worker_resources, images_per_shard,

@@ -13,24 +13,35 @@ from pipelines.secrets import mask_uri
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
               help="Default: sqlite:///mlflow.db in the working folder.")
 @click.option("--experiment", default="dept", show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["md", "csv"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default="md", show_default=True,
+              help="Markdown, CSV (a `row` column tells dataset / average rows apart) or LaTeX (booktabs).")
 @click.option("--out", default=None, help="Write to this file instead of printing.")
-def report_cmd(mlflow_uri, experiment, fmt, out):
+@click.option("--plots", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Also save each dataset's figures as PNGs under DIR/<dataset>/ (created).")
+def report_cmd(mlflow_uri, experiment, fmt, out, plots):
     """The paper-style base-to-new table of an MLflow experiment, beside the published numbers."""
     from pipelines.report.table import ReportError, make_report
     from pipelines.tracking.client import check_tracking_uri, default_tracking_uri
 
     out_path = check_out(out)
+    if plots is not None:
+        plots = plots.expanduser().resolve()
+        if not plots.parent.is_dir():
+            raise click.BadParameter(f"folder {plots.parent} does not exist", param_hint="--plots")
     uri = mlflow_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise ReportError(f"no MLflow store at {mask_uri(uri)} (nothing tracked there yet)")
     check_tracking_uri(uri)
-    text = make_report(uri, experiment, fmt)
+    if plots is not None:
+        plots.mkdir(exist_ok=True)
+    text = make_report(uri, experiment, fmt, plots)
     if out_path is None:
         click.echo(text, nl=False)
     else:
         write_atomic(out_path, text)
         click.echo(f"wrote {out_path}")
+    if plots is not None:
+        click.echo(f"figures: {plots}", err=out_path is None)
 
 
 COMMANDS = [report_cmd]

@@ -43,7 +43,8 @@ def _space_help() -> str:
 @click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Most trials at once (default: as resources allow).")
 @click.option("--max-failures", type=click.IntRange(min=0), default=2, show_default=True, help="Retries of a failed trial.")
-@click.option("--ray-address", default=None, help="Existing Ray cluster (default: start a local one).")
+@click.option("--ray-address", default=None,
+              help="Ray cluster to join (default: $RAY_ADDRESS, as `ray job submit` sets it; else a new local Ray).")
 @click.option("--storage", default=None, help="Tune storage: folder or URL (s3://...). Default ./runs/tune.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted experiment (finished trials are not rerun).")
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
@@ -70,10 +71,16 @@ def tune_cmd(features, model, pretrained, dataset, space, methods, objective, nu
         sys.exit(128 + e.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     from pipelines.tune.spaces import load_space
 
-    metric = load_space(space).with_overrides(objective=objective).metric
+    chosen = load_space(space).with_overrides(objective=objective)
     click.echo("")
-    click.echo(f"best configuration per dataset (selected on {metric}; test numbers are mean over seeds):")
-    click.echo(best_table(outcomes, metric))
+    click.echo(f"best configuration per dataset (selected on {chosen.metric}; test numbers are mean over seeds):")
+    click.echo(best_table(outcomes, chosen.metric, chosen.mode))
+    from pipelines.secrets import mask_uri
+    from pipelines.tracking.client import default_tracking_uri
+
+    uri = mask_uri(mlflow_uri or default_tracking_uri())
+    click.echo(f"\ncompare the trials in the MLflow UI: dept-pipeline ui --mlflow-uri {shlex.quote(uri)} "
+               f"--experiment {shlex.quote(experiment)}")
     failed = [o.dataset for o in outcomes if o.records and o.count("error") == len(o.records)]
     if failed:
         raise click.ClickException(f"every trial of {', '.join(failed)} failed; the error of each is in the "

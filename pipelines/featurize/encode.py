@@ -5,8 +5,10 @@ Why Ray Data (and not hand-rolled Ray tasks/actors over shards): featurizing is 
 inference job -- a CPU-heavy decode/augment stage feeding a GPU-bound model stage. Ray Data runs the decode stage
 as CPU tasks spread over the cluster, the encoder as a fixed pool of actors (model loaded once per actor, GPU
 when asked), streams blocks between them with backpressure so decoding overlaps encoding and memory stays
-bounded, and retries lost workers. What Ray Data does not give is our commit unit: its own writers name files
-themselves and would put tensor extension types in the files. So the driver consumes the embeddings
+bounded, and retries lost workers: when a node dies, its encoder actors restart elsewhere (Ray Data's defaults,
+``max_restarts=-1`` and ``max_task_retries=-1``), their calls are retried and blocks lost with the node are rebuilt
+from lineage (tests/pipelines/cluster/test_node_loss.py). What Ray Data does not give is our commit unit: its own
+writers name files themselves and would put tensor extension types in the files. So the driver consumes the embeddings
 (``iter_batches``; ~2 KB per image, small next to pixels) and commits each deterministic shard to the store as
 soon as its last row arrives; a shard's presence under its final name means complete, which is what makes a
 rerun skip finished work and a killed run resume without duplicates. Driver-side writes also make ``memory://``
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -27,6 +31,10 @@ from pipelines.ray_runtime import ensure_ray
 from pipelines.store import feature_schema
 
 log = logging.getLogger(__name__)
+
+#: Test hook: seconds every encoder call sleeps, read in the driver's environment (the tiny test model encodes a
+#: batch in milliseconds, too fast for a test to remove a node while encoding is under way). Leave unset.
+ENCODE_PAUSE_ENV = "DEPT_PIPELINE_TEST_ENCODE_PAUSE_S"
 
 
 def decode_images(batch: dict[str, np.ndarray], *, image_size: int, mean, std, view_seed: int,
@@ -67,7 +75,7 @@ def decode_images(batch: dict[str, np.ndarray], *, image_size: int, mean, std, v
 class ClipEncoder:
     """Encoder stage (Ray Data actor): the image tower loaded once per actor, on GPU when one is assigned."""
 
-    def __init__(self, model: str, pretrained: str | None, weights_id: str, use_gpu: bool):
+    def __init__(self, model: str, pretrained: str | None, weights_id: str, use_gpu: bool, pause_s: float = 0.0):
         import ray
         import torch
 
@@ -84,10 +92,13 @@ class ClipEncoder:
                                f"the driver saw {weights_id}")
         self.node_id = ray.get_runtime_context().get_node_id()
         self.dim = int(self.clip.embed_dim)
+        self.pause_s = pause_s
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        if self.pause_s > 0:
+            time.sleep(self.pause_s)
         ok = np.asarray([e == "" for e in batch["error"]], dtype=bool)
         emb = np.zeros((len(ok), self.dim), np.float32)
         if ok.any():
@@ -217,7 +228,8 @@ def encode(cfg: FeaturizeConfig, plans: list[DatasetPlan], clip) -> dict[int, in
                 ClipEncoder,
                 fn_constructor_kwargs={"model": clip.model_name,
                                        "pretrained": None if clip.pretrained == "none" else clip.pretrained,
-                                       "weights_id": clip.weights_id, "use_gpu": gpus > 0},
+                                       "weights_id": clip.weights_id, "use_gpu": gpus > 0,
+                                       "pause_s": float(os.environ.get(ENCODE_PAUSE_ENV) or 0.0)},
                 compute=ActorPoolStrategy(size=cfg.workers),
                 batch_size=cfg.batch_size,
                 num_cpus=cfg.cpus_per_worker,

@@ -2,8 +2,10 @@
 
 Per (dataset, method, DePT on/off) the report takes the configuration a researcher would have picked without
 peeking at test images — the one with the best mean *selection* metric over its seeds (``val_hm`` by default; the
-metric each run was tuned on is in its ``selection_metric`` tag) — and shows its test base and new accuracy as mean
-± std over seeds, and HM of those means (METHOD.md: per dataset, mean of seeds for base and new, then HM). The
+metric each run was tuned on is in its ``selection_metric`` tag) among those with every seed completed (the one
+rule of :mod:`pipelines.selection`, as ``tune``'s summary; a cell without one shows its leading configuration as
+incomplete) — and shows its test base and new accuracy as mean ± std over seeds, and HM of those means
+(METHOD.md: per dataset, mean of seeds for base and new, then HM). The
 average row averages base and new over the datasets shown and takes the HM of those averages (not the mean of the
 per-dataset HMs).
 
@@ -22,14 +24,15 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 import statistics
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Iterable
 
 from pipelines.metrics import harmonic_mean
 from pipelines.secrets import mask_uri
+from pipelines.selection import COMPLETED, SeedRun, one_per_seed, rank
 from pipelines.tracking.client import ROLE_TRAIN, ROLE_TRIAL, ROLE_ZERO_SHOT, STATUS_TAG
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,9 @@ class RunInfo:
     selection_metric: str
     selection_mode: str
     metrics: dict
-    completed: bool = True  # False: stopped early by the scheduler (no test metrics)
+    completed: bool = True  # False: stopped early, failed, still running, or without test metrics
+    status: str = COMPLETED  # the run's trial_status; "completed" only with its test metrics
+    seeds: tuple[str, ...] = ()  # the seeds its tune run asked of every configuration (tag ``seeds``)
     zero_shot: bool = False  # CLIP zero-shot (no training, no seed): shown as is, nothing selected
     start_time: int = 0  # ms; the newest zero-shot run of a dataset is shown
 
@@ -110,6 +115,13 @@ class Row:
     paper: PaperRow | None = None
     zero_shot: bool = False
     vs_zero_shot: float = float("nan")  # HM minus CLIP zero-shot's HM on the same dataset(s), when logged
+    complete: bool = True  # False: no configuration of the cell has every seed completed (pipelines.selection)
+    seeds_expected: int = 0
+
+    @property
+    def seeds_text(self) -> str:
+        """The seeds column: "2", or "1/2 incomplete" (completed / expected)."""
+        return str(self.seeds) if self.complete else f"{self.seeds}/{self.seeds_expected} incomplete"
 
     @property
     def label(self) -> str:
@@ -161,12 +173,12 @@ def collect_runs(uri: str, experiment: str) -> list[RunInfo]:
                     zero_shot=True, start_time=run.info.start_time or 0,
                 ))
             continue
-        if tags.get("role") not in (ROLE_TRIAL, ROLE_TRAIN) or tags.get(STATUS_TAG) not in ("completed",
-                                                                                             "stopped_early"):
+        if tags.get("role") not in (ROLE_TRIAL, ROLE_TRAIN) or not tags.get(STATUS_TAG):
             continue
-        completed = tags.get(STATUS_TAG) == "completed"
-        if completed and not all(k in run.data.metrics for k in ("test_base_acc", "test_new_acc")):
-            continue
+        # Every trial run, failed and unfinished ones too: a configuration with a seed that did not complete is
+        # incomplete, not scored on its other seeds (pipelines.selection).
+        has_test = all(k in run.data.metrics for k in ("test_base_acc", "test_new_acc"))
+        status = tags[STATUS_TAG] if tags[STATUS_TAG] != COMPLETED or has_test else "no_test_metrics"
         config = tuple(sorted((k, v) for k, v in params.items() if k != "seed"))
         out.append(RunInfo(
             run_id=run.info.run_id,
@@ -178,31 +190,24 @@ def collect_runs(uri: str, experiment: str) -> list[RunInfo]:
             selection_metric=tags.get("selection_metric", "val_hm"),
             selection_mode=tags.get("selection_mode", "max"),
             metrics=dict(run.data.metrics),
-            completed=completed,
+            completed=status == COMPLETED,
+            status=status,
+            seeds=tuple(s for s in tags.get("seeds", "").split(",") if s),
             start_time=run.info.start_time or 0,
         ))
-    return _latest_per_config_and_seed(out)
+    return _one_per_config_and_seed(out)
 
 
-def _latest_per_config_and_seed(runs: list[RunInfo]) -> list[RunInfo]:
-    """One run per (dataset, method, configuration, seed): the newest. Two tune runs of one configuration (an
-    experiment tuned twice) would otherwise count a seed twice in the mean and the seed count."""
-    latest: dict[tuple, RunInfo] = {}
-    others = []
-    for r in runs:
-        if r.zero_shot:
-            others.append(r)
-            continue
-        key = (r.dataset, r.method, r.dept, r.config, r.seed)
-        if key not in latest or r.start_time > latest[key].start_time:
-            latest[key] = r
-    return others + list(latest.values())
+def _seed_run(r: RunInfo) -> SeedRun:
+    status = r.status if r.status != COMPLETED or r.completed else "not_completed"  # either field may say so
+    return SeedRun((r.dataset, r.method, r.dept, r.config), r.seed, status, r.metrics, r.start_time, r)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _one_per_config_and_seed(runs: list[RunInfo]) -> list[RunInfo]:
+    """One run per (dataset, method, configuration, seed), as the winner rule counts them: an experiment tuned
+    twice, or an aborted attempt, never counts a seed twice."""
+    return [r for r in runs if r.zero_shot] + [s.source for s in one_per_seed(_seed_run(r) for r in runs
+                                                                               if not r.zero_shot)]
 
 
 def _zero_shot_block(runs: list[RunInfo], paper: dict) -> Block | None:
@@ -231,34 +236,27 @@ def _paper_key(block: Block) -> tuple[str, str]:
 def build_report(runs: Iterable[RunInfo], paper: dict | None = None) -> list[Block]:
     paper = load_paper_results() if paper is None else paper
     runs = list(runs)
-    by_cell: dict[tuple[str, str, bool], dict[tuple, list[RunInfo]]] = {}
+    by_cell: dict[tuple[str, str, bool], list[RunInfo]] = {}
     for r in runs:
         if not r.zero_shot:
-            by_cell.setdefault((r.dataset, r.method, r.dept), {}).setdefault(r.config, []).append(r)
+            by_cell.setdefault((r.dataset, r.method, r.dept), []).append(r)
 
     blocks: dict[tuple[str, bool], Block] = {}
-    for (dataset, method, dept), configs in by_cell.items():
-        def score(group: list[RunInfo]) -> float:
-            metric = group[0].selection_metric
-            vals = [g.metrics[metric] for g in group if metric in g.metrics]
-            return statistics.fmean(vals) if vals else float("nan")
-
-        mode = next(iter(configs.values()))[0].selection_mode
-        sign = 1.0 if mode == "max" else -1.0
-        # As for the tune summary: configurations with every seed finished compete first; means use finished runs.
-        finished = {k: [r for r in g if r.completed] for k, g in configs.items()}
-        complete = [finished[k] for k, g in configs.items() if finished[k] and len(finished[k]) == len(g)]
-        candidates = [(score(g), g) for g in (complete or [g for g in finished.values() if g])]
-        if not candidates:
-            continue
-        ranked = [c for c in candidates if not math.isnan(c[0])] or candidates
-        value, group = max(ranked, key=lambda c: sign * c[0] if not math.isnan(c[0]) else -math.inf)
-        base, base_std = _mean_std([g.metrics["test_base_acc"] for g in group])
-        new, new_std = _mean_std([g.metrics["test_new_acc"] for g in group])
+    for (dataset, method, dept), cell in by_cell.items():
+        # The one winner rule (pipelines.selection), as tune's summary and the parent run's best_* apply it.
+        metric, mode = cell[0].selection_metric, cell[0].selection_mode
+        seeds = {s for r in cell for s in r.seeds} | {r.seed for r in cell}
+        ranked = rank([_seed_run(r) for r in cell], metric, mode, seeds=seeds)
+        top = ranked[0]
+        if not top.completed():
+            continue  # nothing of this cell has test numbers
         variant = "dept" if dept else "baseline"
-        row = Row(dataset, method, dept, len({g.seed for g in group}), base, base_std, new, new_std,
-                  harmonic_mean(base, new), group[0].selection_metric, value, len(configs),
-                  paper.get((dataset, PAPER_METHOD_NAMES.get(method, method), variant)))
+        row = Row(dataset, method, dept, len(top.completed()), top.mean("test_base_acc"), top.std("test_base_acc"),
+                  top.mean("test_new_acc"), top.std("test_new_acc"), top.test_hm(), metric, top.mean(metric),
+                  len(ranked), paper.get((dataset, PAPER_METHOD_NAMES.get(method, method), variant)),
+                  complete=top.complete, seeds_expected=len(top.seeds))
+        if not row.complete:  # the spread of a subset of seeds is not shown
+            row.base_std = row.new_std = float("nan")
         blocks.setdefault((method, dept), Block(method, dept)).rows.append(row)
 
     method_order = list(PAPER_METHOD_NAMES)
@@ -272,7 +270,8 @@ def build_report(runs: Iterable[RunInfo], paper: dict | None = None) -> list[Blo
         base = statistics.fmean(r.base for r in block.rows)
         new = statistics.fmean(r.new for r in block.rows)
         block.average = Row("Average", block.method, block.dept, min(r.seeds for r in block.rows), base,
-                            float("nan"), new, float("nan"), harmonic_mean(base, new), zero_shot=block.zero_shot)
+                            float("nan"), new, float("nan"), harmonic_mean(base, new), zero_shot=block.zero_shot,
+                            complete=all(r.complete for r in block.rows))
         name, variant = _paper_key(block)
         ours_in_paper = [r.paper for r in block.rows if r.paper is not None]
         if ours_in_paper and len(ours_in_paper) == len(block.rows):
@@ -295,106 +294,17 @@ def build_report(runs: Iterable[RunInfo], paper: dict | None = None) -> list[Blo
     return ordered
 
 
-def _f(x: float | None, std: float | None = None) -> str:
-    if x is None or math.isnan(x):
-        return "—"
-    if std is None or math.isnan(std):
-        return f"{x:.2f}"
-    return f"{x:.2f} ± {std:.2f}"
+def make_report(uri: str, experiment: str, fmt: str = "md", plots: Path | None = None) -> str:
+    """The table as ``fmt`` (``pipelines.report.formats.FORMATS``); with ``plots``, each dataset's figures are
+    saved under ``plots/<dataset>/`` (``pipelines.figures``)."""
+    from pipelines.report.formats import format_report
 
-
-def format_markdown(blocks: list[Block], *, experiment: str = "") -> str:
-    lines = []
-    if experiment:
-        lines.append(f"Base-to-new results of MLflow experiment `{experiment}` (test accuracy, %; mean ± std over "
-                     "seeds; HM of the means). Per cell, the configuration with the best mean selection metric "
-                     "(validation only) is shown.")
-        lines.append("")
-    has_zero_shot = any(b.zero_shot for b in blocks)
-    # Beside each HM, how far it is from zero-shot's on the same data: where tuning helps, where it hurts.
-    vs = " HM vs zero-shot |" if has_zero_shot else ""
-
-    def delta(r: Row) -> str:
-        if not has_zero_shot:
-            return ""
-        return " |" if r.zero_shot else f" {'—' if math.isnan(r.vs_zero_shot) else f'{r.vs_zero_shot:+.2f}'} |"
-
-    lines.append(f"| Dataset | Method | Seeds | Base | New | HM |{vs} Paper base | Paper new | Paper HM |")
-    lines.append(f"| --- | --- | ---: | ---: | ---: | ---: |{' ---: |' if has_zero_shot else ''} ---: | ---: | ---: |")
-    notes = []
-    for block in blocks:
-        for r in block.rows:
-            p = r.paper
-            seeds = "—" if r.zero_shot else r.seeds
-            lines.append(f"| {r.dataset} | {r.label} | {seeds} | {_f(r.base, r.base_std)} | {_f(r.new, r.new_std)} "
-                         f"| {_f(r.hm)} |{delta(r)} {_f(p.base if p else None)} | {_f(p.new if p else None)} "
-                         f"| {_f(p.hm if p else None)} |")
-        a, pa = block.average, block.paper_average
-        n = len(block.rows)
-        lines.append(f"| **Average** ({n} dataset{'' if n == 1 else 's'}) | {a.label} | | {_f(a.base)} | {_f(a.new)} "
-                     f"| **{_f(a.hm)}** |{delta(a)} {_f(pa.base if pa else None)} | {_f(pa.new if pa else None)} "
-                     f"| {_f(pa.hm if pa else None)} |")
-        if block.paper_printed is not None:
-            pp, pr = block.paper_printed, block.paper_recomputed_all
-            note = (f"{a.label}: the paper printed the 11-dataset average {pp.base:.2f} / {pp.new:.2f} / {pp.hm:.2f}")
-            if pr is not None and (abs(pr.base - pp.base) >= 0.05 or abs(pr.new - pp.new) >= 0.05):
-                note += (f"; the mean of its own per-dataset rows is {pr.base:.2f} / {pr.new:.2f} / {pr.hm:.2f} "
-                         "(the printed row does not match it)")
-            notes.append(note + ".")
-    lines.append("")
-    lines.append("Average rows: base and new averaged over the datasets shown, HM of those averages. The paper "
-                 "column of an average row is recomputed the same way from the paper's rows of the same datasets "
-                 "(blank when a dataset is not one of the paper's 11).")
-    if has_zero_shot:
-        lines.append(f"{ZERO_SHOT_LABEL}: the frozen model with the dataset's hand-crafted prompt, nothing trained "
-                     "(no seeds; every test image); HM vs zero-shot: a row's HM minus zero-shot's on the same "
-                     "dataset(s).")
-    lines.extend(f"- {n}" for n in notes)
-    return "\n".join(lines) + "\n"
-
-
-CSV_COLUMNS = ("dataset", "method", "dept", "seeds", "base", "base_std", "new", "new_std", "hm",
-               "selection_metric", "selection_value", "configs_compared", "hm_vs_zero_shot", "paper_base", "paper_new",
-               "paper_hm", "note")
-
-
-def format_csv(blocks: list[Block]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-
-    def num(x):
-        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, 4)
-
-    for block in blocks:
-        for r in list(block.rows) + [block.average]:
-            p = r.paper if r is not block.average else block.paper_average
-            if r is block.average:
-                note = "HM of averaged base and new; paper recomputed over the same datasets"
-            else:
-                note = "CLIP zero-shot: nothing trained, no seeds" if block.zero_shot else ""
-            writer.writerow({
-                "dataset": r.dataset, "method": block.method, "dept": str(block.dept).lower(),
-                "seeds": "" if block.zero_shot else r.seeds,
-                "base": num(r.base), "base_std": num(r.base_std), "new": num(r.new), "new_std": num(r.new_std),
-                "hm": num(r.hm), "selection_metric": r.selection_metric, "selection_value": num(r.selection_value),
-                "configs_compared": r.configs_compared if r is not block.average and not block.zero_shot else "",
-                "hm_vs_zero_shot": num(r.vs_zero_shot),
-                "paper_base": num(p.base) if p else "", "paper_new": num(p.new) if p else "",
-                "paper_hm": num(p.hm) if p else "", "note": note,
-            })
-        if block.paper_printed is not None:
-            pp = block.paper_printed
-            writer.writerow({"dataset": "Average (paper printed, 11 datasets)", "method": block.method,
-                             "dept": str(block.dept).lower(), "paper_base": pp.base, "paper_new": pp.new,
-                             "paper_hm": pp.hm, "note": "as printed in the paper"})
-    return buf.getvalue()
-
-
-def make_report(uri: str, experiment: str, fmt: str = "md") -> str:
     runs = collect_runs(uri, experiment)
     if not runs:
         raise ReportError(f"MLflow experiment {experiment!r} at {mask_uri(uri)} has no finished runs with test "
                           "metrics yet")
-    blocks = build_report(runs)
-    return format_markdown(blocks, experiment=experiment) if fmt == "md" else format_csv(blocks)
+    if plots is not None:
+        from pipelines.figures import report_figures
+
+        report_figures(runs, plots)
+    return format_report(build_report(runs), fmt, experiment=experiment)

@@ -10,13 +10,17 @@ Layout in MLflow:
   artifacts ``results.csv`` (every trial), ``space.yaml``, plots (base / new / HM against the loss weight and
   against the fusion weight) and ``best_learned_state/`` (the best trial's prompts + CAT head, safetensors);
 - per Tune trial one *child* run (``mlflow.parentRunId`` = the parent, tag ``role=trial``, tag ``tune.trial_id``)
-  named like ``coop+DePT lw=0.70 fw=0.70 seed=1``: params = every resolved hyperparameter (loss weight and fusion
-  weight separately; both 0 without DePT, which is what the base method is), tags (dataset, method, dept, seed,
+  named like ``coop+DePT lw0.70 fw0.70 lr2.0e-03 s1`` (``coop lr2.0e-03 s1`` where DePT is not in effect):
+  params = every resolved hyperparameter (loss weight and fusion weight separately; both 0 without DePT, which is what the base method is), tags (dataset, method, dept, seed,
   shots, backbone, pretrained, feature_fingerprint, ...), metrics per epoch with ``step = epoch`` (``train_loss``,
   ``lr``, ``val_base_acc``, ``val_new_acc``, ``val_hm`` — or ``pseudo_*`` under the pseudo-new objective), the test
-  metrics once (``test_base_acc``, ``test_new_acc``, ``test_hm``) and the fusion-weight sweep as curves with
-  ``step = round(100 * fusion weight)`` (``sweep_val_base_acc``, ``sweep_val_hm``, ``sweep_test_base_acc``,
-  ``sweep_test_hm``).
+  metrics once (``test_base_acc``, ``test_new_acc``, ``test_hm``) and the fusion-weight sweep's HM as one metric
+  per weight (``test_hm_sweep/fw0.70``, ``val_hm_sweep/fw0.70``; ``client.sweep_key``).
+  A completed trial (and a ``train`` run) keeps ``learned_state/`` (learned state, hyperparameters.json,
+  final.json, config.json: ``dept-pipeline export``); every run has the feature store as its dataset input.
+- the experiment's tags: ``mlflow.experimentKind`` (the UI opens on training runs) and a saved runs-table view
+  (``client.view_state``, opened by ``client.runs_url``; ``dept-pipeline ui`` prints it). The winner everywhere is
+  :mod:`pipelines.selection`'s.
 
 Trials never talk to MLflow. :class:`MlflowTrialLogger` is a ``ray.tune.Callback``: it runs in the driver and logs
 each trial's reported results as they arrive, by name (Ray's own bookkeeping keys are not logged). A child run is

@@ -2,9 +2,12 @@
 param values, the metric names trials report, and the single run of ``dept-pipeline train``."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -33,8 +36,18 @@ EPOCH_METRICS = (
 )
 #: Reported once, in the final report.
 FINAL_METRICS = ("test_base_acc", "test_new_acc", "test_hm", "train_seconds")
-SWEEP_CURVES = ("sweep_val_base_acc", "sweep_val_hm", "sweep_pseudo_base_acc", "sweep_pseudo_hm",
-                "sweep_test_base_acc", "sweep_test_hm")
+
+
+#: The sweep points logged as metrics, one per weight (``test_hm_sweep/fw0.70``), so that trials compare at one
+#: fusion weight in the runs table, charts and compare view (a curve over steps showed an x-axis "Step 0-100"):
+#: the HM curves (base moves with the fusion weight, new does not) every 0.1. The full curves stay in the trial's
+#: final result and the parent run's fusion_weight_sweep.png. Named after their metric, they sort beside it.
+SWEEP_METRIC_CURVES = ("sweep_val_hm", "sweep_pseudo_hm", "sweep_test_hm")
+SWEEP_METRIC_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def sweep_key(curve: str, weight: float) -> str:
+    return f"{curve.removeprefix('sweep_')}_sweep/fw{weight:.2f}"
 
 
 class TrackingError(ValueError):
@@ -88,6 +101,16 @@ def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
         raise TrackingError(f"MLflow tracking URI {shown} cannot be used: {first}") from None
 
 
+def require_store(uri: str) -> None:
+    """For commands that only read (``ui``, ``export``): a SQLite store must exist (else MLflow would create an
+    empty one), then :func:`check_tracking_uri`."""
+    from pipelines.secrets import mask_uri
+
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).expanduser().is_file():
+        raise TrackingError(f"no MLflow store at {mask_uri(uri)} (nothing tracked there yet)")
+    check_tracking_uri(uri)
+
+
 def _artifact_location(uri: str) -> str | None:
     """For a SQLite store, artifacts beside the database (MLflow's default is ./mlruns of whatever folder the
     process happened to start in)."""
@@ -117,9 +140,98 @@ def param_value(v: Any) -> str:
 
 
 def run_name(hp) -> str:
-    """A readable child-run name: method, DePT or not, loss weight, fusion weight, seed."""
-    name = f"{hp.method}+DePT" if hp.dept else hp.method
-    return f"{name} lw={hp.loss_weight:.2f} fw={hp.fusion_weight:.2f} seed={hp.seed}"
+    """A short, whole run name (the runs table cuts long ones): ``coop+DePT lw0.30 fw0.70 lr3.5e-03 s1``; the
+    plain method where DePT is not in effect (off, or loss weight 0): ``coop lr2.0e-03 s1``."""
+    applied = hp.applied_dept()
+    if not applied["dept_effective"]:
+        return f"{hp.method} lr{hp.lr:.1e} s{hp.seed}"
+    return (f"{hp.method}+DePT lw{applied['loss_weight_effective']:.2f} fw{applied['fusion_weight_effective']:.2f} "
+            f"lr{hp.lr:.1e} s{hp.seed}")
+
+
+# -- what the MLflow UI opens on ----------------------------------------------------------------------------------
+#: Experiment tag the UI reads for an experiment's kind: "custom_model_development" opens on the training runs
+#: table (without it MLflow 3 infers the kind and may open on the GenAI traces overview).
+KIND_TAG, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
+#: A saved view of the runs table (MLflow 3's "views": an experiment tag ``mlflow.sharedViewState.<key>``, opened by
+#: the URL parameter ``viewStateShareKey``): the trials sorted by the selection metric, which also lists them flat
+#: (the UI nests child runs under a collapsed parent only when sorted by date), with the columns that say which
+#: coefficients win, and every run shown in the charts (the default shows the first 10).
+VIEW_KEY = "dept-trials"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_PARAMS = ("method", "dept_effective", "loss_weight", "fusion_weight", "lr", "seed")
+VIEW_TAGS = (STATUS_TAG, "dataset")
+
+
+def view_state(metric: str = "val_hm") -> dict:
+    """The runs-table state of the saved view (the UI's own field names)."""
+    base = metric.rsplit("_", 1)[0]  # val_hm -> val, pseudo_hm -> pseudo
+    metrics = (metric, f"{base}_base_acc", f"{base}_new_acc", "test_base_acc", "test_new_acc", "test_hm")
+    columns = ([f"params.`{k}`" for k in VIEW_PARAMS] + [f"tags.`{k}`" for k in VIEW_TAGS]
+               + [f"metrics.`{k}`" for k in dict.fromkeys(metrics)] + ["attributes.`Dataset`"])
+    name = "attributes.`Run Name`"
+    return {"searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": False, "startTime": "ALL",
+            "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+            "selectedColumns": columns, "columnOrder": [name, *columns], "columnWidths": {name: 300},
+            "runsHiddenMode": "SHOW_ALL"}
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in the saved view, under the UI at ``base`` (http://127.0.0.1:5000)."""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+            "&workflowType=machine_learning")
+
+
+# -- what a completed trial keeps -----------------------------------------------------------------------------
+#: Artifact folder of a completed trial / train run: ``learned_state.safetensors`` (``dept.save_state``),
+#: ``hyperparameters.json``, ``final.json`` (its final report) and ``config.json`` (dataset, hyperparameters and
+#: the feature store it was trained on); ``dept-pipeline export`` downloads it.
+STATE_ARTIFACTS = "learned_state"
+STATE_NAMES = ("learned_state.safetensors", "hyperparameters.json", "final.json")  # pipelines.tune.trial writes them
+CONFIG_FILE = "config.json"
+STATE_TAG = "learned_state"  # "logged" once the folder is complete
+
+
+def run_config(hp, tags: dict[str, Any]) -> dict:
+    """config.json: what the learned state was trained with and on (no credentials)."""
+    from pipelines.secrets import mask_uri
+
+    features = {k: tags[k] for k in ("dataset", "backbone", "pretrained", "weights_id", "feature_fingerprint",
+                                     "objective") if k in tags}
+    features["features_url"] = mask_uri(str(tags.get("features_url", "")))
+    return {"run_name": run_name(hp), "hyperparameters": dataclasses.asdict(hp), "applied": hp.applied_dept(),
+            "features": features}
+
+
+def log_learned_state(tracker: "Tracker", run_id: str, folder: Path, hp, tags: dict[str, Any]) -> None:
+    """The run's ``learned_state/`` folder from ``folder`` (a trial's final checkpoint, or train's state folder)."""
+    files = [Path(folder) / n for n in STATE_NAMES if (Path(folder) / n).is_file()]
+    with tempfile.TemporaryDirectory(prefix="dept-run-config-") as tmp:
+        config = Path(tmp) / CONFIG_FILE
+        config.write_text(json.dumps(run_config(hp, tags), indent=1) + "\n")
+        for path in [*files, config]:
+            tracker.client.log_artifact(run_id, str(path), artifact_path=STATE_ARTIFACTS)
+    tracker.set_tags(run_id, {STATE_TAG: "logged"})
+
+
+def log_feature_store_input(tracker: "Tracker", run_id: str, tags: dict[str, Any]) -> None:
+    """The feature store as the run's dataset input (the runs table's Dataset column): source = the store URL
+    (password masked), digest = the feature fingerprint, name = the dataset."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    from pipelines.secrets import mask_uri
+
+    with warnings.catch_warnings():  # a local path resolves as two equal sources; MLflow warns and takes one
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(mask_uri(str(tags["features_url"])))
+    dataset = MetaDataset(source, name=str(tags.get("dataset") or "features"),
+                          digest=str(tags.get("feature_fingerprint") or "")[:36] or None)
+    tracker.client.log_inputs(run_id, datasets=[
+        DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])])
 
 
 class Tracker:
@@ -170,7 +282,19 @@ class Tracker:
         return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
 
     def create_parent(self, dataset: str, tags: dict[str, str], name: str) -> str:
-        return self.create_run(name, {**tags, "role": ROLE_PARENT, "dataset": dataset})
+        self.set_up_ui(tags.get("selection_metric", "val_hm"))
+        run_id = self.create_run(name, {**tags, "role": ROLE_PARENT, "dataset": dataset})
+        if tags.get("features_url"):
+            log_feature_store_input(self, run_id, {**tags, "dataset": dataset})
+        return run_id
+
+    def set_up_ui(self, metric: str = "val_hm") -> None:
+        """Make the UI open this experiment on its training runs, in the saved view sorted on ``metric``."""
+        now = int(time.time() * 1000)
+        envelope = {"name": f"DePT trials by {metric}", "createdAt": now, "updatedAt": now,
+                    "state": json.dumps(view_state(metric))}
+        self.client.set_experiment_tag(self.experiment_id, KIND_TAG, KIND_TRAINING)
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, json.dumps(envelope))
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         """Params are write-once in MLflow: a value already logged (resumed runs) is left as it is."""
@@ -210,11 +334,10 @@ def final_metrics(result: dict, ts: int | None = None) -> list:
     epoch = int(result.get("epoch", 0))
     out = [metric_at(k, result[k], epoch, ts) for k in FINAL_METRICS if is_number(result.get(k))]
     weights = result.get("sweep_fusion_weights") or []
-    for key in SWEEP_CURVES:
-        values = result.get(key)
-        if not values:
-            continue
-        out.extend(metric_at(key, v, round(100 * w), ts) for w, v in zip(weights, values) if is_number(v))
+    for key in SWEEP_METRIC_CURVES:
+        values = result.get(key) or []
+        out.extend(metric_at(sweep_key(key, w), v, epoch, ts) for w, v in zip(weights, values)
+                   if is_number(v) and round(w, 1) in SWEEP_METRIC_WEIGHTS and abs(w - round(w, 1)) < 1e-9)
     return out
 
 
@@ -229,20 +352,30 @@ def epoch_metrics(result: dict, ts: int | None = None) -> list:
 def log_train_run(tracker: Tracker, hp, tags: dict[str, str], history: list[dict], final: dict,
                   state_path: Path | None) -> str:
     """``dept-pipeline train``: one top-level run holding the same names as a Tune child run."""
-    run = tracker.client.create_run(
-        tracker.experiment_id, run_name=run_name(hp),
-        tags={**tags, "role": ROLE_TRAIN, "method": hp.method, "dept": param_value(hp.dept),
-              "seed": str(hp.seed), "shots": str(hp.shots), STATUS_TAG: "completed"},
-    )
+    from pipelines.secrets import mask_uri
+
+    tracker.set_up_ui()
+    tags = {**tags, "role": ROLE_TRAIN, "method": hp.method, "dept": param_value(hp.dept), "seed": str(hp.seed),
+            "seeds": str(hp.seed), "shots": str(hp.shots), STATUS_TAG: "completed"}
+    if "features_url" in tags:
+        tags["features_url"] = mask_uri(str(tags["features_url"]))
+    run = tracker.client.create_run(tracker.experiment_id, run_name=run_name(hp), tags=tags)
     run_id = run.info.run_id
     try:
         tracker.log_params(run_id, hp.as_params())
+        if tags.get("features_url"):
+            log_feature_store_input(tracker, run_id, tags)
         ts = int(time.time() * 1000)
         metrics = [m for r in history for m in epoch_metrics(r, ts)] + epoch_metrics(final, ts)
         tracker.log_metrics(run_id, metrics + final_metrics(final, ts))
         tracker.set_tags(run_id, {FINAL_TAG: True})
         if state_path is not None:
-            tracker.client.log_artifact(run_id, str(state_path), artifact_path="learned_state")
+            with tempfile.TemporaryDirectory(prefix="dept-train-state-") as tmp:
+                folder = Path(tmp)
+                (folder / STATE_NAMES[0]).symlink_to(Path(state_path).resolve())
+                (folder / "hyperparameters.json").write_text(json.dumps(dataclasses.asdict(hp), indent=1))
+                (folder / "final.json").write_text(json.dumps(final))
+                log_learned_state(tracker, run_id, folder, hp, tags)
     except BaseException:
         tracker.client.set_terminated(run_id, "FAILED")
         raise

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from pipelines.figures import plot_coefficients
-from pipelines.metrics import harmonic_mean
-from pipelines.tracking.client import Tracker, is_number, metric_at, param_value
+from pipelines.figures import parent_figures
+from pipelines.selection import ConfigOutcome, SeedRun, rank, winner
+from pipelines.tracking.client import Tracker, metric_at, param_value
 
 if TYPE_CHECKING:
     from pipelines.tracking.trial_logger import TrialRecord
@@ -21,21 +21,29 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ConfigSummary:
-    """One configuration (hyperparameters without the seed) over its seeds."""
+    """One configuration (hyperparameters without the seed) over its seeds: the winner's view for the tune summary
+    and the parent run. ``outcome`` is :mod:`pipelines.selection`'s, which decided."""
 
     params: dict
-    trials: list = field(default_factory=list)  # TrialRecord
+    outcome: ConfigOutcome
+    trials: list = field(default_factory=list)  # TrialRecord, one per seed (duplicates dropped)
 
     def completed(self) -> list:
-        return [t for t in self.trials if t.status == "completed"]
+        return [r.source for r in self.outcome.completed()]
+
+    @property
+    def complete(self) -> bool:
+        return self.outcome.complete
 
     def mean(self, key: str) -> float:
-        vals = [t.result[key] for t in self.completed() if is_number(t.result.get(key))]
-        return sum(vals) / len(vals) if vals else float("nan")
+        return self.outcome.mean(key)
 
     def test_hm(self) -> float:
         """HM of the seed-averaged test base and new (the paper's convention, as ``report``), not the mean of HMs."""
-        return harmonic_mean(self.mean("test_base_acc"), self.mean("test_new_acc"))
+        return self.outcome.test_hm()
+
+    def seeds_text(self) -> str:
+        return self.outcome.seeds_text()
 
 
 def config_key(hp) -> tuple:
@@ -44,31 +52,27 @@ def config_key(hp) -> tuple:
     return tuple(sorted((k, param_value(v)) for k, v in params.items()))
 
 
-def group_configs(records: Iterable[TrialRecord]) -> list[ConfigSummary]:
-    groups: dict[tuple, ConfigSummary] = {}
-    for r in records:
-        key = config_key(r.hp)
-        if key not in groups:
-            params = r.hp.as_params()
-            params.pop("seed")
-            groups[key] = ConfigSummary(params)
-        groups[key].trials.append(r)
-    return list(groups.values())
+def rank_configs(records: Iterable[TrialRecord], metric: str, mode: str) -> list[ConfigSummary]:
+    """Every configuration of a dataset's trials, best first, by :func:`pipelines.selection.rank` (the seeds
+    expected of each: every seed the dataset's trials have)."""
+    records = list(records)
+    runs = [SeedRun(config_key(r.hp), str(r.hp.seed), r.status, r.result, source=r) for r in records]
+    out = []
+    for outcome in rank(runs, metric, mode):
+        params = next(iter(outcome.runs.values())).source.hp.as_params()
+        params.pop("seed")
+        out.append(ConfigSummary(params, outcome, [r.source for _, r in sorted(outcome.runs.items())]))
+    return out
 
 
 def best_config(records: Iterable[TrialRecord], metric: str, mode: str) -> tuple[ConfigSummary | None, TrialRecord | None]:
-    """The configuration with the best mean over its seeds of the selection metric, and its best trial. Only
-    configurations whose every seed ran to the end compete (a configuration the scheduler stopped on one seed would
-    otherwise be scored on its luckier seeds alone); if there is none, those with any finished seed do. Only
-    validation metrics take part (the selection metric never is a test metric)."""
-    sign = 1.0 if mode == "max" else -1.0
-    groups = [g for g in group_configs(records) if g.completed()]
-    full = [g for g in groups if len(g.completed()) == len(g.trials)]
-    scored = [(g.mean(metric), g) for g in (full or groups)]
-    scored = [(s, g) for s, g in scored if not math.isnan(s)]
-    if not scored:
+    """The winning configuration (:func:`pipelines.selection.winner`: every seed completed, best mean of the
+    selection metric) and its best trial; (None, None) when no configuration is complete."""
+    ranked = rank_configs(records, metric, mode)
+    if not ranked or winner([c.outcome for c in ranked], metric) is None:
         return None, None
-    _, best = max(scored, key=lambda sg: sign * sg[0])
+    best = ranked[0]
+    sign = 1.0 if mode == "max" else -1.0
     trial = max(best.completed(), key=lambda t: sign * t.result.get(metric, -sign * math.inf))
     return best, trial
 
@@ -129,10 +133,14 @@ def write_parent_summary(tracker: Tracker, parent_run_id: str, records: list[Tri
         tags.update({"best_trial_id": best_trial.trial_id, "best_run_id": best_trial.run_id or ""})
         if best_trial.checkpoint is not None:
             _log_checkpoint(client, parent_run_id, best_trial.checkpoint)
+    elif records:
+        # Said, not left blank: the best of a subset of seeds would be no result (pipelines.selection).
+        seeds = len({r.hp.seed for r in records})
+        tags["best"] = f"none: no configuration has all {seeds} seed(s) completed"
     tracker.set_tags(parent_run_id, tags)
     try:
-        configs = [g for g in group_configs(records) if g.completed()]
-        for path in plot_coefficients(configs, best, workdir, dataset):
+        for path in parent_figures(tracker, parent_run_id, records, best, workdir, metric=metric, mode=mode,
+                                   dataset=dataset):
             client.log_artifact(parent_run_id, str(path), artifact_path="plots")
     except ImportError as e:  # matplotlib comes with mlflow; without it the plots are skipped, not the run
         log.warning("plots skipped: %s", e)

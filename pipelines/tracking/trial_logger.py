@@ -17,12 +17,16 @@ from pipelines.tracking.client import (
     NODE_IDS_TAG,
     PARENT_TAG,
     ROLE_TRIAL,
+    STATE_NAMES,
+    STATE_TAG,
     STATUS_TAG,
     TRIAL_ID_TAG,
     Tracker,
     TrackingError,
     epoch_metrics,
     final_metrics,
+    log_feature_store_input,
+    log_learned_state,
     param_value,
     quote_filter,
     run_name,
@@ -107,6 +111,7 @@ class MlflowTrialLogger(_ray_callback_base()):
             "method": hp.method,
             "dept": hp.dept,
             "seed": hp.seed,
+            "seeds": ",".join(map(str, self.context.seeds)),  # every configuration's seeds: report's "complete"
             "shots": hp.shots,
             "space": self.space_name,
             "selection_metric": self.metric,
@@ -152,6 +157,7 @@ class MlflowTrialLogger(_ray_callback_base()):
             tags[STATUS_TAG] = "running"
             run_id = client.create_run(self.tracker.experiment_id, run_name=run_name(hp), tags=tags).info.run_id
             self.tracker.log_params(run_id, params)
+            log_feature_store_input(self.tracker, run_id, tags)
             self._last_epoch[trial_id] = 0
         self._runs[trial_id] = run_id
         return run_id
@@ -205,8 +211,24 @@ class MlflowTrialLogger(_ray_callback_base()):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.log_result(trial.trial_id, trial.config, result)
 
+    def keep_learned_state(self, trial) -> None:
+        """A completed trial's final checkpoint (learned state, hyperparameters, final report) and its config as
+        the run's ``learned_state/`` artifacts; once (the run's ``learned_state`` tag)."""
+        run_id = self.run_for(trial.trial_id, trial.config)
+        if trial.checkpoint is None or self.tracker.client.get_run(run_id).data.tags.get(STATE_TAG) == "logged":
+            return
+        hp = self.context.hyperparameters(trial.config)
+        with trial.checkpoint.as_directory() as folder:
+            if not (Path(folder) / STATE_NAMES[0]).is_file():  # not the final checkpoint: nothing learned to keep
+                log.warning("trial %s: its last checkpoint holds no %s; no learned state logged", trial.trial_id,
+                            STATE_NAMES[0])
+                return
+            log_learned_state(self.tracker, run_id, Path(folder), hp, self._tags(hp, trial.trial_id))
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         status = "completed" if trial.last_result.get("final") else "stopped_early"
+        if status == "completed":
+            self.keep_learned_state(trial)
         self.finish(trial.trial_id, trial.config, status, failures=trial.run_metadata.num_failures)
         hp = self.context.hyperparameters(trial.config)
         what = (f"test HM {trial.last_result.get('test_hm', float('nan')):.2f}" if status == "completed"
@@ -255,6 +277,8 @@ class MlflowTrialLogger(_ray_callback_base()):
             if result.get("epoch") is not None or status == "error":
                 if result.get("epoch") is not None:
                     self.log_result(trial.trial_id, trial.config, result)
+                if status == "completed":
+                    self.keep_learned_state(trial)  # a driver killed before it did
                 run = self.tracker.client.get_run(self.run_for(trial.trial_id, trial.config))
                 if run.info.status == "RUNNING" or run.data.tags.get(STATUS_TAG) != status:
                     self.finish(trial.trial_id, trial.config, status, trial_error(trial) if status == "error" else None,

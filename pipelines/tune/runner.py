@@ -432,8 +432,10 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
                     name=plan.dataset,
                     storage_path=plan.experiment_path.rsplit("/", 1)[0],
                     failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                    # Only the final checkpoint exists; num_to_keep=1 also makes Tune save its experiment state
-                    # as each trial's checkpoint lands, so a killed driver loses little.
+                    # Every epoch reports a checkpoint (training state; the last one: final.json + learned
+                    # state), so a retried trial (lost node, failed worker) resumes after its last epoch. Keeping
+                    # only the newest is enough for that; it also makes Tune save its experiment state as each
+                    # checkpoint lands, so a killed driver loses little.
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     callbacks=[logger],
                     verbose=0,
@@ -510,7 +512,8 @@ def _run_plans(opts, progress, signals, space, uri, tracker, plans) -> list[Data
             outcomes.append(outcome)
             best = outcome.best
             best_txt = (f"best {space.metric} {best.mean(space.metric):.2f} over {len(best.completed())} seed(s)"
-                        if best is not None else "no trial completed")
+                        if best is not None else "no configuration completed all its seeds"
+                        if outcome.count("completed") else "no trial completed")
             zs = outcome.zero_shot
             if zs:
                 best_txt += (f"; CLIP zero-shot test base {zs['test_base_acc']:.2f} new {zs['test_new_acc']:.2f} "
@@ -526,22 +529,28 @@ def _run_plans(opts, progress, signals, space, uri, tracker, plans) -> list[Data
     return outcomes
 
 
-def best_table(outcomes: list[DatasetOutcome], metric: str) -> str:
-    """The end-of-run table: the best configuration per dataset (selected on ``metric``), with its test numbers:
-    base and new averaged over seeds, HM of those averages (the paper's convention, and ``report``'s)."""
+def best_table(outcomes: list[DatasetOutcome], metric: str, mode: str = "max") -> str:
+    """The end-of-run table: the winning configuration per dataset (:mod:`pipelines.selection`: every seed
+    completed, best mean ``metric``; the parent run's ``best_*`` and ``report`` use the same rule), with its test
+    numbers: base and new averaged over seeds, HM of those averages. A dataset without a complete configuration
+    shows its leading incomplete one, marked so in the seeds column."""
+    from pipelines.tracking.summary import rank_configs
+
     header = ["dataset", "method", "DePT", "loss w", "fusion w", "lr", "seeds", metric, "test base", "test new",
               "test HM", "trials (done/stopped/failed)"]
     rows = []
     for o in outcomes:
-        b = o.best
         counts = f"{o.count('completed')}/{o.count('stopped_early')}/{o.count('error')}"
+        b = o.best
         if b is None:
+            b = next(iter(rank_configs(o.records, metric, mode)), None)
+        if b is None or not b.completed():
             rows.append([o.dataset, "-", "-", "-", "-", "-", "0", "-", "-", "-", "-", counts])
             continue
         p = b.params
         rows.append([
-            o.dataset, str(p["method"]), "yes" if p["dept"] else "no", f"{p['loss_weight']:.2f}",
-            f"{p['fusion_weight']:.2f}", f"{p['lr']:.2e}", str(len(b.completed())), f"{b.mean(metric):.2f}",
+            o.dataset, str(p["method"]), "yes" if p["dept_effective"] else "no", f"{p['loss_weight']:.2f}",
+            f"{p['fusion_weight']:.2f}", f"{p['lr']:.2e}", b.seeds_text(), f"{b.mean(metric):.2f}",
             f"{b.mean('test_base_acc'):.2f}", f"{b.mean('test_new_acc'):.2f}",
             f"{b.test_hm():.2f}", counts,
         ])

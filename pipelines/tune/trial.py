@@ -38,10 +38,15 @@ log = logging.getLogger(__name__)
 #: Reported with every result: the Ray node the trial ran on (a tag and a results.csv column, not a metric).
 NODE_ID_KEY = "node_id"
 
-#: Fusion weights of the post-training sweep (step = round(100 * weight) in MLflow).
+#: Fusion weights of the post-training sweep (MLflow gets the HM at every 0.1: tracking.client.sweep_key).
 SWEEP_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(21))
 STATE_FILE = "learned_state.safetensors"
 FINAL_FILE = "final.json"
+#: An epoch checkpoint's training state (dept.train.TrainResume); the final checkpoint holds the two files above and
+#: hyperparameters.json instead.
+RESUME_FILE = "resume.pt"
+#: Reported with every result: the epoch this attempt started after (0: from scratch; > 0: a retry that resumed).
+RESUMED_KEY = "resumed_after_epoch"
 #: Test hook (documented, used by tests/pipelines/tune/test_tune.py): a folder; when set in the *driver's* environment, every
 #: trial raises once after its first epoch report (a marker file per trial id records the first attempt), so
 #: FailureConfig's retry can be checked end to end. Leave unset in real runs.
@@ -197,11 +202,15 @@ def run_trial(
     *,
     on_epoch: Callable[[dict], None] | None = None,
     state_dir: str | Path | None = None,
+    on_checkpoint: "Callable[[dict, TrainResume], None] | None" = None,  # noqa: F821
+    resume: "TrainResume | None" = None,  # noqa: F821
 ) -> dict:
     """Train and evaluate one configuration. ``on_epoch`` gets the metrics of every epoch but the last; the last
     epoch's metrics come back in the returned dict together with the test metrics and the fusion sweep (so a
     scheduler whose horizon is the last epoch still sees the final report). With ``state_dir``, the learned state
-    (prompts + CAT head, safetensors) is saved there."""
+    (prompts + CAT head, safetensors) is saved there. ``on_checkpoint``: as ``on_epoch``, with the selection
+    training's state after that epoch (``dept.train.TrainResume``); ``resume``: continue from such a state (the
+    epochs before it are not reported again)."""
     import torch
 
     from dept import evaluate_base_new, save_state, train
@@ -244,9 +253,12 @@ def run_trial(
         last.update(metrics)
         if stats.epoch < hp.epochs and on_epoch is not None:
             on_epoch(metrics)
+        if stats.epoch < hp.epochs and on_checkpoint is not None:
+            on_checkpoint(metrics, stats.state)
 
     learner = _learner(clip, hp, sel_train.classnames, ctx.dataset)
-    train(learner, sel_train.features, sel_train.labels, cfg, on_epoch=epoch_done, validate=validate)
+    train(learner, sel_train.features, sel_train.labels, cfg, on_epoch=epoch_done, validate=validate, resume=resume,
+          resumable=on_checkpoint is not None)
     sel_result = selection(learner)
     if not last:  # epochs 0: no epoch reported; the untrained prompts' selection metrics, as epoch 0
         last.update({"epoch": 0, **{f"{prefix}_{k}": v for k, v in sel_result.metrics().items()}})
@@ -285,10 +297,13 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
     import ray
     from ray import tune
 
+    from dept.train import TrainResume
+
     # A worker may have inherited a driver's MLflow run; trials never write to MLflow (the driver does).
     os.environ.pop("MLFLOW_RUN_ID", None)
     hp = context.hyperparameters(config)
-
+    trial_id = tune.get_context().get_trial_id()
+    resume = None
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
@@ -297,16 +312,24 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
                 # Finished before the driver stopped: report the same final result again, train nothing.
                 tune.report(json.loads(final_path.read_text()))
                 return
+            if (Path(d) / RESUME_FILE).is_file():
+                # A retry (lost node, failed worker) or a resumed experiment: go on after the last epoch reported.
+                resume = TrainResume.load(Path(d) / RESUME_FILE)
+                log.info("trial %s resumes after epoch %d", trial_id, resume.epoch)
 
-    trial_id = tune.get_context().get_trial_id()
+    start_epoch = resume.epoch if resume is not None else 0
     reports = {"n": 0}
     # Which cluster node ran the trial (Ray's own node_ip cannot tell apart nodes sharing an address).
     node_id = ray.get_runtime_context().get_node_id()
 
-    def on_epoch(metrics: dict) -> None:
+    def on_checkpoint(metrics: dict, state) -> None:
         if context.epoch_pause_s > 0:
             time.sleep(context.epoch_pause_s)
-        tune.report({**metrics, NODE_ID_KEY: node_id})
+        # Every epoch's report carries the state to resume from: a retry repeats no finished epoch.
+        with tempfile.TemporaryDirectory(prefix="dept-epoch-") as d:
+            state.save(Path(d) / RESUME_FILE)
+            tune.report({**metrics, NODE_ID_KEY: node_id, RESUMED_KEY: start_epoch},
+                        checkpoint=tune.Checkpoint.from_directory(d))
         reports["n"] += 1
         if context.fail_once_dir and reports["n"] == 1:
             marker = Path(context.fail_once_dir) / f"{trial_id}.failed-once"
@@ -318,7 +341,8 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
             raise InjectedFailure(f"test hook {FAIL_ONCE_ENV}: first attempt of trial {trial_id} fails on purpose")
 
     with tempfile.TemporaryDirectory(prefix="dept-trial-") as tmp:
-        final = {**run_trial(hp, context, on_epoch=on_epoch, state_dir=tmp), NODE_ID_KEY: node_id}
+        final = {**run_trial(hp, context, on_checkpoint=on_checkpoint, resume=resume, state_dir=tmp),
+                 NODE_ID_KEY: node_id, RESUMED_KEY: start_epoch}
         (Path(tmp) / FINAL_FILE).write_text(json.dumps(final))
         (Path(tmp) / "hyperparameters.json").write_text(json.dumps(asdict(hp), indent=1))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))

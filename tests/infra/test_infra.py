@@ -540,3 +540,26 @@ def test_tune_reads_the_tracking_uri_from_the_environment(monkeypatch):
     assert default == "http://mlflow.example.internal:5000", (
         "without --mlflow-uri, `dept-pipeline tune` ignores $MLFLOW_TRACKING_URI (the option has no envvar and "
         f"the default tracking URI is {default!r})")
+
+
+def _job_submissions(path: Path) -> list[str]:
+    """Each `ray job submit ...` command in a file: continuation lines joined, comment cut, spaces squeezed."""
+    lines, found, i = path.read_text().splitlines(), [], 0
+    while i < len(lines):
+        logical = lines[i]
+        while logical.rstrip().endswith("\\") and i + 1 < len(lines):
+            i += 1
+            logical = logical.rstrip()[:-1] + " " + lines[i].strip()
+        i += 1
+        if logical.lstrip().startswith("ray job submit"):
+            found.append(" ".join(logical.split(" #")[0].split()))
+    return found
+
+
+def test_readme_submits_the_jobs_as_infra_does_with_no_runtime_env():
+    """The root README's cluster commands are infra/README.md's; neither passes a runtime_env (Ray writes it into
+    the session logs: credentials reach the jobs through the environment the cluster's Ray was started with)."""
+    readme, infra = _job_submissions(REPO / "README.md"), _job_submissions(INFRA / "README.md")
+    assert {"featurize", "tune"} <= {c.split()[5] for c in readme}, readme
+    assert set(readme) <= set(infra), set(readme) - set(infra)
+    assert not [c for c in readme + infra if "--runtime-env" in c]

@@ -13,9 +13,8 @@ from click.testing import CliRunner
 
 from pipelines.cli import main
 from pipelines.metrics import harmonic_mean
-from pipelines.report.table import (
-    PAPER_DATASETS, PaperRow, RunInfo, build_report, format_csv, format_markdown, load_paper_results,
-)
+from pipelines.report.formats import format_csv, format_markdown
+from pipelines.report.table import PAPER_DATASETS, PaperRow, RunInfo, build_report, load_paper_results
 
 
 def run(dataset, method, dept, seed, base, new, val_hm, config=(("lr", "0.0035"),)):
@@ -143,7 +142,7 @@ def tracked(tmp_path):
         hp = Hyperparameters(method="coop", seed=seed, epochs=2).resolved([4])
         final = {"epoch": 2, "train_loss": 1.0, "val_base_acc": 70.0, "val_new_acc": 50.0, "val_hm": 58.3,
                  "test_base_acc": base, "test_new_acc": new, "test_hm": harmonic_mean(base, new), "final": True,
-                 "sweep_fusion_weights": [0.0, 0.5, 1.0], "sweep_test_base_acc": [50.0, 70.0, 80.0]}
+                 "sweep_fusion_weights": [0.0, 0.5, 1.0], "sweep_test_hm": [50.0, 70.0, 80.0]}
         log_train_run(tracker, hp, {"dataset": "DTD"}, [{"epoch": 1, "train_loss": 2.0, "val_hm": 40.0}], final, None)
     return uri, tracker
 
@@ -162,10 +161,10 @@ def test_report_cli_reads_mlflow(tracked, tmp_path):
     dtd = [r for r in rows if r["dataset"] == "DTD"][0]
     assert float(dtd["base"]) == 82.0 and float(dtd["hm"]) == pytest.approx(harmonic_mean(82.0, 62.0), abs=1e-3)
     assert float(dtd["paper_hm"]) == load_paper_results()[("DTD", "CoOp", "dept")].hm
-    # the sweep curve is in MLflow with step = 100 x fusion weight
-    run_id = tracker.search("tags.seed = '1'")[0].info.run_id
-    steps = [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, "sweep_test_base_acc")]
-    assert sorted(steps) == [(0, 50.0), (50, 70.0), (100, 80.0)]
+    # the sweep is in MLflow as one metric per fusion weight (no step axis standing for the weight)
+    metrics = tracker.search("tags.seed = '1'")[0].data.metrics
+    assert {k: v for k, v in metrics.items() if "_sweep/" in k} == {
+        "test_hm_sweep/fw0.00": 50.0, "test_hm_sweep/fw0.50": 70.0, "test_hm_sweep/fw1.00": 80.0}
 
 
 def test_report_errors_are_one_line(tracked, tmp_path):

@@ -41,7 +41,7 @@ def test_train_prints_writes_json_and_logs_one_mlflow_run(demo_store, tmp_path):
     exp = client.get_experiment_by_name("single")
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.run_id == doc["mlflow_run_id"] and run.info.status == "FINISHED"
-    assert run.info.run_name == "coop+DePT lw=0.60 fw=0.40 seed=2"
+    assert run.info.run_name.startswith("coop+DePT lw0.60 fw0.40 lr") and run.info.run_name.endswith(" s2")
     assert run.data.params["loss_weight"] == "0.6" and run.data.params["fusion_weight"] == "0.4"
     for tag in ("dataset", "method", "dept", "seed", "shots", "backbone", "pretrained", "feature_fingerprint"):
         assert run.data.tags.get(tag), tag

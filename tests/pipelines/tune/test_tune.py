@@ -4,6 +4,7 @@ driver killed with SIGKILL and resumed, every trial exactly once in MLflow."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 import signal
 import subprocess
@@ -16,13 +17,16 @@ import yaml
 from click.testing import CliRunner
 
 from pipelines.cli import main
-from pipelines.tracking.client import EPOCH_METRICS, FINAL_METRICS, SWEEP_CURVES
+from pipelines.tracking.client import (
+    EPOCH_METRICS, FINAL_METRICS, SWEEP_METRIC_CURVES, SWEEP_METRIC_WEIGHTS, sweep_key,
+)
 from pipelines.tune.trial import EPOCH_PAUSE_ENV, FAIL_ONCE_ENV
 from tests.conftest import REPO
 from tests.mlflow_server import mlflow_server as serve_mlflow
 
 TINY_MODEL = "dept-tiny-vit"
-LOGGED_METRICS = set(EPOCH_METRICS) | set(FINAL_METRICS) | set(SWEEP_CURVES)
+LOGGED_METRICS = (set(EPOCH_METRICS) | set(FINAL_METRICS)
+                  | {sweep_key(c, w) for c in SWEEP_METRIC_CURVES for w in SWEEP_METRIC_WEIGHTS})
 TRIAL_TAGS = ("dataset", "method", "dept", "seed", "shots", "backbone", "pretrained", "feature_fingerprint",
               "tune.trial_id")
 HYPERPARAMETERS = ("method", "dept", "loss_weight", "fusion_weight", "fusion", "epochs", "batch_size", "lr",
@@ -66,7 +70,7 @@ def check_tracked(uri: str, experiment: str, n_trials: int, seeds: set[int]):
     assert {int(c.data.tags["seed"]) for c in children} == seeds
     statuses = []
     for c in children:
-        assert re.fullmatch(r"coop\+DePT lw=0\.\d\d fw=0\.70 seed=[12]", c.info.run_name), c.info.run_name
+        assert re.fullmatch(r"coop\+DePT lw0\.\d\d fw0\.70 lr\d\.\de-0\d s[12]", c.info.run_name), c.info.run_name
         for name in HYPERPARAMETERS:
             assert name in c.data.params, name
         assert c.data.params["logit_scale"] == "learned"
@@ -86,8 +90,8 @@ def check_tracked(uri: str, experiment: str, n_trials: int, seeds: set[int]):
             assert [m.step for m in client.get_metric_history(c.info.run_id, "val_hm")] == [1, 2, 3]
             for key in ("test_base_acc", "test_new_acc", "test_hm", "val_base_acc", "val_new_acc", "val_hm"):
                 assert key in c.data.metrics, key
-            sweep = client.get_metric_history(c.info.run_id, "sweep_test_base_acc")
-            assert sorted(m.step for m in sweep) == list(range(0, 101, 5))
+            sweep = {k for k in c.data.metrics if k.startswith("test_hm_sweep/")}
+            assert sweep == {sweep_key("sweep_test_hm", w) for w in SWEEP_METRIC_WEIGHTS}  # one metric per weight
         else:
             assert status == "stopped_early", status
             assert len(steps) < 3 and "test_hm" not in c.data.metrics
@@ -100,7 +104,7 @@ def check_tracked(uri: str, experiment: str, n_trials: int, seeds: set[int]):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"results.csv", "space.yaml", "plots", "best_learned_state"} <= artifacts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert plots == {"plots/metrics_vs_loss_weight.png", "plots/metrics_vs_fusion_weight.png"}
+    assert plots == {"plots/base_new_hm_vs_loss_weight.png", "plots/fusion_weight_sweep.png", "plots/base_vs_new.png"}
     state = {a.path for a in client.list_artifacts(parent.info.run_id, "best_learned_state")}
     assert "best_learned_state/learned_state.safetensors" in state
     local = client.download_artifacts(parent.info.run_id, "results.csv")
@@ -234,10 +238,13 @@ def test_tune_against_mlflow_server_with_a_trial_failing_once(demo_store, tmp_pa
     for c in children:
         trial_id = c.data.tags["tune.trial_id"]
         if trial_id in failed_once:
-            # It failed after epoch 1 and was retried from scratch in the same run (epochs not repeated, checked
-            # above); the retry ran to the end or until ASHA stopped it — not an error.
+            # It failed after epoch 1 and was retried in the same run from its epoch-1 checkpoint (epochs not
+            # repeated, checked above); the retry ran to the end or until ASHA stopped it — not an error.
             assert c.data.tags["failures"] == "1"
             assert c.data.tags["trial_status"] in ("completed", "stopped_early")
+            (trial_dir,) = [p for p in (tmp_path / "tune" / "server" / "demo").iterdir() if trial_id in p.name]
+            resumed = [json.loads(line)["resumed_after_epoch"] for line in open(trial_dir / "result.json")]
+            assert resumed[0] == 0 and resumed[1:] and set(resumed[1:]) == {1}, resumed
         else:
             assert c.data.tags["failures"] == "0"
     report = invoke("report", "--mlflow-uri", mlflow_server, "--experiment", "server")
@@ -336,7 +343,7 @@ def epoch_result(epoch, final=False):
          "training_iteration": epoch, "time_this_iter_s": 0.1, "done": False, "trial_id": "t1"}
     if final:
         r.update({"final": True, "test_base_acc": 60.0, "test_new_acc": 30.0, "test_hm": 40.0,
-                  "sweep_fusion_weights": [0.0, 1.0], "sweep_test_base_acc": [20.0, 60.0]})
+                  "sweep_fusion_weights": [0.0, 1.0], "sweep_test_hm": [20.0, 40.0]})
     return r
 
 
@@ -360,7 +367,7 @@ def test_logger_dedupes_retried_epochs_and_a_resumed_driver_continues_the_same_r
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
     assert len(client.get_metric_history(run.info.run_id, "test_hm")) == 1
     assert set(run.data.metrics) == {"train_loss", "val_base_acc", "val_new_acc", "val_hm", "test_base_acc",
-                                     "test_new_acc", "test_hm", "sweep_test_base_acc"}
+                                     "test_new_acc", "test_hm", "test_hm_sweep/fw0.00", "test_hm_sweep/fw1.00"}
     assert run.data.tags["trial_status"] == "completed" and run.info.status == "FINISHED"
     assert run.data.params["lr"] == "0.01" and run.data.params["loss_weight"] == "0.7"
     assert again.records["t1"].status == "completed"
@@ -399,6 +406,6 @@ def test_best_configuration_needs_every_seed_finished():
                rec("b1", 0.01, 1, "completed", 60.0), rec("b2", 0.01, 2, "completed", 64.0)]
     best, trial = best_config(records, "val_hm", "max")
     assert best.params["lr"] == 0.01 and best.mean("val_hm") == 62.0 and trial.trial_id == "b2"
-    best, _ = best_config(records[:2], "val_hm", "max")  # nothing fully finished: the partial one is all there is
-    assert best.params["lr"] == 0.05
+    # Nothing fully finished: no winner (pipelines.selection; the partial one is shown as incomplete, not picked).
+    assert best_config(records[:2], "val_hm", "max") == (None, None)
     assert best_config([rec("c", 0.1, 1, "error", 0.0)], "val_hm", "max") == (None, None)
