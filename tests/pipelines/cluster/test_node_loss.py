@@ -114,9 +114,9 @@ def test_featurize_finishes_after_a_node_is_lost_while_encoding(three_nodes, tmp
             proc.wait()
     after = encoded_by()
     assert len(before) < len(after), "every shard was written before the node was lost: nothing was under way"
-    # Shards finished after the loss were completed by the surviving nodes (rows the lost node had delivered to the
-    # driver before it went are kept: they may name it too).
-    assert all(nodes - {lost} for f, nodes in after.items() if f not in before), (lost, before, after)
+    # The surviving nodes finished the work: some shard written after the loss holds rows they encoded. (Not every
+    # one: rows the lost node delivered to the driver before it went are kept, and a late shard may hold only those.)
+    assert any(nodes - {lost} for f, nodes in after.items() if f not in before), (lost, before, after)
     table = pa.concat_tables([pq.read_table(f) for f in sorted(after)])
     keys = Counter(zip(table.column("image_id").to_pylist(), table.column("split").to_pylist(),
                        table.column("view").to_pylist()))
