@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from pipelines.figures import parent_figures
 from pipelines.selection import ConfigOutcome, SeedRun, rank, winner
-from pipelines.tracking.client import Tracker, metric_at, param_value
+from pipelines.tracking.client import STATE_NAMES, Tracker, metric_at, param_value
 
 if TYPE_CHECKING:
     from pipelines.tracking.trial_logger import TrialRecord
@@ -148,10 +148,8 @@ def write_parent_summary(tracker: Tracker, parent_run_id: str, records: list[Tri
 
 
 def _log_checkpoint(client, run_id: str, checkpoint) -> None:
-    from pipelines.tune.trial import STATE_FILE  # here, not at the top: the trial module loads torch
-
     with checkpoint.as_directory() as d:
-        for name in (STATE_FILE, "hyperparameters.json"):
+        for name in STATE_NAMES[:2]:  # the learned state and its hyperparameters
             p = Path(d) / name
             if p.is_file():
                 client.log_artifact(run_id, str(p), artifact_path="best_learned_state")

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from pipelines.tracking.client import STATE_NAMES
 from pipelines.tune.settings import Hyperparameters
 from pipelines.tune.spaces import seed_of
 
@@ -40,8 +41,8 @@ NODE_ID_KEY = "node_id"
 
 #: Fusion weights of the post-training sweep (MLflow gets the HM at every 0.1: tracking.client.sweep_key).
 SWEEP_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(21))
-STATE_FILE = "learned_state.safetensors"
-FINAL_FILE = "final.json"
+#: The final checkpoint's files, named once where the driver logs them as the run's learned_state/ artifacts.
+STATE_FILE, HYPERPARAMETERS_FILE, FINAL_FILE = STATE_NAMES
 #: An epoch checkpoint's training state (dept.train.TrainResume); the final checkpoint holds the two files above and
 #: hyperparameters.json instead.
 RESUME_FILE = "resume.pt"
@@ -344,5 +345,5 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
         final = {**run_trial(hp, context, on_checkpoint=on_checkpoint, resume=resume, state_dir=tmp),
                  NODE_ID_KEY: node_id, RESUMED_KEY: start_epoch}
         (Path(tmp) / FINAL_FILE).write_text(json.dumps(final))
-        (Path(tmp) / "hyperparameters.json").write_text(json.dumps(asdict(hp), indent=1))
+        (Path(tmp) / HYPERPARAMETERS_FILE).write_text(json.dumps(asdict(hp), indent=1))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
