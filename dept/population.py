@@ -20,12 +20,18 @@ them, and it costs nothing from then on.
 
 Exactness (tests/dept/test_population.py): each member equals its own ``dept.train`` run within float32
 rounding (~1e-6 relative: batched matmuls round differently from single ones); a population of one runs its
-learner's own ``training_loss`` and gives ``dept.train``'s numbers bit for bit. ``dept.train`` is the population of one: same data order, same loss, same
-optimizer, so it can become ``train_population([learner], ..., [config])[0].history``.
+learner's own ``training_loss`` and gives ``dept.train``'s numbers bit for bit: ``dept.train`` is
+``train_population([learner], ..., [config])[0].history`` (one loop: schedule, draws, optimizer, epoch stats,
+resume states), with a non-finite loss trained through rather than failing the member.
+
+Resuming: member ``p``'s :class:`dept.train.TrainResume` holds its learned tensors and its part of the optimizer as
+the state_dict of the SGD ``dept.train`` alone would have (so a state saved by either resumes in either); a
+resumed member joins the population at its epoch.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -37,7 +43,8 @@ import torch.nn.functional as F
 
 from dept.head import stacked_training_logits
 from dept.learner import DePTLearner
-from dept.train import EpochStats, TrainConfig, check_training_data, epoch_views
+from dept.state import learned_state_dict
+from dept.train import EpochStats, TrainConfig, TrainResume, check_training_data, epoch_views
 
 log = logging.getLogger(__name__)
 
@@ -145,25 +152,41 @@ def train_population(
     *,
     on_epoch: Callable[[int, EpochStats], bool | None] | None = None,
     validate: Callable[[int, DePTLearner], dict[str, float]] | None = None,
+    resume: list[TrainResume | None] | None = None,
+    resumable: bool = False,
     options: PopulationOptions = PopulationOptions(),
+    nonfinite: Literal["fail", "continue"] = "fail",
 ) -> list[MemberResult]:
     """Train P members in place on one dataset's ``features [N, V, D]`` (or ``[N, D]``) and ``labels [N]``, each
     with its own ``configs[p]``; returns each member's history and status in member order.
 
     ``on_epoch(p, stats)`` after each of member ``p``'s epochs: return True to stop it there (ASHA).
-    ``validate(p, learner)``: member ``p``'s metrics after each epoch (in ``stats.metrics``, as ``dept.train``)."""
+    ``validate(p, learner)``: member ``p``'s metrics after each epoch (in ``stats.metrics``).
+    ``resumable``: each epoch's stats carry the member's :class:`TrainResume` (a copy). ``resume[p]``: member
+    ``p`` (built as for its first attempt) continues from that state, joining the population at its epoch; None:
+    from the start. ``nonfinite``: "fail" marks a member whose loss is not finite failed and drops it; "continue"
+    trains on (``dept.train``'s behaviour)."""
     check_population(learners, configs)
+    if nonfinite not in ("fail", "continue"):
+        raise ValueError(f"population: nonfinite must be 'fail' or 'continue', not {nonfinite!r}")
     lead, c0 = learners[0], configs[0]
     features = check_training_data(lead, features, labels)
+    resume = check_resume(resume, configs)
     n, num_views, _ = features.shape
     device = next(lead.method.parameters()).device
-    groups, members_of = [], []  # one SGD param group per (member, part); members_of[g] = its member
-    for p, (m, c) in enumerate(zip(learners, configs)):
-        for g in m.param_groups(c.lr, c.head_lr_mult):
-            groups.append({**g, "momentum": c.momentum, "weight_decay": c.weight_decay})
-            members_of.append(p)
-    base_lrs = [g["lr"] for g in groups]
-    optimizer = torch.optim.SGD(groups, lr=c0.lr)
+    member_groups = [[{**g, "momentum": c.momentum, "weight_decay": c.weight_decay}
+                      for g in m.param_groups(c.lr, c.head_lr_mult)] for m, c in zip(learners, configs)]
+    base_lrs = [g["lr"] for gs in member_groups for g in gs]
+    members_of = [p for p, gs in enumerate(member_groups) for _ in gs]
+    starts = [0 if r is None else r.epoch for r in resume]
+    momentum = {}  # resumed members' saved optimizer state, per parameter
+    for p, r in enumerate(resume):
+        if r is not None:
+            momentum.update(load_member_state(learners[p], member_groups[p], configs[p], r))
+    # One SGD, one param group per (member, part): member p's groups are those of dept.train's own optimizer.
+    optimizer = torch.optim.SGD([g for gs in member_groups for g in gs], lr=c0.lr)
+    member_groups = [[g for g, q in zip(optimizer.param_groups, members_of) if q == p] for p in range(len(learners))]
+    optimizer.state.update(momentum)
     loss_fn = population_losses
     if options.compile:
         # One uncompiled forward first fills the lazy caches (class tokens, KgCoOp targets: tokenizer calls that
@@ -174,16 +197,17 @@ def train_population(
         loss_fn = torch.compile(population_losses, mode=options.compile)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if options.amp else contextlib.nullcontext()
     results = [MemberResult() for _ in learners]
-    active = list(range(len(learners)))
+    live = list(range(len(learners)))  # neither stopped nor failed
     for m in learners:
         m.train()
-    for epoch in range(c0.epochs):
+    for epoch in range(min(starts), c0.epochs):
+        active = [p for p in live if starts[p] <= epoch]
         if not active:
-            break
+            continue
         start = time.perf_counter()
         for group, base, p in zip(optimizer.param_groups, base_lrs, members_of):
             group["lr"] = configs[p].lr_at(epoch, base)
-        # Each member's own shuffle and views, exactly as dept.train draws them.
+        # Each member's own shuffle and views, from (seed, epoch) only (what makes resuming exact).
         order = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(configs[p].seed * 1_000_003 + epoch))
                              for p in active])
         views = torch.stack([epoch_views(n, num_views, epoch, configs[p].seed) for p in active])
@@ -198,7 +222,7 @@ def train_population(
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
             values = losses.tolist()
-            bad = [j for j, v in enumerate(values) if not math.isfinite(v)]
+            bad = [j for j, v in enumerate(values) if not math.isfinite(v)] if nonfinite == "fail" else []
             for j in bad:  # failed: no update from this step on; the others' gradients are their own
                 p = active[j]
                 for q in learners[p].parameters():
@@ -215,10 +239,13 @@ def train_population(
                 if not active:
                     break
         seconds = time.perf_counter() - start
-        still = []
+        done = [p for p in live if results[p].status == "failed"]
         for p, total in zip(active, totals):
             stats = EpochStats(epoch=epoch + 1, train_loss=total / max(steps, 1),
                                lr=configs[p].lr_at(epoch, configs[p].lr), seconds=seconds)
+            if resumable:  # copies: training goes on in place
+                stats.state = TrainResume(epoch + 1, {k: v.clone() for k, v in learned_state_dict(learners[p]).items()},
+                                          member_optimizer_state(optimizer, member_groups[p], configs[p]))
             if validate is not None:
                 learners[p].eval()
                 with torch.no_grad():
@@ -227,10 +254,53 @@ def train_population(
             results[p].history.append(stats)
             if on_epoch is not None and on_epoch(p, stats):
                 results[p].status, results[p].reason = "stopped", f"stopped by the caller after epoch {epoch + 1}"
-            else:
-                still.append(p)
+                done.append(p)
         log.info("population epoch %d/%d: %d members, %.2fs", epoch + 1, c0.epochs, len(active), seconds)
-        active = still
+        live = [p for p in live if p not in done]
+        if not live:
+            break
     for m in learners:
         m.eval()
     return results
+
+
+def check_resume(resume: list[TrainResume | None] | None, configs: list[TrainConfig]) -> list[TrainResume | None]:
+    """One-line errors, before any work, for resume states that do not fit the members' trainings."""
+    if resume is None:
+        return [None] * len(configs)
+    if len(resume) != len(configs):
+        raise ValueError(f"population: {len(configs)} learners but {len(resume)} resume states")
+    for p, (r, c) in enumerate(zip(resume, configs)):
+        if r is not None and not 0 <= r.epoch <= c.epochs:
+            who = f"population member {p}: " if len(configs) > 1 else ""
+            raise ValueError(f"{who}cannot resume after epoch {r.epoch} of a {c.epochs}-epoch training")
+    return list(resume)
+
+
+def member_optimizer(groups: list[dict], config: TrainConfig, saved: dict | None = None) -> torch.optim.SGD:
+    """The SGD ``dept.train`` alone would train member ``groups`` with (its state_dict is ``TrainResume.optimizer``),
+    over copies of the group dicts: loading ``saved`` into it leaves the population's groups alone."""
+    sgd = torch.optim.SGD([dict(g) for g in groups], lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay)
+    if saved is not None:
+        sgd.load_state_dict(saved)
+    return sgd
+
+
+def load_member_state(learner: DePTLearner, groups: list[dict], config: TrainConfig, state: TrainResume) -> dict:
+    """Put a member's saved learned tensors into ``learner`` and its saved optimizer hyperparameters into its
+    ``groups``; returns its saved optimizer state per parameter (for the population's optimizer, once built)."""
+    for prefix, module in learner.learned_modules().items():
+        own = {k[len(prefix) + 1 :]: v for k, v in state.learned.items() if k.startswith(prefix + ".")}
+        module.load_state_dict(own, strict=True)
+    sgd = member_optimizer(groups, config, state.optimizer)  # torch's own checks and device / dtype casts
+    for g, saved in zip(groups, sgd.param_groups):
+        g.update({k: v for k, v in saved.items() if k != "params"})
+    return dict(sgd.state)
+
+
+def member_optimizer_state(optimizer: torch.optim.SGD, groups: list[dict], config: TrainConfig) -> dict:
+    """Member ``groups``' part of the population's ``optimizer`` as ``dept.train``'s own SGD's state_dict (a copy)."""
+    sgd = member_optimizer(groups, config)
+    sgd.state.update({q: optimizer.state[q] for g in groups for q in g["params"] if q in optimizer.state})
+    return copy.deepcopy(sgd.state_dict())

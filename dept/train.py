@@ -13,10 +13,8 @@ to give the numbers of an uninterrupted run, bit for bit.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,7 +22,6 @@ from typing import Callable
 import torch
 
 from dept.learner import DePTLearner
-from dept.state import learned_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -133,57 +130,21 @@ def train(
     with ``labels`` ``[N]`` in 0..K-1 over ``learner.base_classnames``. Same seed, same numbers.
 
     ``resumable``: every epoch's stats carry the :class:`TrainResume` to continue from (a copy). ``resume``: load
-    one into ``learner`` (built as for the first attempt) and run the remaining epochs; the history holds those."""
-    features = check_training_data(learner, features, labels)
-    n, num_views, _ = features.shape
-    device = next(learner.method.parameters()).device
-    groups = learner.param_groups(config.lr, config.head_lr_mult)
-    base_lrs = [g["lr"] for g in groups]
-    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    start_epoch = 0
-    if resume is not None:
-        if not 0 <= resume.epoch <= config.epochs:
-            raise ValueError(f"cannot resume after epoch {resume.epoch} of a {config.epochs}-epoch training")
-        for prefix, module in learner.learned_modules().items():
-            own = {k[len(prefix) + 1 :]: v for k, v in resume.learned.items() if k.startswith(prefix + ".")}
-            module.load_state_dict(own, strict=True)
-        optimizer.load_state_dict(resume.optimizer)
-        start_epoch = resume.epoch
-    history: list[EpochStats] = []
-    learner.train()
-    for epoch in range(start_epoch, config.epochs):
-        start = time.perf_counter()
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = config.lr_at(epoch, base)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
-        views = epoch_views(n, num_views, epoch, config.seed)
-        total, steps = 0.0, 0
-        for i in range(0, n - config.batch_size + 1, config.batch_size):
-            idx = order[i : i + config.batch_size]
-            batch = features[idx, views[idx]].to(device)
-            loss, _ = learner.training_loss(batch, labels[idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            steps += 1
-        stats = EpochStats(
-            epoch=epoch + 1,
-            train_loss=total / max(steps, 1),
-            lr=optimizer.param_groups[0]["lr"],
-            seconds=time.perf_counter() - start,
-        )
-        if resumable:  # copies: training goes on in place
-            stats.state = TrainResume(epoch + 1, {k: v.clone() for k, v in learned_state_dict(learner).items()},
-                                      copy.deepcopy(optimizer.state_dict()))
-        if validate is not None:
-            learner.eval()
-            with torch.no_grad():
-                stats.metrics = dict(validate(learner))
-            learner.train()
-        log.info("epoch %d/%d loss %.4f lr %.2e %s", stats.epoch, config.epochs, stats.train_loss, stats.lr, stats.metrics)
-        history.append(stats)
+    one into ``learner`` (built as for the first attempt) and run the remaining epochs; the history holds those.
+
+    This is :func:`dept.population.train_population` with one member (one training loop for both); a non-finite
+    loss does not stop it (the population would mark the member failed): every epoch runs and reports its loss."""
+    from dept.population import train_population  # here: dept.population imports this module
+
+    def epoch_done(_: int, stats: EpochStats) -> None:  # None: the caller's return value never stops training
+        log.info("epoch %d/%d loss %.4f lr %.2e %s", stats.epoch, config.epochs, stats.train_loss, stats.lr,
+                 stats.metrics)
         if on_epoch is not None:
             on_epoch(stats)
-    learner.eval()
-    return history
+
+    [result] = train_population(
+        [learner], features, labels, [config], on_epoch=epoch_done,
+        validate=None if validate is None else (lambda _, m: validate(m)),
+        resume=[resume], resumable=resumable, nonfinite="continue",
+    )
+    return result.history

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipelines.tracking.client import (
-    FINAL_TAG, PARENT_TAG, ROLE_ZERO_SHOT, Tracker, metric_at, param_value,
+    FINAL_TAG, PARENT_TAG, ROLE_ZERO_SHOT, TARGET_METRIC_PREFIX, Tracker, metric_at, param_value,
 )
 
 if TYPE_CHECKING:
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 ZERO_SHOT_METHOD = "clip"
 RUN_NAME = "CLIP zero-shot"
 METRICS = ("test_base_acc", "test_new_acc", "test_hm", "val_base_acc", "val_new_acc", "val_hm")
+#: The transfer protocols' names (and one ``test_acc/<target>`` per target).
+TRANSFER_METRICS = ("test_acc", "val_acc", "test_target_avg")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ def zero_shot_from_context(ctx: "TrialContext", *, template: str | None = None, 
     clip = text_tower(ctx, device=device, keep=False)
     # Opened for this call alone, for the same reason.
     store = DatasetStore.open(ctx.features_url, ctx.dataset, expected_identity=clip.identity)
+    if ctx.protocol != "base-to-new":
+        return _transfer_zero_shot(ctx, clip, store, chosen)
     metrics: dict[str, float] = {}
     images: dict[str, int] = {}
     for split in ("test", "val"):
@@ -79,6 +83,28 @@ def zero_shot_from_context(ctx: "TrialContext", *, template: str | None = None, 
         metrics.update(res.metrics(f"{split}_"))
         images.update({f"{split}_base": len(base.labels), f"{split}_new": len(new.labels)})
     return ZeroShotResult(ctx.dataset, chosen, metrics, images, ctx.tags())
+
+
+def _transfer_zero_shot(ctx: "TrialContext", clip, store, template: str) -> ZeroShotResult:
+    """The transfer protocols' zero-shot row: accuracy over all classes of the source (test and val images) and of
+    each target (its own classes and template), the trials' names (``test_acc``, ``test_acc/<target>``, ...)."""
+    from dept import evaluate_zero_shot
+    from dept.transfer import TransferResult
+    from pipelines.store import DatasetStore
+
+    def acc(fs, chosen: str) -> float:
+        return evaluate_zero_shot(clip, chosen, fs.features, fs.labels, list(fs.classnames), fs.features[:0],
+                                  fs.labels[:0], []).base_acc  # all classes as "base": accuracy over all of them
+
+    test, val = store.features("test"), store.features("val")
+    images = {"test": len(test.labels), "val": len(val.labels)}
+    targets = {}
+    for t in ctx.targets:
+        fs = DatasetStore.open(ctx.features_url, t.dataset, expected_identity=clip.identity).features("test")
+        targets[t.dataset] = acc(fs, template_for(t.dataset))
+        images[f"test_{t.dataset}"] = len(fs.labels)
+    metrics = {**TransferResult(acc(test, template), targets).metrics(), "val_acc": acc(val, template)}
+    return ZeroShotResult(ctx.dataset, template, metrics, images, ctx.tags())
 
 
 def zero_shot(features: str, dataset: str, *, model: str | None = None, pretrained: str | None = None,
@@ -133,7 +159,8 @@ def ensure_zero_shot_run(tracker: Tracker, parent_run_id: str, ctx: "TrialContex
     finds the run it logged before and computes nothing). Computed on the driver, on the CPU."""
     existing = find_zero_shot_run(tracker, parent_run_id)
     if existing is not None:
-        return {k: v for k, v in existing.data.metrics.items() if k in METRICS}
+        return {k: v for k, v in existing.data.metrics.items()
+                if k in METRICS or k in TRANSFER_METRICS or k.startswith(TARGET_METRIC_PREFIX)}
     result = zero_shot_from_context(ctx, device="cpu")
     log_zero_shot_run(tracker, result, parent_run_id=parent_run_id)
     return result.metrics

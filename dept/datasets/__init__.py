@@ -19,10 +19,24 @@ from .registry import (
     locate,
     zero_shot_template,
 )
-from .types import DatasetError, DatasetSplits, Item
+from .types import (
+    CROSS_DATASET,
+    DEFAULT_SOURCE,
+    DOMAIN_GENERALIZATION,
+    PROTOCOLS,
+    DatasetError,
+    DatasetSplits,
+    Item,
+    TargetOf,
+)
 
 __all__ = [
     "BASE_TO_NEW",
+    "CROSS_DATASET",
+    "DEFAULT_SOURCE",
+    "DOMAIN_GENERALIZATION",
+    "PROTOCOLS",
+    "TargetOf",
     "DEFAULT_KGCOOP_TEMPLATE",
     "DEFAULT_TEMPLATE",
     "DOMAIN_GENERALISATION",

@@ -7,12 +7,19 @@ DePT's ``kgcoop.py``) are one table but for DTD: zero-shot "{} texture.", KgCoOp
 texture."."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 
 from . import readers
 from .types import (
     BASE_TO_NEW,
+    CROSS_DATASET,
+    DEFAULT_SOURCE,
+    DOMAIN_GENERALIZATION,
+    PROTOCOLS,
+    TRANSFER_FILE,
+    TargetOf,
     DEFAULT_KGCOOP_TEMPLATE,
     DEFAULT_TEMPLATE,
     DOMAIN_GENERALISATION,
@@ -23,6 +30,11 @@ from .types import (
 )
 
 log = logging.getLogger(__name__)
+
+#: The paper's transfer protocols: ImageNet is the source; the other 10 datasets are its cross-dataset targets, the
+#: 4 variants its domain-generalisation targets.
+_CROSS_DATASET_OF_IMAGENET = (CROSS_DATASET, DEFAULT_SOURCE)
+_DOMAIN_OF_IMAGENET = (DOMAIN_GENERALIZATION, DEFAULT_SOURCE)
 
 _SPECS: tuple[DatasetSpec, ...] = (
     DatasetSpec(
@@ -39,33 +51,41 @@ _SPECS: tuple[DatasetSpec, ...] = (
             {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
         ),
         dropped_classes=("BACKGROUND_Google", "Faces_easy"),
+        target_of=_CROSS_DATASET_OF_IMAGENET,
     ),
     DatasetSpec(
         "OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json", readers.read_json_dataset,
         zero_shot_template="a photo of a {}, a type of pet.",
+        target_of=_CROSS_DATASET_OF_IMAGENET,
     ),
     DatasetSpec(
         "StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", readers.read_json_dataset,
+        target_of=_CROSS_DATASET_OF_IMAGENET,
     ),
     DatasetSpec(
         "Flowers102", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", readers.read_json_dataset,
         zero_shot_template="a photo of a {}, a type of flower.",
+        target_of=_CROSS_DATASET_OF_IMAGENET,
     ),
     DatasetSpec(
         "Food101", "food-101", "images", "split_zhou_Food101.json", readers.read_json_dataset,
         zero_shot_template="a photo of {}, a type of food.",
+        target_of=_CROSS_DATASET_OF_IMAGENET,
     ),
     DatasetSpec(
         "FGVCAircraft", "fgvc_aircraft", "images", "variants.txt", readers.read_fgvc_aircraft,
         zero_shot_template="a photo of a {}, a type of aircraft.",
         extra_files=("images_variant_train.txt", "images_variant_val.txt", "images_variant_test.txt"),
+        target_of=_CROSS_DATASET_OF_IMAGENET,
     ),
     DatasetSpec(
         "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", readers.read_json_dataset,
+        target_of=_CROSS_DATASET_OF_IMAGENET,
     ),
     DatasetSpec(
         "DTD", "dtd", "images", "split_zhou_DescribableTextures.json", readers.read_json_dataset,
         zero_shot_template="{} texture.", kgcoop_template="a photo of a {}, a type of texture.",
+        target_of=_CROSS_DATASET_OF_IMAGENET,
     ),
     DatasetSpec(
         "EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json", readers.read_json_dataset,
@@ -82,26 +102,32 @@ _SPECS: tuple[DatasetSpec, ...] = (
             "River": "River",
             "SeaLake": "Sea or Lake",
         }),
+        target_of=_CROSS_DATASET_OF_IMAGENET,
     ),
     DatasetSpec(
         "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", readers.read_json_dataset,
         zero_shot_template="a photo of a person doing {}.",
+        target_of=_CROSS_DATASET_OF_IMAGENET,
     ),
     DatasetSpec(
         "ImageNetV2", "imagenetv2", "imagenetv2-matched-frequency-format-val", "classnames.txt",
         readers.read_imagenet_variant, protocol=DOMAIN_GENERALISATION, class_folders_by_index=True,
+        target_of=_DOMAIN_OF_IMAGENET,
     ),
     DatasetSpec(
         "ImageNetSketch", "imagenet-sketch", "images", "classnames.txt",
         readers.read_imagenet_variant, protocol=DOMAIN_GENERALISATION,
+        target_of=_DOMAIN_OF_IMAGENET,
     ),
     DatasetSpec(
         "ImageNetA", "imagenet-adversarial", "imagenet-a", "classnames.txt",
         readers.read_imagenet_variant, protocol=DOMAIN_GENERALISATION, class_subset=True,
+        target_of=_DOMAIN_OF_IMAGENET,
     ),
     DatasetSpec(
         "ImageNetR", "imagenet-rendition", "imagenet-r", "classnames.txt",
         readers.read_imagenet_variant, protocol=DOMAIN_GENERALISATION, class_subset=True,
+        target_of=_DOMAIN_OF_IMAGENET,
     ),
 )
 
@@ -178,6 +204,10 @@ def load_dataset(name: str, data_root: str | os.PathLike) -> DatasetSplits:
             what = "image folder" if path == spec.required_paths(root)[-1] else "split file"
             raise DatasetError(f"{spec.name}: {what} not found: {os.path.abspath(path)}")
     splits = spec.reader(spec, dataset_dir)
+    if spec.target_of is not None:
+        protocol, source = spec.target_of
+        labels = tuple(splits.label_to_imagenet) if splits.label_to_imagenet is not None else None
+        splits.target_of = TargetOf(protocol, source, labels)
     log.info(
         "%s: %d classes, %d train / %d val / %d test images from %s",
         spec.name, splits.num_classes, len(splits.train), len(splits.val), len(splits.test), splits.split_file,
@@ -199,8 +229,37 @@ def load_custom_dataset(dataset_dir: str | os.PathLike) -> DatasetSplits:
     if not os.path.isdir(image_root):
         raise DatasetError(f"{name}: image folder not found: {image_root}")
     splits = readers.read_split_json(name, split_path, image_root)
+    splits.target_of = read_transfer_file(name, os.path.join(d, TRANSFER_FILE), splits.num_classes)
     log.info(
         "%s: %d classes, %d train / %d val / %d test images from %s",
         name, splits.num_classes, len(splits.train), len(splits.val), len(splits.test), split_path,
     )
     return splits
+
+
+def read_transfer_file(name: str, path: str, num_classes: int) -> TargetOf | None:
+    """A custom dataset's ``transfer.json`` (absent: it is nobody's target): ``{"protocol": "cross-dataset" |
+    "domain-generalization", "source": NAME}``, and for a domain-generalisation target holding a subset of the
+    source's classes ``"label_to_source": [source label of label 0, ...]``."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{name}: malformed {path}: {e}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("source"), str) or not raw["source"]:
+        raise DatasetError(f"{name}: malformed {path}: expected an object with 'protocol' and 'source'")
+    protocol = raw.get("protocol")
+    if protocol not in PROTOCOLS[1:]:
+        raise DatasetError(f"{name}: {path}: protocol must be {' or '.join(PROTOCOLS[1:])}, not {protocol!r}")
+    mapping = raw.get("label_to_source")
+    if mapping is not None:
+        if protocol != DOMAIN_GENERALIZATION:
+            raise DatasetError(f"{name}: {path}: label_to_source is for {DOMAIN_GENERALIZATION} targets only")
+        if (not isinstance(mapping, list) or len(mapping) != num_classes
+                or any(not isinstance(x, int) or x < 0 for x in mapping) or len(set(mapping)) != len(mapping)):
+            raise DatasetError(f"{name}: {path}: label_to_source must list {num_classes} distinct source labels "
+                               "(one per class of this dataset)")
+        mapping = tuple(mapping)
+    return TargetOf(protocol, raw["source"], mapping)

@@ -15,6 +15,16 @@ DEFAULT_KGCOOP_TEMPLATE = DEFAULT_TEMPLATE
 BASE_TO_NEW = "base_to_new"
 DOMAIN_GENERALISATION = "domain_generalisation"
 
+#: The paper's three protocols, as ``--protocol`` spells them (dept.transfer evaluates the two transfer ones).
+BASE_TO_NEW_PROTOCOL = "base-to-new"
+CROSS_DATASET = "cross-dataset"
+DOMAIN_GENERALIZATION = "domain-generalization"
+PROTOCOLS = (BASE_TO_NEW_PROTOCOL, CROSS_DATASET, DOMAIN_GENERALIZATION)
+#: The source dataset of the paper's transfer protocols.
+DEFAULT_SOURCE = "ImageNet"
+#: A custom dataset's optional declaration of being a transfer target (see :class:`TargetOf`).
+TRANSFER_FILE = "transfer.json"
+
 
 class DatasetError(ValueError):
     """A dataset cannot be loaded as asked. The message is one line naming the dataset and the path involved."""
@@ -27,6 +37,21 @@ class Item:
     impath: str
     label: int
     classname: str
+
+
+@dataclass(frozen=True)
+class TargetOf:
+    """A dataset's role in a transfer protocol: a target of ``source`` under ``protocol`` (cross-dataset or
+    domain-generalization). ``label_to_source``: a domain-generalisation target holding a subset of the source's
+    classes maps its label ``i`` to the source's label ``label_to_source[i]`` (None: its labels are the source's)."""
+
+    protocol: str
+    source: str
+    label_to_source: tuple[int, ...] | None = None
+
+    def as_dict(self) -> dict:
+        return {"protocol": self.protocol, "source": self.source,
+                "label_to_source": list(self.label_to_source) if self.label_to_source is not None else None}
 
 
 @dataclass
@@ -49,6 +74,7 @@ class DatasetSplits:
     split_file: str
     split_files: list[str] = field(default_factory=list)
     label_to_imagenet: list[int] | None = None
+    target_of: TargetOf | None = None  # set by the registry (known datasets) or a custom dataset's transfer.json
 
     def __post_init__(self) -> None:
         if not self.split_files:
@@ -100,6 +126,9 @@ class DatasetSpec:
     class_subset: bool = False
     #: ImageNet: images per class held out of images/train as the validation split (see readers.read_imagenet)
     val_holdout_per_class: int = 0
+    #: (protocol, source): the transfer protocol this dataset is a target in (the paper's: ImageNet's 10 cross-dataset
+    #: targets and its 4 domain-generalisation variants)
+    target_of: tuple[str, str] | None = None
 
     @property
     def kgcoop_prompt(self) -> str:

@@ -6,6 +6,7 @@
 - ``model``: contrastive loss, exact truncated text forward, zero-shot helpers.
 - ``probe``: the zero-shot probe on seen and held-out compositions.
 - ``downstream``: the downstream few-shot dataset (class splits ``shared`` / ``disjoint``) and its zero-shot.
+- ``transfer``: the transfer suite: a source with all its classes, domain-shifted and disjoint-class targets.
 - ``shipped_checkpoint()``: the pretrained ``dept-mini-vit`` weights that ship with the package.
 
 numpy / PIL / torch / open_clip only.
@@ -28,6 +29,7 @@ from dept.miniature.model import MODEL_NAME, contrastive_loss, encode_text
 from dept.miniature.pairs import PairStream, Tokens, to_model_input
 from dept.miniature.probe import Probe, build_probe
 from dept.miniature.render import Shift
+from dept.miniature.transfer import SUITE, TransferSuiteConfig, write_transfer_suite
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_CHECKPOINT = ASSETS / f"{MODEL_NAME}.safetensors"
@@ -50,7 +52,7 @@ def shipped_record() -> dict:
 
 __all__ = [
     "ASSETS", "ClassSplit", "DownstreamConfig", "MODEL_NAME", "MiniatureError", "PairStream", "Probe", "SPLITS",
-    "SHIPPED_CHECKPOINT", "SHIPPED_RECORD", "Shift", "Tokens", "build_probe", "class_split", "contrastive_loss",
-    "encode_text", "shipped_checkpoint", "shipped_record", "to_model_input", "write_miniature_dataset",
-    "zero_shot_base_new",
+    "SHIPPED_CHECKPOINT", "SHIPPED_RECORD", "SUITE", "Shift", "Tokens", "TransferSuiteConfig", "build_probe",
+    "class_split", "contrastive_loss", "encode_text", "shipped_checkpoint", "shipped_record", "to_model_input",
+    "write_miniature_dataset", "write_transfer_suite", "zero_shot_base_new",
 ]

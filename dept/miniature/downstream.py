@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -70,21 +70,22 @@ class ClassSplit:
         return [k.name for k in self.classes]
 
 
-def _grid(colours: list[str], shapes: list[str]) -> tuple[Composition, ...]:
+def class_grid(colours: list[str], shapes: list[str]) -> tuple[Composition, ...]:
+    """Every colour x shape composition, colours outer: the label order of a class split."""
     return tuple(Composition(_c(c), _s(s)) for c in colours for s in shapes)
 
 
 SPLITS: dict[str, ClassSplit] = {
     "shared": ClassSplit(
         "shared",
-        base=_grid(["red", "green", "blue"], list(SHAPES)),
-        new=_grid(["yellow", "purple", "cyan"], list(SHAPES)),
+        base=class_grid(["red", "green", "blue"], list(SHAPES)),
+        new=class_grid(["yellow", "purple", "cyan"], list(SHAPES)),
         description="base and new share all 8 shapes; new classes have other colours",
     ),
     "disjoint": ClassSplit(
         "disjoint",
-        base=_grid(["red", "green", "blue"], ["circle", "square", "triangle", "star"]),
-        new=_grid(["red", "green", "blue"], ["hexagon", "diamond", "cross", "ring"]),
+        base=class_grid(["red", "green", "blue"], ["circle", "square", "triangle", "star"]),
+        new=class_grid(["red", "green", "blue"], ["hexagon", "diamond", "cross", "ring"]),
         description="base and new share colours; new classes have shapes no base class has",
     ),
 }
@@ -137,6 +138,49 @@ def draw_class_images(composition: Composition, part: str, count: int, seed: int
     return render(sample_downstream_scenes(rng, colour, shape, shift), noise_rng=rng)
 
 
+def check_folder(out: Path, settings: dict, what: str = "miniature dataset", marker: str = MARKER) -> None:
+    """Refuse ``out`` unless it is absent, empty, or holds ``marker`` with exactly ``settings`` (then writing
+    there completes it: a run killed half-way can be repeated). ``settings`` as read back from JSON."""
+    path = out / marker
+    if out.exists() and not out.is_dir():
+        raise MiniatureError(f"{what}: {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not path.is_file():
+            raise MiniatureError(f"{what}: {out} is not empty and holds no {marker}; choose an empty or new folder")
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise MiniatureError(f"{what}: {path} is not valid JSON; choose another folder") from None
+        if previous != settings:
+            raise MiniatureError(f"{what}: {out} holds a dataset written with other settings ({path}); choose another folder")
+
+
+def write_marker(out: Path, settings: dict, marker: str = MARKER) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / marker).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+
+
+def write_class_images(out: Path, classes: Sequence[Composition], counts: dict[str, int],
+                       draw: Callable[[Composition, str, int], np.ndarray]) -> None:
+    """``out/images/<class>/<part>_<i>.png`` for every class (label = position in ``classes``) and part, then
+    ``out/split.json`` (CoOp's format). ``draw(class, part, count)`` gives the uint8 images; parts with count 0
+    stay empty lists."""
+    entries: dict[str, list] = {p: [] for p in PARTS}
+    for label, comp in enumerate(classes):
+        folder = comp.name.replace(" ", "_")
+        (out / "images" / folder).mkdir(parents=True, exist_ok=True)
+        for part in PARTS:
+            if not counts[part]:
+                continue
+            for i, pixels in enumerate(draw(comp, part, counts[part])):
+                rel = f"{folder}/{part}_{i:03d}.png"
+                Image.fromarray(pixels).save(out / "images" / rel, format="PNG")
+                entries[part].append([rel, label, comp.name])
+    tmp = out / "split.json.tmp"
+    tmp.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "split.json")  # the split file appears complete or not at all
+
+
 def write_miniature_dataset(out_dir: str | os.PathLike, config: DownstreamConfig = DownstreamConfig()) -> Path:
     """Write the downstream dataset to ``out_dir`` (custom-dataset layout). Same config, byte-identical files.
 
@@ -146,36 +190,11 @@ def write_miniature_dataset(out_dir: str | os.PathLike, config: DownstreamConfig
     config.check()
     out = Path(out_dir)
     settings = json.loads(json.dumps(config.settings()))  # as read back from the marker (tuples become lists)
-    marker = out / MARKER
-    if out.exists() and not out.is_dir():
-        raise MiniatureError(f"miniature dataset: {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not marker.is_file():
-            raise MiniatureError(f"miniature dataset: {out} is not empty and holds no {MARKER}; choose an empty or new folder")
-        try:
-            previous = json.loads(marker.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise MiniatureError(f"miniature dataset: {marker} is not valid JSON; choose another folder") from None
-        if previous != settings:
-            raise MiniatureError(f"miniature dataset: {out} holds a dataset written with other settings ({marker}); choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
-
+    check_folder(out, settings)
+    write_marker(out, settings)
     split = class_split(config.split)
     counts = {"train": config.train_per_class, "val": config.val_per_class, "test": config.test_per_class}
-    entries: dict[str, list] = {p: [] for p in PARTS}
-    for label, comp in enumerate(split.classes):
-        folder = comp.name.replace(" ", "_")
-        (out / "images" / folder).mkdir(parents=True, exist_ok=True)
-        for part in PARTS:
-            images = draw_class_images(comp, part, counts[part], config.seed, config.shift)
-            for i, pixels in enumerate(images):
-                rel = f"{folder}/{part}_{i:03d}.png"
-                Image.fromarray(pixels).save(out / "images" / rel, format="PNG")
-                entries[part].append([rel, label, comp.name])
-    tmp = out / "split.json.tmp"
-    tmp.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "split.json")  # the split file appears complete or not at all
+    write_class_images(out, split.classes, counts, lambda comp, part, n: draw_class_images(comp, part, n, config.seed, config.shift))
     log.info(
         "wrote miniature dataset %r: %d base + %d new classes, %s images per class, to %s",
         config.split, len(split.base), len(split.new), counts, out,

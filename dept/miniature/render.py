@@ -7,12 +7,13 @@ batch is a pure function of that generator's seed.
 Pretraining scenes (``sample_pretrain_scenes``): grey plain / striped / dotted backgrounds, opaque shapes, light
 noise. Downstream scenes (``sample_downstream_scenes``): a shifted domain — checkered and blotchy backgrounds
 pretraining never shows, in tinted colours, semi-transparent shapes, a per-image colour cast, stronger noise
-and rotations up to 30 degrees (15 in pretraining). Placement and sizes are the same in both.
+and rotations up to 30 degrees (15 in pretraining). Placement and sizes are the same in both. The transfer suite
+adds sketches (outlines only), renditions (patterned fills) and hard examples (``sample_sketch_scenes`` etc.).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -51,6 +52,10 @@ class Scenes:
     alpha: np.ndarray  # [n] float, shape opacity
     cast: np.ndarray  # [n, 3] float, per-channel gain over the whole image
     noise: np.ndarray  # [n] float, std of per-pixel Gaussian noise (0..255 scale)
+    # Renditions for the transfer suite (None: a filled, solid-coloured shape, as in every other scene).
+    outline: np.ndarray | None = None  # [n] float, contour width in pixels: only the shape's outline is drawn
+    fill_kind: np.ndarray | None = None  # [n] int, index into BACKGROUNDS: the pattern of a two-colour fill
+    fill_rgb: np.ndarray | None = None  # [n, 3] float, the fill pattern's second colour
 
     def __len__(self) -> int:
         return len(self.shape)
@@ -140,6 +145,24 @@ def _pattern(s: Scenes, idx: np.ndarray, kind: str, x: np.ndarray, y: np.ndarray
     raise ValueError(f"unknown background {kind!r}")
 
 
+def _contour(mask: np.ndarray, width: np.ndarray, supersample: int) -> np.ndarray:
+    """The outline of each mask ([n, H, W], 0/1 on the supersampled grid): the mask minus the mask eroded by a
+    disc of ``width`` pixels (at least one sub-pixel). Outside the image counts as the edge pixel's value."""
+    out = np.empty_like(mask)
+    radius = np.maximum(1, np.rint(width * supersample)).astype(np.int64)
+    h, w = mask.shape[1:]
+    for k in np.unique(radius):
+        idx = np.flatnonzero(radius == k)
+        padded = np.pad(mask[idx], ((0, 0), (k, k), (k, k)), mode="edge")
+        eroded = mask[idx].copy()
+        for dy in range(-k, k + 1):
+            for dx in range(-k, k + 1):
+                if dy * dy + dx * dx <= k * k:
+                    np.minimum(eroded, padded[:, k + dy : k + dy + h, k + dx : k + dx + w], out=eroded)
+        out[idx] = mask[idx] - eroded
+    return out
+
+
 def _downsample(x: np.ndarray, k: int) -> np.ndarray:
     """Box-average ``[n, H, W]`` by ``k`` on both axes."""
     if k == 1:
@@ -174,6 +197,8 @@ def render(s: Scenes, size: int = IMAGE_SIZE, supersample: int = SUPERSAMPLE, no
         idx = np.flatnonzero(s.shape == k)
         if len(idx):
             mask[idx] = shape_mask(k, u[idx], v[idx])
+    if s.outline is not None:
+        mask = _contour(mask, s.outline, supersample)
     # The box average is linear, so the composite can be formed at the output resolution from the averages of
     # the pattern weight w, the shape mask m and their product: 4x fewer RGB pixels to blend.
     w, m, mw = _downsample(weight, supersample), _downsample(mask, supersample), _downsample(mask * weight, supersample)
@@ -185,6 +210,14 @@ def render(s: Scenes, size: int = IMAGE_SIZE, supersample: int = SUPERSAMPLE, no
     m, w, mw = m[..., None], w[..., None], mw[..., None]
     # pixel = (1 - a m) (bg_a + w bg_diff) + a m rgb, averaged over each output pixel's sub-samples
     img = bg_a * (1 - a * m) + bg_diff * (w - a * mw) + rgb * (a * m)
+    if s.fill_kind is not None:  # inside the shape, the fill pattern's weight moves rgb to fill_rgb
+        fill = np.zeros_like(mask)
+        for k, kind in enumerate(BACKGROUNDS):
+            idx = np.flatnonzero(s.fill_kind == k)
+            if len(idx) and kind != "plain":
+                fill[idx] = _pattern(s, idx, kind, x, y)
+        mf = _downsample(mask * fill, supersample)[..., None]
+        img = img + (s.fill_rgb.astype(f32)[:, None, None, :] - rgb) * (a * mf)
     img = img * s.cast.astype(f32)[:, None, None, :]
     if noise_rng is not None:
         img = img + noise_rng.standard_normal(img.shape, dtype=np.float32) * s.noise[:, None, None, None].astype(np.float32)
@@ -283,3 +316,46 @@ def sample_downstream_scenes(rng: np.random.Generator, colour: np.ndarray, shape
         alpha=rng.uniform(*shift.alpha, n), cast=rng.uniform(1 - shift.cast, 1 + shift.cast, (n, 3)),
         noise=rng.uniform(*shift.noise, n), **place, **pattern,
     )
+
+
+# -- the transfer suite's domains (see dept.miniature.transfer) ---------------------------------------------------
+def sample_sketch_scenes(rng: np.random.Generator, colour: np.ndarray, shape: np.ndarray) -> Scenes:
+    """Sketches (what ImageNet-Sketch is to ImageNet): only the shape's outline, a thin opaque contour in the
+    class colour, on a plain light-grey background; no texture, no colour cast, light noise."""
+    n = len(colour)
+    place = _placement(rng, n, max_angle=math.radians(30))
+    paper = np.repeat(rng.uniform(205.0, 245.0, (n, 1)), 3, axis=1)
+    return Scenes(
+        shape=np.asarray(shape), colour=np.asarray(colour), rgb=_object_rgb(rng, np.asarray(colour), 15.0),
+        background=np.zeros(n, dtype=np.int64), bg_a=paper, bg_b=paper, alpha=np.ones(n), cast=np.ones((n, 3)),
+        noise=rng.uniform(0.0, 4.0, n), outline=rng.uniform(1.0, 1.5, n), **place, **_pattern_params(rng, n),
+    )
+
+
+def sample_rendition_scenes(rng: np.random.Generator, colour: np.ndarray, shape: np.ndarray) -> Scenes:
+    """Renditions (what ImageNet-R is): the shape filled with stripes or dots of its class colour and a light or
+    dark version of it, on a plain background of any colour, under a colour cast."""
+    n = len(colour)
+    place = _placement(rng, n, max_angle=math.radians(30))
+    rgb = _object_rgb(rng, np.asarray(colour), 15.0)
+    towards = np.where(rng.random((n, 1)) < 0.5, 255.0, 0.0)  # the second colour: the class colour lightened or darkened
+    backdrop = rng.uniform(40.0, 220.0, (n, 3))
+    return Scenes(
+        shape=np.asarray(shape), colour=np.asarray(colour), rgb=rgb, background=np.zeros(n, dtype=np.int64),
+        bg_a=backdrop, bg_b=backdrop, alpha=rng.uniform(0.85, 1.0, n), cast=rng.uniform(0.8, 1.2, (n, 3)),
+        noise=rng.uniform(4.0, 10.0, n), fill_kind=rng.choice(np.array([1, 2]), n), fill_rgb=rgb + 0.6 * (towards - rgb),
+        **place, **_pattern_params(rng, n),
+    )
+
+
+#: Hard examples (``sample_hard_scenes``): the downstream domain with fainter shapes and heavier noise. Softened
+#: from opacity 0.35-0.55, noise 20-32, radius 3.5-5 px, where the shipped CLIP's zero-shot was only 2x chance.
+HARD_SHIFT = Shift(alpha=(0.45, 0.65), noise=(16.0, 26.0))
+HARD_RADIUS = (4.0, 5.5)
+
+
+def sample_hard_scenes(rng: np.random.Generator, colour: np.ndarray, shape: np.ndarray) -> Scenes:
+    """Hard examples (what ImageNet-A is): downstream scenes with every shape small (``HARD_RADIUS``, at its
+    drawn position), faint (``HARD_SHIFT.alpha``) and under heavy noise."""
+    s = sample_downstream_scenes(rng, colour, shape, HARD_SHIFT)
+    return replace(s, size=np.zeros(len(s), dtype=np.int64), radius=rng.uniform(*HARD_RADIUS, len(s)))

@@ -49,21 +49,48 @@ def pretrain_cmd(out, minutes, steps, seed, batch_size, lr, weight_decay, warmup
 
 @miniature_group.command("data")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write (custom-dataset layout).")
+@click.option("--suite", type=click.Choice(["single", "transfer"]), default="single", show_default=True,
+              help="single: one base-to-new dataset; transfer: mini-source and its cross-dataset / domain-generalization "
+                   "targets, each in DIR/<name>/.")
 @click.option("--split", "split", type=click.Choice(["shared", "disjoint"]), default="disjoint", show_default=True,
-              help="shared: base and new share shapes (new colours); disjoint: new classes have unseen shapes.")
+              help="shared: base and new share shapes (new colours); disjoint: new classes have unseen shapes. Single only.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--train-per-class", default=32, show_default=True, type=int)
 @click.option("--val-per-class", default=8, show_default=True, type=int)
-@click.option("--test-per-class", default=100, show_default=True, type=int)
+@click.option("--test-per-class", default=None, type=int, help="Default: 100 (single), 50 (transfer: the source's).")
+@click.option("--target-test-per-class", default=None, type=int, help="Test images per class of each transfer target. Default: 50.")
 @click.option("--class-tint", default=0.0, show_default=True, type=click.FloatRange(0, 255),
-              help="A class-specific shift: each class's object colour moved by its own fixed RGB offset up to this.")
-def data_cmd(out, split, seed, train_per_class, val_per_class, test_per_class, class_tint) -> None:
-    """Write the shifted downstream dataset (DIR/split.json + DIR/images/) for `featurize --dataset-dir DIR`."""
-    from dept.miniature import DownstreamConfig, Shift, class_split, write_miniature_dataset
+              help="A class-specific shift: each class's object colour moved by its own fixed RGB offset up to this. Single only.")
+@click.pass_context
+def data_cmd(ctx, out, suite, split, seed, train_per_class, val_per_class, test_per_class, target_test_per_class, class_tint) -> None:
+    """Write the shifted downstream dataset (DIR/split.json + DIR/images/) for `featurize --dataset-dir DIR`,
+    or with --suite transfer the transfer suite (DIR/<name>/, targets with DIR/<name>/transfer.json)."""
+    from click.core import ParameterSource
 
+    from dept.miniature import DownstreamConfig, MiniatureError, Shift, class_split, write_miniature_dataset
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+    if suite == "transfer":
+        from dept.miniature import TransferSuiteConfig, write_transfer_suite
+
+        for name in ("split", "class_tint"):
+            if given(name):
+                raise MiniatureError(f"miniature data: --{name.replace('_', '-')} applies to --suite single only")
+        written = write_transfer_suite(out, TransferSuiteConfig(
+            seed=seed, train_per_class=train_per_class, val_per_class=val_per_class,
+            test_per_class=50 if test_per_class is None else test_per_class,
+            target_test_per_class=50 if target_test_per_class is None else target_test_per_class,
+        ))
+        for d in written:
+            click.echo(f"{d.name}: {d.classes} classes, {d.images} images, {d.role}  ({d.path})")
+        return
+    if target_test_per_class is not None:
+        raise MiniatureError("miniature data: --target-test-per-class applies to --suite transfer only")
     path = write_miniature_dataset(out, DownstreamConfig(
         split=split, seed=seed, train_per_class=train_per_class, val_per_class=val_per_class,
-        test_per_class=test_per_class, shift=Shift(class_tint=class_tint),
+        test_per_class=100 if test_per_class is None else test_per_class, shift=Shift(class_tint=class_tint),
     ))
     s = class_split(split)
     click.echo(f"miniature dataset {split!r} ({len(s.base)} base + {len(s.new)} new classes: {s.description}) written to {path}")

@@ -1,4 +1,5 @@
-"""CLI command ``report``: the paper-style base-to-new table of an MLflow experiment."""
+"""CLI command ``report``: the paper-style table of an MLflow experiment (base-to-new; with ``--protocol``, the
+cross-dataset or domain-generalisation one)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,17 +14,25 @@ from pipelines.secrets import mask_uri
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
               help="Default: sqlite:///mlflow.db in the working folder.")
 @click.option("--experiment", default="dept", show_default=True)
+@click.option("--protocol", type=click.Choice(["base-to-new", "cross-dataset", "domain-generalization"]),
+              default="base-to-new", show_default=True,
+              help="Which of the paper's tables: base-to-new, or the runs tagged with a transfer protocol (source "
+                   "and targets, as the paper's Tables 2 and 3).")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default="md", show_default=True,
-              help="Markdown, CSV (a `row` column tells dataset / average rows apart) or LaTeX (booktabs).")
+              help="Markdown, CSV (a `row` column tells the kinds of rows apart: dataset / average; source / target / "
+                   "average for the transfer protocols) or LaTeX (booktabs).")
 @click.option("--out", default=None, help="Write to this file instead of printing.")
 @click.option("--plots", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Also save each dataset's figures as PNGs under DIR/<dataset>/ (created).")
-def report_cmd(mlflow_uri, experiment, fmt, out, plots):
-    """The paper-style base-to-new table of an MLflow experiment, beside the published numbers."""
-    from pipelines.report.table import ReportError, make_report
+def report_cmd(mlflow_uri, experiment, protocol, fmt, out, plots):
+    """The paper-style table of an MLflow experiment's runs of one protocol, beside the published numbers."""
+    from pipelines.report.table import BASE_TO_NEW_PROTOCOL, ReportError, make_report
     from pipelines.tracking.client import check_tracking_uri, default_tracking_uri
 
     out_path = check_out(out)
+    if plots is not None and protocol != BASE_TO_NEW_PROTOCOL:
+        raise click.BadParameter(f"the figures are base-to-new ones; not for --protocol {protocol}",
+                                 param_hint="--plots")
     if plots is not None:
         plots = plots.expanduser().resolve()
         if not plots.parent.is_dir():
@@ -34,7 +43,12 @@ def report_cmd(mlflow_uri, experiment, fmt, out, plots):
     check_tracking_uri(uri)
     if plots is not None:
         plots.mkdir(exist_ok=True)
-    text = make_report(uri, experiment, fmt, plots)
+    if protocol == BASE_TO_NEW_PROTOCOL:
+        text = make_report(uri, experiment, fmt, plots)
+    else:
+        from pipelines.report.transfer import make_transfer_report
+
+        text = make_transfer_report(uri, experiment, protocol, fmt)
     if out_path is None:
         click.echo(text, nl=False)
     else:

@@ -12,13 +12,18 @@ from pipelines.tune.settings import click_options
 
 @click.command("train")
 @feature_store_options
-@click.option("--dataset", required=True, help="Dataset name in the store.")
+@click.option("--dataset", required=True, help="Dataset name in the store (the source, for the transfer protocols).")
+@click.option("--protocol", type=click.Choice(["base-to-new", "cross-dataset", "domain-generalization"]),
+              default="base-to-new", show_default=True,
+              help="base-to-new, or train on all classes of --dataset and evaluate its targets.")
+@click.option("--targets", default=None,
+              help="The transfer protocols' targets, comma-separated (default: every one featurized for the source).")
 @click_options  # every trial setting: pipelines.tune.settings
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
               help="Log this run to MLflow (e.g. sqlite:///mlflow.db, http://host:5000).")
 @click.option("--experiment", default="dept", show_default=True, help="MLflow experiment (with --mlflow-uri).")
 @click.option("--out", default=None, help="Write the results as JSON to this file.")
-def train_cmd(features, model, pretrained, dataset, mlflow_uri, experiment, out, **settings):
+def train_cmd(features, model, pretrained, dataset, protocol, targets, mlflow_uri, experiment, out, **settings):
     """Train and evaluate one configuration on cached features (no Tune): prints test base / new / HM."""
     import tempfile
     from dataclasses import asdict
@@ -37,8 +42,11 @@ def train_cmd(features, model, pretrained, dataset, mlflow_uri, experiment, out,
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hp = Hyperparameters(**{k: v for k, v in settings.items() if v is not None})  # not given: the default
+    names = tuple(t.strip() for t in (targets or "").split(",") if t.strip())
+    if names and protocol == "base-to-new":
+        raise click.UsageError("--targets is for --protocol cross-dataset or domain-generalization")
     ctx = make_context(features, dataset, shots=[hp.shots], seeds=[hp.seed], num_threads=torch.get_num_threads(),
-                       device=device, model=model, pretrained=pretrained)
+                       device=device, model=model, pretrained=pretrained, protocol=protocol, targets=names)
     hp = hp.resolved([ctx.store_shots] if ctx.store_shots > 0 else [16])
     if mlflow_uri:
         tracker = Tracker(mlflow_uri, experiment)
@@ -50,9 +58,14 @@ def train_cmd(features, model, pretrained, dataset, mlflow_uri, experiment, out,
             from pipelines.tracking.client import log_train_run
 
             run_id = log_train_run(tracker, hp, ctx.tags(), history, final, Path(tmp) / STATE_FILE)
-    click.echo(f"{dataset} {hp.method}{'+DePT' if hp.dept else ''} seed {hp.seed}: "
-               f"base {final['test_base_acc']:.2f}  new {final['test_new_acc']:.2f}  HM {final['test_hm']:.2f}  "
-               f"(test; val HM {final['val_hm']:.2f})")
+    name = f"{dataset} {hp.method}{'+DePT' if hp.dept else ''} seed {hp.seed}"
+    if protocol == "base-to-new":
+        click.echo(f"{name}: base {final['test_base_acc']:.2f}  new {final['test_new_acc']:.2f}  "
+                   f"HM {final['test_hm']:.2f}  (test; val HM {final['val_hm']:.2f})")
+    else:
+        per_target = "  ".join(f"{t.dataset} {final[f'test_acc/{t.dataset}']:.2f}" for t in ctx.targets)
+        click.echo(f"{name} ({protocol}): source {final['test_acc']:.2f}  {per_target}  target average "
+                   f"{final['test_target_avg']:.2f}  (test; val {final['val_acc']:.2f})")
     if run_id:
         from pipelines.secrets import mask_uri
 
@@ -62,8 +75,9 @@ def train_cmd(features, model, pretrained, dataset, mlflow_uri, experiment, out,
             "dataset": dataset,
             "hyperparameters": {**asdict(hp), **hp.applied_dept()},
             "features": ctx.tags(),
-            "test": {k: final[k] for k in ("test_base_acc", "test_new_acc", "test_hm")},
-            "val": {k: final[k] for k in ("val_base_acc", "val_new_acc", "val_hm")},
+            "protocol": protocol,
+            "test": {k: v for k, v in final.items() if k.startswith("test_")},
+            "val": {k: v for k, v in final.items() if k.startswith("val_")},
             "fusion_sweep": {k: v for k, v in final.items() if k.startswith("sweep_")},
             "history": history + [{k: v for k, v in final.items()
                                    if not k.startswith(("test_", "sweep_")) and k not in ("final", "train_seconds")}],

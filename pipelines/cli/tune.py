@@ -21,6 +21,25 @@ def resume_command() -> str:
     return shlex.join(["dept-pipeline", *args])
 
 
+def protocol_datasets(protocol: str, dataset: str | None, source: str | None,
+                      targets: str | None) -> tuple[str, tuple[str, ...]]:
+    """(the dataset a run tunes, the targets asked for): ``--dataset`` under base-to-new, ``--source`` (default
+    ImageNet) and ``--targets`` under the transfer protocols."""
+    from dept.transfer import DEFAULT_SOURCE
+    from pipelines.tune.runner import TuneSetupError
+
+    names = tuple(t.strip() for t in (targets or "").split(",") if t.strip())
+    if protocol == "base-to-new":
+        if source or names:
+            raise TuneSetupError("--source / --targets are for --protocol cross-dataset or domain-generalization")
+        if not dataset:
+            raise click.UsageError("Missing option '--dataset' (a dataset in the store, or 'all').")
+        return dataset, ()
+    if dataset:
+        raise TuneSetupError(f"--protocol {protocol} trains on --source (default {DEFAULT_SOURCE}), not --dataset")
+    return source or DEFAULT_SOURCE, names
+
+
 def _space_help() -> str:
     try:
         from tune_spaces import space_names
@@ -32,7 +51,13 @@ def _space_help() -> str:
 
 @click.command("tune")
 @feature_store_options
-@click.option("--dataset", required=True, help="A dataset in the store, or 'all' (one Tune experiment each, in turn).")
+@click.option("--dataset", default=None, help="A dataset in the store, or 'all' (one Tune experiment each, in turn). Base-to-new only.")
+@click.option("--protocol", type=click.Choice(["base-to-new", "cross-dataset", "domain-generalization"]),
+              default="base-to-new", show_default=True,
+              help="base-to-new per --dataset; or train on all classes of --source and evaluate every target.")
+@click.option("--source", default=None, help="The transfer protocols' source dataset (default ImageNet).")
+@click.option("--targets", default=None,
+              help="The transfer protocols' targets, comma-separated (default: every one featurized for the source).")
 @click.option("--space", default="smoke", show_default=True, help=f"Search space: a shipped name ({_space_help()}) or a .yaml path.")
 @click.option("--method", "methods", type=METHOD_CHOICE, multiple=True,
               help="Only these methods (names registered in dept.methods; repeatable); replaces the space's method values.")
@@ -50,17 +75,19 @@ def _space_help() -> str:
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
               help="Default: sqlite:///mlflow.db in the working folder.")
 @click.option("--experiment", default="dept", show_default=True, help="MLflow experiment and Tune folder name.")
-def tune_cmd(features, model, pretrained, dataset, space, methods, objective, num_samples, gpus_per_trial,
-             cpus_per_trial, max_concurrent, max_failures, ray_address, storage, resume, mlflow_uri, experiment):
+def tune_cmd(features, model, pretrained, dataset, protocol, source, targets, space, methods, objective, num_samples,
+             gpus_per_trial, cpus_per_trial, max_concurrent, max_failures, ray_address, storage, resume, mlflow_uri,
+             experiment):
     """Tune DePT trials with Ray Tune over cached features; every trial tracked in MLflow."""
     from pipelines.tune.runner import TuneInterrupted, TuneOptions, best_table, run_tune
 
+    dataset, target_names = protocol_datasets(protocol, dataset, source, targets)
     opts = TuneOptions(
         features=features, model=model, pretrained=pretrained, dataset=dataset, space=space, experiment=experiment,
         num_samples=num_samples,
         methods=tuple(methods), objective=objective, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
         max_concurrent=max_concurrent, max_failures=max_failures, ray_address=ray_address, storage=storage,
-        resume=resume, mlflow_uri=mlflow_uri,
+        resume=resume, mlflow_uri=mlflow_uri, protocol=protocol, targets=target_names,
     )
     try:
         outcomes = run_tune(opts, progress=click.echo)
@@ -71,10 +98,10 @@ def tune_cmd(features, model, pretrained, dataset, space, methods, objective, nu
         sys.exit(128 + e.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     from pipelines.tune.spaces import load_space
 
-    chosen = load_space(space).with_overrides(objective=objective)
+    chosen = load_space(space).with_overrides(objective=objective, protocol=protocol)
     click.echo("")
     click.echo(f"best configuration per dataset (selected on {chosen.metric}; test numbers are mean over seeds):")
-    click.echo(best_table(outcomes, chosen.metric, chosen.mode))
+    click.echo(best_table(outcomes, chosen.metric, chosen.mode, protocol))
     from pipelines.secrets import mask_uri
     from pipelines.tracking.client import default_tracking_uri
 

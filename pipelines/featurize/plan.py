@@ -205,6 +205,7 @@ def _header(cfg: FeaturizeConfig, splits, clip, images: dict[str, int], fewshot_
         num_classes=splits.num_classes,
         classnames=tuple(splits.classnames),
         label_to_imagenet=tuple(splits.label_to_imagenet) if splits.label_to_imagenet is not None else None,
+        target_of=splits.target_of.as_dict() if splits.target_of is not None else None,
         split_files=tuple(splits.split_files),
         split_sha256=tuple({"file": f.replace("\\", "/").rsplit("/", 1)[-1], "sha256": file_sha256(f)}
                            for f in splits.split_files),

@@ -9,7 +9,7 @@ import math
 from pipelines.report.table import ZERO_SHOT_LABEL, Block, Row
 
 
-def _f(x: float | None, std: float | None = None, *, missing: str = "—", pm: str = " ± ") -> str:
+def cell_number(x: float | None, std: float | None = None, *, missing: str = "—", pm: str = " ± ") -> str:
     """A mean with its spread (none for one seed: never "± 0.00"), or ``missing``."""
     if x is None or math.isnan(x):
         return missing
@@ -41,14 +41,14 @@ def format_markdown(blocks: list[Block], *, experiment: str = "") -> str:
         for r in block.rows:
             p = r.paper
             seeds = "—" if r.zero_shot else r.seeds_text
-            lines.append(f"| {r.dataset} | {r.label} | {seeds} | {_f(r.base, r.base_std)} | {_f(r.new, r.new_std)} "
-                         f"| {_f(r.hm)} |{delta(r)} {_f(p.base if p else None)} | {_f(p.new if p else None)} "
-                         f"| {_f(p.hm if p else None)} |")
+            lines.append(f"| {r.dataset} | {r.label} | {seeds} | {cell_number(r.base, r.base_std)} | {cell_number(r.new, r.new_std)} "
+                         f"| {cell_number(r.hm)} |{delta(r)} {cell_number(p.base if p else None)} | {cell_number(p.new if p else None)} "
+                         f"| {cell_number(p.hm if p else None)} |")
         a, pa = block.average, block.paper_average
         n = len(block.rows)
-        lines.append(f"| **Average** ({n} dataset{'' if n == 1 else 's'}) | {a.label} | | {_f(a.base)} | {_f(a.new)} "
-                     f"| **{_f(a.hm)}** |{delta(a)} {_f(pa.base if pa else None)} | {_f(pa.new if pa else None)} "
-                     f"| {_f(pa.hm if pa else None)} |")
+        lines.append(f"| **Average** ({n} dataset{'' if n == 1 else 's'}) | {a.label} | | {cell_number(a.base)} | {cell_number(a.new)} "
+                     f"| **{cell_number(a.hm)}** |{delta(a)} {cell_number(pa.base if pa else None)} | {cell_number(pa.new if pa else None)} "
+                     f"| {cell_number(pa.hm if pa else None)} |")
         if block.paper_printed is not None:
             pp, pr = block.paper_printed, block.paper_recomputed_all
             note = (f"{a.label}: the paper printed the 11-dataset average {pp.base:.2f} / {pp.new:.2f} / {pp.hm:.2f}")
@@ -117,12 +117,12 @@ _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
 
-def _tex(text: str) -> str:
+def tex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
 
 
-def _tex_num(x: float | None, std: float | None = None) -> str:
-    return _f(x, std, missing="--", pm=r" $\pm$ ")
+def tex_number(x: float | None, std: float | None = None) -> str:
+    return cell_number(x, std, missing="--", pm=r" $\pm$ ")
 
 
 def format_latex(blocks: list[Block], *, experiment: str = "") -> str:
@@ -139,13 +139,13 @@ def format_latex(blocks: list[Block], *, experiment: str = "") -> str:
              " & ".join(header) + " \\\\", "\\midrule"]
 
     def cells(r: Row, paper, average: bool) -> list[str]:
-        out = [_tex(f"Average ({len(block.rows)})" if average else r.dataset), _tex(r.label),
-               "" if average or r.zero_shot else _tex(r.seeds_text), _tex_num(r.base, r.base_std),
-               _tex_num(r.new, r.new_std), _tex_num(r.hm)]
+        out = [tex_escape(f"Average ({len(block.rows)})" if average else r.dataset), tex_escape(r.label),
+               "" if average or r.zero_shot else tex_escape(r.seeds_text), tex_number(r.base, r.base_std),
+               tex_number(r.new, r.new_std), tex_number(r.hm)]
         if has_zero_shot:
             out.append("" if r.zero_shot else "--" if math.isnan(r.vs_zero_shot) else f"{r.vs_zero_shot:+.2f}")
-        out += [_tex_num(paper.base if paper else None), _tex_num(paper.new if paper else None),
-                _tex_num(paper.hm if paper else None)]
+        out += [tex_number(paper.base if paper else None), tex_number(paper.new if paper else None),
+                tex_number(paper.hm if paper else None)]
         return [f"\\textbf{{{c}}}" if average and c else c for c in out]
 
     for i, block in enumerate(blocks):

@@ -146,7 +146,21 @@ def _dataset_order(name: str) -> tuple:
     return (PAPER_DATASETS.index(name), "") if name in PAPER_DATASETS else (len(PAPER_DATASETS), name)
 
 
-def collect_runs(uri: str, experiment: str) -> list[RunInfo]:
+#: The run tag naming the protocol (``--protocol``'s spellings, as dept.datasets.types.PROTOCOLS; dept imports
+#: torch, the report does not). Runs logged before the transfer protocols have none: they are base-to-new.
+PROTOCOL_TAG = "protocol"
+BASE_TO_NEW_PROTOCOL = "base-to-new"
+#: The test metrics a finished base-to-new run has.
+BASE_TO_NEW_TEST_KEYS = ("test_base_acc", "test_new_acc")
+
+
+def run_protocol(tags: dict) -> str:
+    return tags.get(PROTOCOL_TAG) or BASE_TO_NEW_PROTOCOL
+
+
+def search_experiment(uri: str, experiment: str) -> list:
+    """Every MLflow run of ``experiment`` (all pages); one-line :class:`ReportError` when there is no such
+    experiment."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -162,51 +176,61 @@ def collect_runs(uri: str, experiment: str) -> list[RunInfo]:
         token = page.token
         if not token:
             break
-    out = []
-    for run in runs:
-        tags, params = run.data.tags, run.data.params
-        if tags.get("role") == ROLE_ZERO_SHOT:
-            if run.info.status == "FINISHED" and all(k in run.data.metrics for k in ("test_base_acc", "test_new_acc")):
-                out.append(RunInfo(
-                    run_id=run.info.run_id, dataset=tags.get("dataset", "?"), method=ZERO_SHOT_METHOD, dept=False,
-                    seed="", config=(), selection_metric="", selection_mode="max", metrics=dict(run.data.metrics),
-                    zero_shot=True, start_time=run.info.start_time or 0,
-                ))
-            continue
-        if tags.get("role") not in (ROLE_TRIAL, ROLE_TRAIN) or not tags.get(STATUS_TAG):
-            continue
-        # Every trial run, failed and unfinished ones too: a configuration with a seed that did not complete is
-        # incomplete, not scored on its other seeds (pipelines.selection).
-        has_test = all(k in run.data.metrics for k in ("test_base_acc", "test_new_acc"))
-        status = tags[STATUS_TAG] if tags[STATUS_TAG] != COMPLETED or has_test else "no_test_metrics"
-        config = tuple(sorted((k, v) for k, v in params.items() if k != "seed"))
-        out.append(RunInfo(
-            run_id=run.info.run_id,
-            dataset=tags.get("dataset", "?"),
-            method=tags.get("method", params.get("method", "?")),
-            dept=tags.get("dept", params.get("dept", "true")) == "true",
-            seed=tags.get("seed", params.get("seed", "?")),
-            config=config,
-            selection_metric=tags.get("selection_metric", "val_hm"),
-            selection_mode=tags.get("selection_mode", "max"),
-            metrics=dict(run.data.metrics),
-            completed=status == COMPLETED,
-            status=status,
-            seeds=tuple(s for s in tags.get("seeds", "").split(",") if s),
-            start_time=run.info.start_time or 0,
-        ))
-    return _one_per_config_and_seed(out)
+    return runs
 
 
-def _seed_run(r: RunInfo) -> SeedRun:
+def run_info(run, test_keys: Iterable[str], default_metric: str = "val_hm") -> RunInfo | None:
+    """A zero-shot, trial or train run as the report needs it (None for other runs, and for an unfinished
+    zero-shot one); ``test_keys``: the metrics a completed run must have."""
+    tags, params = run.data.tags, run.data.params
+    has_test = all(k in run.data.metrics for k in test_keys)
+    if tags.get("role") == ROLE_ZERO_SHOT:
+        if run.info.status == "FINISHED" and has_test:
+            return RunInfo(
+                run_id=run.info.run_id, dataset=tags.get("dataset", "?"), method=ZERO_SHOT_METHOD, dept=False,
+                seed="", config=(), selection_metric="", selection_mode="max", metrics=dict(run.data.metrics),
+                zero_shot=True, start_time=run.info.start_time or 0,
+            )
+        return None
+    if tags.get("role") not in (ROLE_TRIAL, ROLE_TRAIN) or not tags.get(STATUS_TAG):
+        return None
+    # Every trial run, failed and unfinished ones too: a configuration with a seed that did not complete is
+    # incomplete, not scored on its other seeds (pipelines.selection).
+    status = tags[STATUS_TAG] if tags[STATUS_TAG] != COMPLETED or has_test else "no_test_metrics"
+    config = tuple(sorted((k, v) for k, v in params.items() if k != "seed"))
+    return RunInfo(
+        run_id=run.info.run_id,
+        dataset=tags.get("dataset", "?"),
+        method=tags.get("method", params.get("method", "?")),
+        dept=tags.get("dept", params.get("dept", "true")) == "true",
+        seed=tags.get("seed", params.get("seed", "?")),
+        config=config,
+        selection_metric=tags.get("selection_metric", default_metric),
+        selection_mode=tags.get("selection_mode", "max"),
+        metrics=dict(run.data.metrics),
+        completed=status == COMPLETED,
+        status=status,
+        seeds=tuple(s for s in tags.get("seeds", "").split(",") if s),
+        start_time=run.info.start_time or 0,
+    )
+
+
+def collect_runs(uri: str, experiment: str) -> list[RunInfo]:
+    """The base-to-new runs (runs of the transfer protocols are :mod:`pipelines.report.transfer`'s)."""
+    infos = (run_info(run, BASE_TO_NEW_TEST_KEYS) for run in search_experiment(uri, experiment)
+             if run_protocol(run.data.tags) == BASE_TO_NEW_PROTOCOL)
+    return one_per_config_and_seed([r for r in infos if r is not None])
+
+
+def seed_run(r: RunInfo) -> SeedRun:
     status = r.status if r.status != COMPLETED or r.completed else "not_completed"  # either field may say so
     return SeedRun((r.dataset, r.method, r.dept, r.config), r.seed, status, r.metrics, r.start_time, r)
 
 
-def _one_per_config_and_seed(runs: list[RunInfo]) -> list[RunInfo]:
+def one_per_config_and_seed(runs: list[RunInfo]) -> list[RunInfo]:
     """One run per (dataset, method, configuration, seed), as the winner rule counts them: an experiment tuned
     twice, or an aborted attempt, never counts a seed twice."""
-    return [r for r in runs if r.zero_shot] + [s.source for s in one_per_seed(_seed_run(r) for r in runs
+    return [r for r in runs if r.zero_shot] + [s.source for s in one_per_seed(seed_run(r) for r in runs
                                                                                if not r.zero_shot)]
 
 
@@ -246,7 +270,7 @@ def build_report(runs: Iterable[RunInfo], paper: dict | None = None) -> list[Blo
         # The one winner rule (pipelines.selection), as tune's summary and the parent run's best_* apply it.
         metric, mode = cell[0].selection_metric, cell[0].selection_mode
         seeds = {s for r in cell for s in r.seeds} | {r.seed for r in cell}
-        ranked = rank([_seed_run(r) for r in cell], metric, mode, seeds=seeds)
+        ranked = rank([seed_run(r) for r in cell], metric, mode, seeds=seeds)
         top = ranked[0]
         if not top.completed():
             continue  # nothing of this cell has test numbers

@@ -50,6 +50,7 @@ from pipelines.store.reader import (
     list_datasets,
     load_manifest,
     open_store,
+    open_target_store,
     read_features,
     read_manifest,
 )
@@ -59,7 +60,7 @@ __all__ = [
     "FEWSHOT", "LEGACY_MANIFEST", "MANIFEST", "NOT_FINGERPRINTED", "SHARD_META_KEY", "SPLITS", "STORE_FORMAT",
     "WRITER_LOCK", "DatasetFolder", "DatasetStore", "FeatureSplit", "Manifest", "ModelFolder", "SplitRows",
     "StoreError", "canonical_json", "content_fingerprint", "feature_schema", "join_url", "list_datasets",
-    "load_manifest", "model_folders", "model_store_url", "normalize_url", "open_store", "parse_shard_name",
+    "load_manifest", "model_folders", "model_store_url", "normalize_url", "open_store", "open_target_store", "parse_shard_name",
     "read_features", "read_manifest", "resolve_features", "sha256_json", "shard_name", "weights_id_of",
     "weights_slug",
 ]

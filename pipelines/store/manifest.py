@@ -52,6 +52,9 @@ class Manifest:
     images: dict[str, int]  # images planned per split
     fewshot_sha256: str  # sha256 of _fewshot.json's content
     format: int = STORE_FORMAT
+    #: a transfer target's role: {"protocol", "source", "label_to_source"} (dept.datasets.TargetOf); None: none.
+    #: Stores written before it existed read as None.
+    target_of: dict | None = None
     config_fingerprint: str = ""  # the settings alone: a rerun with other settings is refused
     complete: bool = False
     rows: dict[str, int] = field(default_factory=dict)  # stored rows per split (train: images x (1 + views))
@@ -101,6 +104,16 @@ class Manifest:
     @property
     def identity(self) -> dict:
         return {"model": self.model, "weights_id": self.weights_id}
+
+    def target(self):
+        """This dataset's transfer role as a ``dept.datasets.TargetOf``, or None."""
+        from dept.datasets import TargetOf
+
+        t = self.target_of
+        if not t:
+            return None
+        labels = t.get("label_to_source")
+        return TargetOf(t["protocol"], t["source"], tuple(labels) if labels is not None else None)
 
     def check_identity(self, expected: dict, where: str) -> None:
         """Refuse features of another model than ``expected`` (a ``LoadedClip.identity``)."""

@@ -260,10 +260,26 @@ def open_store(url: str, dataset: str, *, fingerprint: str, expected_identity: d
     """The opened store of ``dataset``, kept per process for the next call with the same (url, dataset,
     fingerprint): Tune runs many trials of one dataset in a reused worker. One store is kept (Tune runs datasets
     one after another; ImageNet's features are hundreds of MB). Errors are not kept."""
-    identity = None
-    if expected_identity is not None:
-        identity = (("model", expected_identity["model"]), ("weights_id", expected_identity["weights_id"]))
-    return _cached_store(str(url).rstrip("/"), dataset, fingerprint, identity)
+    return _cached_store(str(url).rstrip("/"), dataset, fingerprint, _identity_key(expected_identity))
+
+
+def _identity_key(expected_identity: dict | None) -> tuple | None:
+    if expected_identity is None:
+        return None
+    return (("model", expected_identity["model"]), ("weights_id", expected_identity["weights_id"]))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_target_store(url: str, dataset: str, fingerprint: str, identity: tuple | None) -> DatasetStore:
+    return _cached_store.__wrapped__(url, dataset, fingerprint, identity)
+
+
+def open_target_store(url: str, dataset: str, *, fingerprint: str,
+                      expected_identity: dict | None = None) -> DatasetStore:
+    """As :func:`open_store`, for the transfer protocols' targets: a trial reads its source and every target, and
+    a worker's next trial reads them again, so these are kept apart from the source (up to 16; only test images
+    are read from them)."""
+    return _cached_target_store(str(url).rstrip("/"), dataset, fingerprint, _identity_key(expected_identity))
 
 
 def read_manifest(url: str, dataset: str, *, expected_identity: dict | None = None) -> Manifest:

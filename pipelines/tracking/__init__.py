@@ -18,6 +18,10 @@ Layout in MLflow:
   per weight (``test_hm_sweep/fw0.70``, ``val_hm_sweep/fw0.70``; ``client.sweep_key``).
   A completed trial (and a ``train`` run) keeps ``learned_state/`` (learned state, hyperparameters.json,
   final.json, config.json: ``dept-pipeline export``); every run has the feature store as its dataset input.
+- the transfer protocols (``tune --protocol cross-dataset | domain-generalization``, tag ``protocol``; base-to-new
+  runs carry ``protocol=base-to-new``, older ones no tag): one parent per (protocol, source), ``dataset`` = the
+  source, ``targets`` tag; per epoch ``val_acc`` (source val images, all classes), at the end ``test_acc``
+  (source), ``test_acc/<target>`` per target and ``test_target_avg``; no fusion sweep and no base/new figures;
 - the experiment's tags: ``mlflow.experimentKind`` (the UI opens on training runs) and a saved runs-table view
   (``client.view_state``, opened by ``client.runs_url``; ``dept-pipeline ui`` prints it). The winner everywhere is
   :mod:`pipelines.selection`'s.

@@ -33,9 +33,12 @@ EPOCH_METRICS = (
     "train_loss", "lr", "epoch_seconds",
     "val_base_acc", "val_new_acc", "val_hm",
     "pseudo_base_acc", "pseudo_new_acc", "pseudo_hm",
+    "val_acc",  # the transfer protocols: all source classes, source val images
 )
-#: Reported once, in the final report.
-FINAL_METRICS = ("test_base_acc", "test_new_acc", "test_hm", "train_seconds")
+#: Reported once, in the final report. The transfer protocols report ``test_acc`` (source), ``test_target_avg``
+#: and one ``test_acc/<target>`` per target (TARGET_METRIC_PREFIX).
+FINAL_METRICS = ("test_base_acc", "test_new_acc", "test_hm", "train_seconds", "test_acc", "test_target_avg")
+TARGET_METRIC_PREFIX = "test_acc/"
 
 
 #: The sweep points logged as metrics, one per weight (``test_hm_sweep/fw0.70``), so that trials compare at one
@@ -167,6 +170,8 @@ def view_state(metric: str = "val_hm") -> dict:
     """The runs-table state of the saved view (the UI's own field names)."""
     base = metric.rsplit("_", 1)[0]  # val_hm -> val, pseudo_hm -> pseudo
     metrics = (metric, f"{base}_base_acc", f"{base}_new_acc", "test_base_acc", "test_new_acc", "test_hm")
+    if metric == "val_acc":  # the transfer protocols: source accuracy and the target average
+        metrics = (metric, "test_acc", "test_target_avg")
     columns = ([f"params.`{k}`" for k in VIEW_PARAMS] + [f"tags.`{k}`" for k in VIEW_TAGS]
                + [f"metrics.`{k}`" for k in dict.fromkeys(metrics)] + ["attributes.`Dataset`"])
     name = "attributes.`Run Name`"
@@ -266,8 +271,10 @@ class Tracker:
             if not token:
                 return runs
 
-    def find_parent(self, dataset: str) -> str | None:
+    def find_parent(self, dataset: str, protocol: str = "base-to-new") -> str | None:
+        """The parent run of (dataset, protocol); runs from before the protocol tag existed are base-to-new."""
         runs = self.search(f"tags.role = '{ROLE_PARENT}' and tags.dataset = '{quote_filter(dataset)}'")
+        runs = [r for r in runs if r.data.tags.get("protocol", "base-to-new") == protocol]
         if len(runs) > 1:
             log.warning("%d parent runs for dataset %s in experiment %s; using the newest", len(runs), dataset,
                         self.experiment_name)
@@ -333,6 +340,8 @@ def final_metrics(result: dict, ts: int | None = None) -> list:
     ts = ts or int(time.time() * 1000)
     epoch = int(result.get("epoch", 0))
     out = [metric_at(k, result[k], epoch, ts) for k in FINAL_METRICS if is_number(result.get(k))]
+    out.extend(metric_at(k, v, epoch, ts) for k, v in result.items() if k.startswith(TARGET_METRIC_PREFIX)
+               and is_number(v))
     weights = result.get("sweep_fusion_weights") or []
     for key in SWEEP_METRIC_CURVES:
         values = result.get(key) or []

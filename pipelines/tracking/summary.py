@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from pipelines.figures import parent_figures
 from pipelines.selection import ConfigOutcome, SeedRun, rank, winner
-from pipelines.tracking.client import STATE_NAMES, Tracker, metric_at, param_value
+from pipelines.tracking.client import STATE_NAMES, TARGET_METRIC_PREFIX, Tracker, metric_at, param_value
 
 if TYPE_CHECKING:
     from pipelines.tracking.trial_logger import TrialRecord
@@ -77,6 +77,11 @@ def best_config(records: Iterable[TrialRecord], metric: str, mode: str) -> tuple
     return best, trial
 
 
+def transfer_keys(result: dict) -> list[str]:
+    """The transfer protocols' test metrics in a final result: source, each target, their average."""
+    return [k for k in result if k in ("test_acc", "test_target_avg") or k.startswith(TARGET_METRIC_PREFIX)]
+
+
 def results_rows(records: Iterable[TrialRecord], metric: str) -> list[dict]:
     rows = []
     for r in sorted(records, key=lambda r: r.trial_id):
@@ -85,7 +90,7 @@ def results_rows(records: Iterable[TrialRecord], metric: str) -> list[dict]:
                "node_id": r.result.get("node_id", "")}
         row.update(r.hp.as_params())
         for key in (metric, "val_base_acc", "val_new_acc", "val_hm", "pseudo_base_acc", "pseudo_new_acc",
-                    "pseudo_hm", "test_base_acc", "test_new_acc", "test_hm"):
+                    "pseudo_hm", "test_base_acc", "test_new_acc", "test_hm", *transfer_keys(r.result)):
             if key in r.result and key not in row:
                 row[key] = r.result[key]
         rows.append(row)
@@ -93,8 +98,10 @@ def results_rows(records: Iterable[TrialRecord], metric: str) -> list[dict]:
 
 
 def write_parent_summary(tracker: Tracker, parent_run_id: str, records: list[TrialRecord], *, metric: str,
-                         mode: str, space_yaml: str, workdir: Path, dataset: str = "") -> tuple[ConfigSummary | None, TrialRecord | None]:
-    """Best config (params), best_* metrics, results.csv, plots and the best trial's learned state."""
+                         mode: str, space_yaml: str, workdir: Path, dataset: str = "",
+                         figures: bool = True) -> tuple[ConfigSummary | None, TrialRecord | None]:
+    """Best config (params), best_* metrics, results.csv, plots (``figures``: the base-to-new ones) and the best
+    trial's learned state."""
     import csv
 
     best, best_trial = best_config(records, metric, mode)
@@ -124,7 +131,7 @@ def write_parent_summary(tracker: Tracker, parent_run_id: str, records: list[Tri
         ts = int(time.time() * 1000)
         metrics = [metric_at(f"best_{metric}", best.mean(metric), 0, ts)]
         means = {"test_base_acc": best.mean("test_base_acc"), "test_new_acc": best.mean("test_new_acc"),
-                 "test_hm": best.test_hm()}
+                 "test_hm": best.test_hm(), **{k: best.mean(k) for k in transfer_keys(best_trial.result)}}
         for key, value in means.items():
             if not math.isnan(value):
                 metrics.append(metric_at(f"best_{key}", value, 0, ts))
@@ -138,6 +145,8 @@ def write_parent_summary(tracker: Tracker, parent_run_id: str, records: list[Tri
         seeds = len({r.hp.seed for r in records})
         tags["best"] = f"none: no configuration has all {seeds} seed(s) completed"
     tracker.set_tags(parent_run_id, tags)
+    if not figures:
+        return best, best_trial
     try:
         for path in parent_figures(tracker, parent_run_id, records, best, workdir, metric=metric, mode=mode,
                                    dataset=dataset):

@@ -231,8 +231,10 @@ class MlflowTrialLogger(_ray_callback_base()):
             self.keep_learned_state(trial)
         self.finish(trial.trial_id, trial.config, status, failures=trial.run_metadata.num_failures)
         hp = self.context.hyperparameters(trial.config)
-        what = (f"test HM {trial.last_result.get('test_hm', float('nan')):.2f}" if status == "completed"
-                else f"stopped after epoch {trial.last_result.get('epoch')}")
+        res = trial.last_result
+        what = (f"stopped after epoch {res.get('epoch')}" if status != "completed"
+                else f"test HM {res['test_hm']:.2f}" if "test_hm" in res
+                else f"test source {res.get('test_acc', float('nan')):.2f}, targets {res.get('test_target_avg', float('nan')):.2f}")
         log.info("%s %s: %s, %s %.2f", self.context.dataset, run_name(hp), what, self.metric,
                  trial.last_result.get(self.metric, float("nan")))
 

@@ -166,6 +166,8 @@ class TuneOptions:
     storage: str | None = None
     resume: bool = False
     mlflow_uri: str | None = None
+    protocol: str = "base-to-new"  # cross-dataset / domain-generalization: ``dataset`` is the source
+    targets: tuple[str, ...] = ()  # transfer protocols: these targets (default: every one featurized)
 
 
 @dataclass
@@ -200,6 +202,11 @@ def storage_root(storage: str | None) -> str:
     return str(local.expanduser().resolve())
 
 
+def experiment_name(dataset: str, protocol: str) -> str:
+    """The Tune experiment folder (and run name) of one dataset: the dataset, or ``<source>.<protocol>``."""
+    return dataset if protocol == "base-to-new" else f"{dataset}.{protocol}"
+
+
 def make_context(
     features: str,
     dataset: str,
@@ -213,6 +220,8 @@ def make_context(
     who: str = "",
     model: str | None = None,
     pretrained: str | None = None,
+    protocol: str = "base-to-new",
+    targets: tuple[str, ...] = (),
 ) -> TrialContext:
     """The trial context of one dataset, after checking that the store can serve every trial asked for
     (``shots`` / ``seeds`` drawn, the model's checkpoint present, enough base classes). ``features``: a model
@@ -244,6 +253,17 @@ def make_context(
     if now is not None and now != manifest.weights_id:
         raise TuneSetupError(f"the feature store {where} was made with weights {manifest.weights_id}, but "
                              f"{made_with} now holds {now}; featurize again with these weights, or restore the file")
+    found: tuple = ()
+    if protocol != "base-to-new":
+        from pipelines.tune.protocols import ProtocolError, find_targets
+
+        if int(manifest.rows.get("train", 0)) == 0:
+            raise TuneSetupError(f"{who}source {dataset} has no training images in {where}; a {protocol} source "
+                                 "needs its few-shot draws (featurize it with --shots)")
+        try:
+            found = find_targets(features, dataset, protocol, targets)
+        except ProtocolError as e:
+            raise TuneSetupError(f"{who}{e}") from None
     if objective == "pseudo-new":
         num_base = math.ceil(len(manifest.classnames) / 2)
         if num_base < 2:
@@ -263,6 +283,8 @@ def make_context(
         device=device,
         fail_once_dir=os.environ.get(FAIL_ONCE_ENV) or None,
         epoch_pause_s=float(os.environ.get(EPOCH_PAUSE_ENV) or 0.0),
+        protocol=protocol,
+        targets=found,
     )
 
 
@@ -271,7 +293,7 @@ def _context(opts: TuneOptions, space: SearchSpace, dataset: str) -> TrialContex
         opts.features, dataset, shots=space.shots_values(), seeds=list(space.seeds), objective=space.objective,
         pseudo_new_fraction=space.pseudo_new_fraction, num_threads=max(1, int(opts.cpus_per_trial)),
         device="cuda" if opts.gpus_per_trial > 0 else "cpu", who=f"space {space.name}",
-        model=opts.model, pretrained=opts.pretrained,
+        model=opts.model, pretrained=opts.pretrained, protocol=opts.protocol, targets=opts.targets,
     )
 
 
@@ -279,7 +301,7 @@ def prepare(opts: TuneOptions):
     """Every check that needs no Ray, in order: space, tracking URI, feature store, Tune storage (writable, not in
     use by another ``tune``), MLflow runs. Returns (space, tracking URI, tracker, plans, the experiment's lock: the
     caller releases it)."""
-    from pipelines.store import list_datasets, resolve_features
+    from pipelines.store import list_datasets, read_manifest, resolve_features
     from pipelines.tracking.client import check_tracking_uri, default_tracking_uri
 
     if not opts.experiment or "/" in opts.experiment:
@@ -290,8 +312,17 @@ def prepare(opts: TuneOptions):
         raise TuneSetupError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
     if opts.max_failures < 0:
         raise TuneSetupError(f"--max-failures must be >= 0, got {opts.max_failures}")
+    from dept.transfer import PROTOCOLS
+
+    if opts.protocol not in PROTOCOLS:
+        raise TuneSetupError(f"--protocol {opts.protocol!r}: known: {', '.join(PROTOCOLS)}")
+    if opts.targets and opts.protocol == "base-to-new":
+        raise TuneSetupError("--targets is for --protocol cross-dataset or domain-generalization")
+    if opts.protocol != "base-to-new" and opts.dataset == "all":
+        raise TuneSetupError(f"--protocol {opts.protocol}: name one source dataset (--source), not 'all'")
     space = load_space(opts.space).with_overrides(
-        methods=list(opts.methods) or None, num_samples=opts.num_samples, objective=opts.objective
+        methods=list(opts.methods) or None, num_samples=opts.num_samples, objective=opts.objective,
+        protocol=opts.protocol,
     )
     uri = opts.mlflow_uri or default_tracking_uri()
     check_tracking_uri(uri)
@@ -302,6 +333,14 @@ def prepare(opts: TuneOptions):
         if not datasets:
             raise TuneSetupError(f"no complete featurized datasets under {model_url} (run `dept-pipeline featurize` "
                                  "first, or let it finish)")
+        # Datasets of test images only (ImageNet's variants, other transfer targets) have nothing to train on.
+        test_only = [d for d in datasets if int(read_manifest(model_url, d).rows.get("train", 0)) == 0]
+        for d in test_only:
+            log.info("--dataset all: skipping %s, test images only (a transfer target: see --protocol)", d)
+        datasets = [d for d in datasets if d not in test_only]
+        if not datasets:
+            raise TuneSetupError(f"no featurized dataset under {model_url} has training images (only transfer "
+                                 f"targets: {', '.join(test_only)})")
     else:
         datasets = [opts.dataset]
     contexts = {d: _context(opts, space, d) for d in datasets}
@@ -324,18 +363,19 @@ def _plans(opts: TuneOptions, space: SearchSpace, uri: str, root: str, datasets:
     from pipelines.secrets import mask_uri
     from pipelines.tracking.client import Tracker
 
-    restorable = {d: Tuner.can_restore(f"{root}/{d}") for d in datasets}
+    folders = {d: experiment_name(d, opts.protocol) for d in datasets}
+    restorable = {d: Tuner.can_restore(f"{root}/{folders[d]}") for d in datasets}
     if not opts.resume:
         existing = [d for d in datasets if restorable[d]]
         if existing:
-            raise TuneSetupError(f"a Tune experiment already exists at {root}/{existing[0]}; pass --resume to "
-                                 "continue it, or choose another --experiment")
+            raise TuneSetupError(f"a Tune experiment already exists at {root}/{folders[existing[0]]}; pass --resume "
+                                 "to continue it, or choose another --experiment")
 
     tracker = Tracker(uri, opts.experiment)
     plans = []
     for d in datasets:
-        path = f"{root}/{d}"
-        parent = tracker.find_parent(d)
+        path = f"{root}/{folders[d]}"
+        parent = tracker.find_parent(d, opts.protocol)
         run = tracker.client.get_run(parent) if parent is not None else None
         tags = run.data.tags if run is not None else {}
         # A start killed (or failed) after its parent run was created and before Tune saved any state: same Tune
@@ -392,12 +432,13 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
             {**ctx.tags(), "space": space.name, "selection_metric": space.metric, "selection_mode": space.mode,
              "tune.experiment_path": mask_uri(plan.experiment_path), "num_trials": str(space.num_trials()),
              "features_url": mask_uri(ctx.features_url)},
-            name=f"{plan.dataset} ({space.name})",
+            name=(f"{plan.dataset} ({space.name})" if ctx.protocol == "base-to-new"
+                  else f"{plan.dataset} -> {ctx.protocol} ({space.name})"),
         )
     else:
         tracker.client.update_run(parent, status="RUNNING")
     logger = MlflowTrialLogger(
-        tracker, parent, key=f"{opts.experiment}/{plan.dataset}", context=ctx, space_name=space.name,
+        tracker, parent, key=f"{opts.experiment}/{experiment_name(plan.dataset, ctx.protocol)}", context=ctx, space_name=space.name,
         metric=space.metric, mode=space.mode, experiment_path=plan.experiment_path,
     )
     # Tune installs its SIGINT handler as fit starts; the logger's setup hook runs right after, and wraps it.
@@ -429,7 +470,7 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
                     reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
-                    name=plan.dataset,
+                    name=plan.experiment_path.rsplit("/", 1)[1],
                     storage_path=plan.experiment_path.rsplit("/", 1)[0],
                     failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                     # Every epoch reports a checkpoint (training state; the last one: final.json + learned
@@ -462,7 +503,7 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
             best, best_trial = write_parent_summary(
                 tracker, parent, records, metric=space.metric, mode=space.mode,
                 space_yaml=yaml.safe_dump(space.as_dict(), sort_keys=False), workdir=Path(tmp),
-                dataset=plan.dataset,
+                dataset=plan.dataset, figures=ctx.protocol == "base-to-new",
             )
         ok = True
     finally:
@@ -515,7 +556,9 @@ def _run_plans(opts, progress, signals, space, uri, tracker, plans) -> list[Data
                         if best is not None else "no configuration completed all its seeds"
                         if outcome.count("completed") else "no trial completed")
             zs = outcome.zero_shot
-            if zs:
+            if zs and "test_acc" in zs:
+                best_txt += f"; CLIP zero-shot source {zs['test_acc']:.2f} targets {zs.get('test_target_avg', math.nan):.2f}"
+            elif zs:
                 best_txt += (f"; CLIP zero-shot test base {zs['test_base_acc']:.2f} new {zs['test_new_acc']:.2f} "
                              f"HM {zs['test_hm']:.2f}")
             progress(f"[{i}/{len(plans)}] {plan.dataset}: done in {outcome.seconds:.0f}s — "
@@ -529,15 +572,18 @@ def _run_plans(opts, progress, signals, space, uri, tracker, plans) -> list[Data
     return outcomes
 
 
-def best_table(outcomes: list[DatasetOutcome], metric: str, mode: str = "max") -> str:
+def best_table(outcomes: list[DatasetOutcome], metric: str, mode: str = "max", protocol: str = "base-to-new") -> str:
     """The end-of-run table: the winning configuration per dataset (:mod:`pipelines.selection`: every seed
     completed, best mean ``metric``; the parent run's ``best_*`` and ``report`` use the same rule), with its test
-    numbers: base and new averaged over seeds, HM of those averages. A dataset without a complete configuration
-    shows its leading incomplete one, marked so in the seeds column."""
+    numbers: base and new averaged over seeds, HM of those averages (the transfer protocols: the source's test
+    accuracy and the mean over targets, averaged over seeds). A dataset without a complete configuration shows its
+    leading incomplete one, marked so in the seeds column."""
     from pipelines.tracking.summary import rank_configs
 
-    header = ["dataset", "method", "DePT", "loss w", "fusion w", "lr", "seeds", metric, "test base", "test new",
-              "test HM", "trials (done/stopped/failed)"]
+    transfer = protocol != "base-to-new"
+    tests = ["source test", "target avg"] if transfer else ["test base", "test new", "test HM"]
+    header = ["dataset", "method", "DePT", "loss w", "fusion w", "lr", "seeds", metric, *tests,
+              "trials (done/stopped/failed)"]
     rows = []
     for o in outcomes:
         counts = f"{o.count('completed')}/{o.count('stopped_early')}/{o.count('error')}"
@@ -545,14 +591,15 @@ def best_table(outcomes: list[DatasetOutcome], metric: str, mode: str = "max") -
         if b is None:
             b = next(iter(rank_configs(o.records, metric, mode)), None)
         if b is None or not b.completed():
-            rows.append([o.dataset, "-", "-", "-", "-", "-", "0", "-", "-", "-", "-", counts])
+            rows.append([o.dataset, "-", "-", "-", "-", "-", "0", "-", *["-"] * len(tests), counts])
             continue
         p = b.params
+        numbers = ([b.mean("test_acc"), b.mean("test_target_avg")] if transfer else
+                   [b.mean("test_base_acc"), b.mean("test_new_acc"), b.test_hm()])
         rows.append([
             o.dataset, str(p["method"]), "yes" if p["dept_effective"] else "no", f"{p['loss_weight']:.2f}",
             f"{p['fusion_weight']:.2f}", f"{p['lr']:.2e}", b.seeds_text(), f"{b.mean(metric):.2f}",
-            f"{b.mean('test_base_acc'):.2f}", f"{b.mean('test_new_acc'):.2f}",
-            f"{b.test_hm():.2f}", counts,
+            *[f"{x:.2f}" for x in numbers], counts,
         ])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)

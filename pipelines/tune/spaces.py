@@ -59,8 +59,13 @@ SEARCHERS = ("random", "optuna")
 SELECTABLE_METRICS = {
     "val": ("val_hm", "val_base_acc", "val_new_acc", "train_loss"),
     "pseudo-new": ("pseudo_hm", "pseudo_base_acc", "pseudo_new_acc", "train_loss"),
+    # the transfer protocols (cross-dataset, domain generalisation): accuracy over all source classes on the
+    # source's few-shot val images; targets are never looked at while selecting
+    "source-val": ("val_acc", "train_loss"),
 }
-DEFAULT_METRIC = {"val": "val_hm", "pseudo-new": "pseudo_hm"}
+DEFAULT_METRIC = {"val": "val_hm", "pseudo-new": "pseudo_hm", "source-val": "val_acc"}
+#: The objective of the transfer protocols (set by ``--protocol``, not chosen in a space file).
+TRANSFER_OBJECTIVE = "source-val"
 
 TOP_LEVEL_KEYS = (
     "description", "params", "seeds", "num_samples", "objective", "pseudo_new_fraction", "metric", "mode",
@@ -142,9 +147,19 @@ class SearchSpace:
 
     # -- overrides from the command line --------------------------------------------------------------------
     def with_overrides(
-        self, *, methods: list[str] | None = None, num_samples: int | None = None, objective: str | None = None
+        self, *, methods: list[str] | None = None, num_samples: int | None = None, objective: str | None = None,
+        protocol: str = "base-to-new",
     ) -> "SearchSpace":
         space = self
+        if protocol != "base-to-new":
+            # Trials train on every source class: no new classes to select on. The space's base-to-new metric
+            # becomes the source's validation accuracy (train_loss stays train_loss).
+            if objective == "pseudo-new" or (objective is None and space.objective == "pseudo-new"):
+                raise SpaceError(f"--protocol {protocol}: objective pseudo-new is for base-to-new only (trials "
+                                 "train on every source class); use --objective val")
+            metric = space.metric if space.metric in SELECTABLE_METRICS[TRANSFER_OBJECTIVE] else "val_acc"
+            space = dataclasses.replace(space, objective=TRANSFER_OBJECTIVE, metric=metric)
+            objective = None
         if methods:
             bad = [m for m in methods if m not in method_names()]
             if bad:

@@ -62,6 +62,16 @@ class InjectedFailure(RuntimeError):
 
 
 @dataclass(frozen=True)
+class TargetContext:
+    """A transfer target a trial is evaluated on at its end (its test images, from the same model folder)."""
+
+    dataset: str
+    fingerprint: str
+    protocol: str  # cross-dataset | domain-generalization
+    label_to_source: tuple[int, ...] | None = None  # a class subset of the source (domain generalisation)
+
+
+@dataclass(frozen=True)
 class TrialContext:
     """What every trial of one dataset shares (passed to workers with ``tune.with_parameters``)."""
 
@@ -79,6 +89,8 @@ class TrialContext:
     device: str = "cpu"  # "cuda" when the trial holds a GPU
     fail_once_dir: str | None = None  # test hook, see FAIL_ONCE_ENV
     epoch_pause_s: float = 0.0  # test hook, see EPOCH_PAUSE_ENV
+    protocol: str = "base-to-new"  # or cross-dataset / domain-generalization: ``dataset`` is then the source
+    targets: tuple[TargetContext, ...] = ()  # the transfer protocols' targets
 
     def hyperparameters(self, config: dict) -> Hyperparameters:
         """The resolved hyperparameters of a trial config (the driver uses this too, for MLflow params)."""
@@ -94,6 +106,8 @@ class TrialContext:
             "feature_fingerprint": self.fingerprint,
             "features_url": self.features_url,
             "objective": self.objective,
+            "protocol": self.protocol,
+            **({"targets": ",".join(t.dataset for t in self.targets)} if self.protocol != "base-to-new" else {}),
         }
 
 
@@ -219,6 +233,9 @@ def run_trial(
     torch.set_num_threads(max(1, ctx.num_threads))
     started = time.perf_counter()
     clip = text_tower(ctx)
+    if ctx.protocol != "base-to-new":
+        return run_transfer_trial(hp, ctx, clip, started, on_epoch=on_epoch, state_dir=state_dir,
+                                  on_checkpoint=on_checkpoint, resume=resume)
     data = read_trial_data(ctx, hp, clip.identity)
     cfg = _train_config(hp)
     log.info("%s %s seed %d: %d train images, %d base classes", ctx.dataset, hp.method, hp.seed,
@@ -247,16 +264,7 @@ def run_trial(
         res = selection(learner)
         return {f"{prefix}_base_acc": res.base_acc, f"{prefix}_new_acc": res.new_acc, f"{prefix}_hm": res.hm}
 
-    def epoch_done(stats) -> None:
-        metrics = {"epoch": stats.epoch, "train_loss": stats.train_loss, "lr": stats.lr,
-                   "epoch_seconds": stats.seconds, **stats.metrics}
-        last.clear()
-        last.update(metrics)
-        if stats.epoch < hp.epochs and on_epoch is not None:
-            on_epoch(metrics)
-        if stats.epoch < hp.epochs and on_checkpoint is not None:
-            on_checkpoint(metrics, stats.state)
-
+    epoch_done = _epoch_reporter(hp, last, on_epoch, on_checkpoint)
     learner = _learner(clip, hp, sel_train.classnames, ctx.dataset)
     train(learner, sel_train.features, sel_train.labels, cfg, on_epoch=epoch_done, validate=validate, resume=resume,
           resumable=on_checkpoint is not None)
@@ -287,6 +295,71 @@ def run_trial(
             "final": True,
         }
     )
+    if state_dir is not None:
+        save_state(learner, Path(state_dir) / STATE_FILE)
+    return final
+
+
+def _epoch_reporter(hp: Hyperparameters, last: dict, on_epoch, on_checkpoint) -> Callable:
+    """``dept.train``'s per-epoch hook: keeps the newest epoch's metrics in ``last`` and reports every epoch but the
+    last (whose metrics go out with the final result)."""
+
+    def epoch_done(stats) -> None:
+        metrics = {"epoch": stats.epoch, "train_loss": stats.train_loss, "lr": stats.lr,
+                   "epoch_seconds": stats.seconds, **stats.metrics}
+        last.clear()
+        last.update(metrics)
+        if stats.epoch < hp.epochs and on_epoch is not None:
+            on_epoch(metrics)
+        if stats.epoch < hp.epochs and on_checkpoint is not None:
+            on_checkpoint(metrics, stats.state)
+
+    return epoch_done
+
+
+def read_transfer_targets(ctx: TrialContext, identity: dict) -> list:
+    """Every target's test images as ``dept.transfer.TransferTarget`` (all of the target's classes)."""
+    from dept.transfer import TransferTarget
+    from pipelines.store import open_target_store
+
+    out = []
+    for t in ctx.targets:
+        fs = open_target_store(ctx.features_url, t.dataset, fingerprint=t.fingerprint,
+                               expected_identity=identity).features("test")
+        out.append(TransferTarget(t.dataset, t.protocol, fs.features, fs.labels, list(fs.classnames),
+                                  list(t.label_to_source) if t.label_to_source is not None else None))
+    return out
+
+
+def run_transfer_trial(hp: Hyperparameters, ctx: TrialContext, clip, started: float, *, on_epoch=None,
+                       state_dir=None, on_checkpoint=None, resume=None) -> dict:
+    """The cross-dataset / domain-generalisation trial: train on every class of the source (its few-shot draw),
+    select on the source's val images (``val_acc``, all source classes), then score the source's test images
+    (``test_acc``) and every target's (``test_acc/<target>``, ``test_target_avg``; dept.transfer)."""
+    from dept import save_state, train
+    from dept.transfer import evaluate_transfer, source_accuracy
+    from pipelines.store import open_store
+
+    store = open_store(ctx.features_url, ctx.dataset, fingerprint=ctx.fingerprint, expected_identity=clip.identity)
+    fs_train = store.features("train", seed=hp.seed, shots=hp.shots)
+    fs_val = store.features("val", seed=hp.seed, shots=hp.shots)
+    fs_test = store.features("test")
+    targets = read_transfer_targets(ctx, clip.identity)  # before training: a bad target store fails fast
+    if len(fs_train.labels) < hp.batch_size:
+        raise ValueError(f"{ctx.dataset}: {len(fs_train.labels)} training images, fewer than batch size {hp.batch_size}")
+    log.info("%s (%s source) %s seed %d: %d train images, %d classes, %d targets", ctx.dataset, ctx.protocol,
+             hp.method, hp.seed, len(fs_train.labels), len(fs_train.classnames), len(targets))
+
+    last: dict = {}
+    learner = _learner(clip, hp, list(fs_train.classnames), ctx.dataset)
+    train(learner, fs_train.features, fs_train.labels, _train_config(hp),
+          on_epoch=_epoch_reporter(hp, last, on_epoch, on_checkpoint),
+          validate=lambda lr: {"val_acc": source_accuracy(lr, fs_val.features, fs_val.labels)},
+          resume=resume, resumable=on_checkpoint is not None)
+    if not last:  # epochs 0: the untrained prompts' selection metric, as epoch 0
+        last.update({"epoch": 0, "val_acc": source_accuracy(learner, fs_val.features, fs_val.labels)})
+    result = evaluate_transfer(learner, fs_test.features, fs_test.labels, targets)
+    final = {**last, **result.metrics(), "train_seconds": time.perf_counter() - started, "final": True}
     if state_dir is not None:
         save_state(learner, Path(state_dir) / STATE_FILE)
     return final

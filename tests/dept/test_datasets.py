@@ -563,3 +563,38 @@ def test_few_shot_then_split_on_a_loaded_dataset(tmp_path):
     base, new = base_new_split(s.num_classes)
     base_items, base_names = subset(train, base, s.classnames)
     assert base_names == ["abyssinian", "american bulldog"] and len(base_items) == 4
+
+
+def test_transfer_roles_of_known_and_custom_datasets(tmp_path):
+    """The registry records ImageNet's 10 cross-dataset and 4 domain-generalisation targets; a custom dataset says
+    so in transfer.json; a malformed one is refused in one line naming the file."""
+    from dept.datasets import TargetOf, dataset_names, load_custom_dataset
+
+    roles = {n: get_spec(n).target_of for n in dataset_names()}
+    assert roles.pop("ImageNet") is None
+    assert sorted(n for n, r in roles.items() if r == ("domain-generalization", "ImageNet")) == sorted(VARIANTS)
+    assert len([n for n, r in roles.items() if r == ("cross-dataset", "ImageNet")]) == 10
+    d = tmp_path / "imagenet-adversarial"
+    write_imagenet_classnames(d / "classnames.txt")
+    write_image(d / "imagenet-a" / WNIDS[2] / "0.jpg")
+    assert load_dataset("ImageNetA", tmp_path).target_of == TargetOf("domain-generalization", "ImageNet", (2,))
+    make_imagenet(tmp_path)
+    assert load_dataset("ImageNet", tmp_path).target_of is None
+
+    custom = tmp_path / "sub"
+    write_split_json(custom, "split.json", "images", {"train": [], "val": [],
+                                                      "test": [["a/0.png", 0, "a"], ["b/0.png", 1, "b"]]})
+    assert load_custom_dataset(custom).target_of is None
+    (custom / "transfer.json").write_text('{"protocol": "domain-generalization", "source": "src", "label_to_source": [3, 1]}')
+    assert load_custom_dataset(custom).target_of == TargetOf("domain-generalization", "src", (3, 1))
+    for text, message in [
+        ('{"protocol": "base-to-new", "source": "src"}', "protocol must be cross-dataset or domain-generalization"),
+        ('{"protocol": "cross-dataset", "source": "src", "label_to_source": [0, 1]}', "for domain-generalization targets only"),
+        ('{"protocol": "domain-generalization", "source": "src", "label_to_source": [0]}', "must list 2 distinct"),
+        ('{"protocol": "cross-dataset"}', "expected an object with 'protocol' and 'source'"),
+        ("{", "malformed"),
+    ]:
+        (custom / "transfer.json").write_text(text)
+        with pytest.raises(DatasetError, match=message) as e:
+            load_custom_dataset(custom)
+        assert "transfer.json" in str(e.value) and "\n" not in str(e.value)

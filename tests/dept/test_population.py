@@ -1,5 +1,7 @@
 """Trial populations (dept.population): each member equals its own dept.train run, a population of one is
 dept.train bit for bit, members stop and fail independently, mismatched members are refused up front."""
+import math
+
 import pytest
 import torch
 
@@ -153,3 +155,101 @@ def test_mismatched_members_refused_before_work(clip):
             train_population(learners, x, y, configs)
         assert "\n" not in str(e.value)
     assert torch.equal(a.method.ctx, before)
+
+
+@pytest.mark.parametrize("method", ["coop", "cocoop"])
+def test_dept_train_and_a_population_of_one_give_equal_tensors_and_epoch_states(clip, method):
+    """dept.train runs through train_population: losses, parameters and every epoch's TrainResume (learned
+    tensors, SGD momentum) are torch.equal to a direct population of one."""
+    x, y = data(clip, method)
+    a, config = member(clip, method, MEMBERS[0])
+    b, _ = member(clip, method, MEMBERS[0])
+    hist = train(a, x, y, config, resumable=True)
+    [r] = train_population([b], x, y, [config], resumable=True)
+    assert r.status == "done" and len(hist) == len(r.history) == config.epochs
+    assert torch.equal(torch.tensor([h.train_loss for h in hist]), torch.tensor([h.train_loss for h in r.history]))
+    assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
+    for s, t in zip(hist, r.history):
+        assert s.state.epoch == t.state.epoch == s.epoch
+        assert s.state.learned.keys() == t.state.learned.keys()
+        assert all(torch.equal(s.state.learned[k], t.state.learned[k]) for k in s.state.learned)
+        so, to = s.state.optimizer, t.state.optimizer
+        assert so["param_groups"] == to["param_groups"] and so["state"].keys() == to["state"].keys()
+        assert all(torch.equal(so["state"][i]["momentum_buffer"], to["state"][i]["momentum_buffer"]) for i in so["state"])
+
+
+def test_a_resumed_population_equals_the_uninterrupted_one_bit_for_bit(clip):
+    """Every member resumed from the population's own epoch-1 states (through a file, as a Tune checkpoint is)
+    runs epoch 2 exactly as the uninterrupted population did."""
+    import io
+
+    from dept.train import TrainResume
+
+    x, y = data(clip, "coop")
+    whole = [member(clip, "coop", coefs) for coefs in MEMBERS[:2]]
+    full = train_population([m for m, _ in whole], x, y, [c for _, c in whole], resumable=True)
+    states = []
+    for r in full:
+        buf = io.BytesIO()
+        torch.save({"epoch": r.history[0].state.epoch, "learned": r.history[0].state.learned,
+                    "optimizer": r.history[0].state.optimizer}, buf)
+        buf.seek(0)
+        d = torch.load(buf, weights_only=True)
+        states.append(TrainResume(d["epoch"], d["learned"], d["optimizer"]))
+    retried = [member(clip, "coop", coefs) for coefs in MEMBERS[:2]]
+    rest = train_population([m for m, _ in retried], x, y, [c for _, c in retried], resume=states)
+    for (w, _), (m, _), f, r in zip(whole, retried, full, rest):
+        assert [s.epoch for s in r.history] == [2]
+        assert [(s.train_loss, s.lr) for s in r.history] == [(s.train_loss, s.lr) for s in f.history[1:]]
+        assert all(torch.equal(u, v) for u, v in zip(w.state_dict().values(), m.state_dict().values()))
+
+
+def test_members_resumed_at_different_epochs_join_when_their_epoch_comes(clip):
+    """One member resumed after epoch 1 of its dept.train, one fresh, in one population: each equals its own
+    uninterrupted dept.train; the resumed one only trains epochs 2.. (its history starts there)."""
+    x, y = data(clip, "coop")
+    alone = [member(clip, "coop", coefs, epochs=3) for coefs in MEMBERS[:2]]
+    hists = [train(m, x, y, c, resumable=True) for m, c in alone]
+    pop = [member(clip, "coop", coefs, epochs=3) for coefs in MEMBERS[:2]]
+    seen = []
+    results = train_population([m for m, _ in pop], x, y, [c for _, c in pop], resume=[hists[0][0].state, None],
+                               on_epoch=lambda p, s: seen.append((p, s.epoch)))
+    assert [r.status for r in results] == ["done", "done"]
+    assert [s.epoch for s in results[0].history] == [2, 3] and [s.epoch for s in results[1].history] == [1, 2, 3]
+    assert seen == [(1, 1), (0, 2), (1, 2), (0, 3), (1, 3)]
+    assert_same_member(alone[0][0], hists[0][1:], pop[0][0], results[0].history, clip)
+    assert_same_member(alone[1][0], hists[1], pop[1][0], results[1].history, clip)
+
+
+def test_population_resume_errors_are_one_line_before_work(clip):
+    x, y = data(clip, "coop")
+    pop = [member(clip, "coop", coefs) for coefs in MEMBERS[:2]]
+    state = train(member(clip, "coop", MEMBERS[0])[0], x, y, pop[0][1], resumable=True)[0].state
+    before = [m.method.ctx.detach().clone() for m, _ in pop]
+    from dept.train import TrainResume
+
+    cases = [
+        ([state], "2 learners but 1 resume states"),
+        ([state, TrainResume(3, state.learned, state.optimizer)],
+         "population member 1: cannot resume after epoch 3 of a 2-epoch training"),
+    ]
+    for resume, words in cases:
+        with pytest.raises(ValueError, match=words) as e:
+            train_population([m for m, _ in pop], x, y, [c for _, c in pop], resume=resume)
+        assert "\n" not in str(e.value)
+    assert all(torch.equal(m.method.ctx, b) for (m, _), b in zip(pop, before))
+
+
+def test_a_non_finite_loss_fails_a_member_but_dept_train_trains_on(clip):
+    """The two behaviours for a non-finite loss: a population member is marked failed and leaves the step (a
+    search goes on without it); dept.train, as it always has, runs every epoch and reports the non-finite loss."""
+    x, y = data(clip, "coop")
+    a, config = member(clip, "coop", MEMBERS[0])
+    b, _ = member(clip, "coop", MEMBERS[0])
+    for m in (a, b):
+        with torch.no_grad():
+            m.cat_head.classifier.bias.fill_(float("inf"))
+    hist = train(a, x, y, config)
+    assert [h.epoch for h in hist] == [1, 2] and not any(math.isfinite(h.train_loss) for h in hist)
+    [r] = train_population([b], x, y, [config])
+    assert r.status == "failed" and r.history == [] and "epoch 1, step 1" in r.reason

@@ -1,0 +1,316 @@
+"""The paper-style tables of the two transfer protocols (DePT's Table 2, cross-dataset; Table 3, domain
+generalisation), read back from MLflow, beside the published numbers.
+
+A prompt is trained on every class of a source dataset (the paper: ImageNet, 16 shots) and tested on the source and,
+untouched, on each target. Per (method, DePT in effect: the ``dept_effective`` param) the configuration is the one of
+:mod:`pipelines.selection`'s rule, as in the base-to-new table (:mod:`pipelines.report.table`): the best mean of the
+selection metric (``val_acc``: source validation images only, targets never looked at) over seeds, among the
+configurations with every seed completed. One row per method, CLIP zero-shot first (the newest ``zero-shot`` run of
+the source); columns: the source's test accuracy, each target's (the paper's targets in its order, then others
+sorted), and the average over the targets of the per-target means over seeds. One table per source dataset.
+
+Published numbers (``pipelines/data/paper_transfer_results.csv``) hold only what the paper prints: for
+domain generalisation no "target average" rows are stored; :func:`load_paper_transfer` computes them when reading,
+as the mean of a method's four targets. A row's paper cells are shown only for the paper's source (ImageNet); the
+paper average beside ours is the printed one when our targets are the paper's, else the mean of the paper's
+per-target numbers over our targets when it gives all of them, else none ("—").
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Iterable
+
+from pipelines.report.formats import cell_number, tex_escape, tex_number
+from pipelines.report.table import (
+    PAPER_METHOD_NAMES, ZERO_SHOT_LABEL, ReportError, RunInfo, one_per_config_and_seed, seed_run, method_label,
+    run_info, run_protocol, search_experiment,
+)
+from pipelines.secrets import mask_uri
+from pipelines.selection import rank
+
+#: ``--protocol``'s transfer spellings (dept.datasets.types; not imported: dept imports torch).
+CROSS_DATASET = "cross-dataset"
+DOMAIN_GENERALIZATION = "domain-generalization"
+TRANSFER_PROTOCOLS = (CROSS_DATASET, DOMAIN_GENERALIZATION)
+PAPER_SOURCE = "ImageNet"
+#: The paper's targets in its tables' column order.
+PAPER_TARGETS = {
+    CROSS_DATASET: ("Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft", "SUN397",
+                    "DTD", "EuroSAT", "UCF101"),
+    DOMAIN_GENERALIZATION: ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"),
+}
+TITLES = {CROSS_DATASET: "Cross-dataset", DOMAIN_GENERALIZATION: "Domain-generalisation"}
+#: What transfer runs log (the issue 17 contract).
+SOURCE_METRIC = "test_acc"
+TARGET_PREFIX = "test_acc/"
+SELECTION_METRIC = "val_acc"
+#: The ``dataset`` of the paper's average rows in the CSV.
+TARGET_AVERAGE = "target average"
+MISSING = "—"
+
+
+def load_paper_transfer() -> dict[tuple[str, str, str, str], float]:
+    """(protocol, method, variant, dataset) -> published accuracy; variant ``base`` or ``DePT``. The
+    domain-generalisation target averages are computed here from the four targets (the CSV stores what is
+    printed only)."""
+    text = resources.files("pipelines").joinpath("data/paper_transfer_results.csv").read_text()
+    out = {(r["protocol"], r["method"], r["variant"], r["dataset"]): float(r["acc"])
+           for r in csv.DictReader(io.StringIO(text))}
+    dg = PAPER_TARGETS[DOMAIN_GENERALIZATION]
+    for protocol, method, variant in {k[:3] for k in out if k[0] == DOMAIN_GENERALIZATION}:
+        accs = [out.get((protocol, method, variant, t)) for t in dg]
+        if all(a is not None for a in accs):
+            out[(protocol, method, variant, TARGET_AVERAGE)] = statistics.fmean(accs)
+    return out
+
+
+@dataclass
+class Cell:
+    mean: float
+    std: float = float("nan")
+    paper: float | None = None
+
+
+@dataclass
+class TransferRow:
+    method: str
+    dept: bool
+    source: Cell
+    targets: dict[str, Cell]
+    average: Cell
+    zero_shot: bool = False
+    seeds: int = 0
+    seeds_expected: int = 0
+    complete: bool = True
+    selection_metric: str = ""
+    selection_value: float = float("nan")
+    configs_compared: int = 1
+
+    @property
+    def label(self) -> str:
+        return ZERO_SHOT_LABEL if self.zero_shot else method_label(self.method, self.dept)
+
+    @property
+    def seeds_text(self) -> str:
+        """As the base-to-new table's: "2", or "1/2 incomplete" (completed / expected)."""
+        return str(self.seeds) if self.complete else f"{self.seeds}/{self.seeds_expected} incomplete"
+
+
+@dataclass
+class TransferTable:
+    protocol: str
+    source: str
+    targets: list[str]  # column order
+    rows: list[TransferRow] = field(default_factory=list)
+
+
+def _dept_effective(run, info: RunInfo) -> bool:
+    """What the run really applied (the ``dept_effective`` param: "True"/"true"), else its ``dept`` tag."""
+    value = run.data.params.get("dept_effective")
+    return info.dept if value is None else value.lower() == "true"
+
+
+def collect_transfer_runs(uri: str, experiment: str, protocol: str) -> list[RunInfo]:
+    """The zero-shot, trial and train runs of ``protocol``; a one-line :class:`ReportError` naming the protocols
+    the experiment does have when it has none of this one."""
+    runs = search_experiment(uri, experiment)
+    mine = [r for r in runs if run_protocol(r.data.tags) == protocol]
+    if not mine:
+        have = sorted({run_protocol(r.data.tags) for r in runs})
+        raise ReportError(f"MLflow experiment {experiment!r} at {mask_uri(uri)} has no {protocol} runs "
+                          f"(its runs' protocols: {', '.join(have) or 'none, it has no runs'})")
+    out = []
+    for run in mine:
+        targets = [t for t in run.data.tags.get("targets", "").split(",") if t]
+        info = run_info(run, (SOURCE_METRIC, *(TARGET_PREFIX + t for t in targets)), SELECTION_METRIC)
+        if info is not None:
+            info.dept = _dept_effective(run, info)
+            out.append(info)
+    out = one_per_config_and_seed(out)
+    if not out:
+        raise ReportError(f"MLflow experiment {experiment!r} at {mask_uri(uri)} has no finished {protocol} runs "
+                          "with test metrics yet")
+    return out
+
+
+def _target_order(protocol: str):
+    paper = PAPER_TARGETS[protocol]
+    return lambda t: (paper.index(t), "") if t in paper else (len(paper), t)
+
+
+def _average(cells: dict[str, Cell], targets: list[str]) -> float:
+    """Mean over the targets of the per-target means; none unless the row has every target of the table."""
+    vals = [cells[t].mean for t in targets if t in cells and not math.isnan(cells[t].mean)]
+    return statistics.fmean(vals) if vals and len(vals) == len(targets) else float("nan")
+
+
+def _add_paper(row: TransferRow, table: TransferTable, paper: dict) -> None:
+    if row.zero_shot or table.source != PAPER_SOURCE:
+        return
+    key = (table.protocol, PAPER_METHOD_NAMES.get(row.method, row.method), "DePT" if row.dept else "base")
+    row.source.paper = paper.get((*key, PAPER_SOURCE))
+    for t, cell in row.targets.items():
+        cell.paper = paper.get((*key, t))
+    if set(table.targets) == set(PAPER_TARGETS[table.protocol]):
+        row.average.paper = paper.get((*key, TARGET_AVERAGE))
+    else:
+        ps = [paper.get((*key, t)) for t in table.targets]
+        row.average.paper = statistics.fmean(ps) if ps and all(p is not None for p in ps) else None
+
+
+def build_transfer_report(runs: Iterable[RunInfo], protocol: str, paper: dict | None = None) -> list[TransferTable]:
+    paper = load_paper_transfer() if paper is None else paper
+    by_source: dict[str, list[RunInfo]] = {}
+    for r in runs:
+        by_source.setdefault(r.dataset, []).append(r)
+    tables = []
+    for source in sorted(by_source, key=lambda s: (s != PAPER_SOURCE, s)):
+        runs_s = by_source[source]
+        targets = sorted({k[len(TARGET_PREFIX):] for r in runs_s for k in r.metrics if k.startswith(TARGET_PREFIX)},
+                         key=_target_order(protocol))
+        table = TransferTable(protocol, source, targets)
+        zero_shot = [r for r in runs_s if r.zero_shot]
+        if zero_shot:  # nothing selected: the newest (every run of the same features gives the same numbers)
+            z = max(zero_shot, key=lambda r: r.start_time)
+            cells = {t: Cell(z.metrics[TARGET_PREFIX + t]) for t in targets if TARGET_PREFIX + t in z.metrics}
+            table.rows.append(TransferRow("clip", False, Cell(z.metrics[SOURCE_METRIC]), cells,
+                                          Cell(_average(cells, targets)), zero_shot=True))
+        by_cell: dict[tuple[str, bool], list[RunInfo]] = {}
+        for r in runs_s:
+            if not r.zero_shot:
+                by_cell.setdefault((r.method, r.dept), []).append(r)
+        method_order = list(PAPER_METHOD_NAMES)
+        for (method, dept) in sorted(by_cell, key=lambda k: (
+                method_order.index(k[0]) if k[0] in method_order else len(method_order), k[0], k[1])):
+            cell = by_cell[(method, dept)]
+            # The one winner rule, exactly as the base-to-new table applies it (pipelines.selection).
+            metric, mode = cell[0].selection_metric, cell[0].selection_mode
+            seeds = {s for r in cell for s in r.seeds} | {r.seed for r in cell}
+            ranked = rank([seed_run(r) for r in cell], metric, mode, seeds=seeds)
+            top = ranked[0]
+            if not top.completed():
+                continue  # nothing of this cell has test numbers
+
+            def cell_of(key: str) -> Cell:  # the spread of a subset of seeds is not shown
+                return Cell(top.mean(key), top.std(key) if top.complete else float("nan"))
+
+            cells = {t: cell_of(TARGET_PREFIX + t) for t in targets}
+            cells = {t: c for t, c in cells.items() if not math.isnan(c.mean)}
+            table.rows.append(TransferRow(
+                method, dept, cell_of(SOURCE_METRIC), cells, Cell(_average(cells, targets)),
+                seeds=len(top.completed()), seeds_expected=len(top.seeds), complete=top.complete,
+                selection_metric=metric, selection_value=top.mean(metric), configs_compared=len(ranked)))
+        for row in table.rows:
+            _add_paper(row, table, paper)
+        tables.append(table)
+    return tables
+
+
+# -- formats -------------------------------------------------------------------------------------------------
+def _notes(tables: list[TransferTable]) -> list[str]:
+    notes = ["Average: the mean over the targets of the per-target means over seeds (— when a row lacks a "
+             "target). Paper rows: the published numbers for source ImageNet (Koorye/DePT, CVPR 2024); their "
+             "average is the printed one when the targets are the paper's, else the mean of its per-target numbers "
+             "over the targets shown; — where the paper gives none."]
+    if any(r.zero_shot for t in tables for r in t.rows):
+        notes.append(f"{ZERO_SHOT_LABEL}: the frozen model with hand-crafted prompts, nothing trained (no seeds).")
+    if any(not r.complete for t in tables for r in t.rows):
+        notes.append("Seeds marked incomplete (completed / expected): no configuration of that method has every "
+                     "seed completed, so none is selected; shown is the leading one's mean over its completed seeds.")
+    return notes
+
+
+def format_transfer_markdown(tables: list[TransferTable], *, experiment: str = "") -> str:
+    lines = []
+    for table in tables:
+        what = f"{TITLES[table.protocol]} results"
+        if experiment:
+            what += f" of MLflow experiment `{experiment}`"
+        lines += [f"{what}: source {table.source}, {len(table.targets)} target(s) (test accuracy, %; mean ± std "
+                  f"over seeds). Per method, the configuration with the best mean {SELECTION_METRIC} over seeds "
+                  "(source validation images only) is shown.", ""]
+        lines.append(f"| Method | Seeds | Source ({table.source}) | " + " | ".join(table.targets) + " | Average |")
+        lines.append("| --- | ---: | ---: |" + " ---: |" * (len(table.targets) + 1))
+        for r in table.rows:
+            ours = [cell_number(r.source.mean, r.source.std, missing=MISSING)]
+            ours += [cell_number(r.targets[t].mean, r.targets[t].std, missing=MISSING) if t in r.targets else MISSING
+                     for t in table.targets]
+            ours.append(cell_number(r.average.mean, missing=MISSING))
+            seeds = MISSING if r.zero_shot else r.seeds_text
+            lines.append(f"| {r.label} | {seeds} | " + " | ".join(ours) + " |")
+            theirs = [r.source.paper] + [r.targets[t].paper if t in r.targets else None for t in table.targets]
+            theirs.append(r.average.paper)
+            lines.append(f"| {r.label} (paper) | | " + " | ".join(cell_number(p, missing=MISSING) for p in theirs) + " |")
+        lines.append("")
+    lines += _notes(tables)
+    return "\n".join(lines) + "\n"
+
+
+#: One line per cell; ``row``: ``source`` (the source's test accuracy), ``target`` or ``average``.
+TRANSFER_CSV_COLUMNS = ("row", "protocol", "source", "method", "dept", "seeds", "dataset", "acc", "acc_std",
+                        "paper_acc", "selection_metric", "selection_value", "configs_compared", "note")
+
+
+def format_transfer_csv(tables: list[TransferTable], *, experiment: str = "") -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=TRANSFER_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+
+    def num(x):
+        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, 4)
+
+    for table in tables:
+        for r in table.rows:
+            note = "CLIP zero-shot: nothing trained, no seeds" if r.zero_shot else ""
+            if not r.complete:
+                note = f"incomplete: {r.seeds} of {r.seeds_expected} seeds completed; no configuration selected"
+            cells = [("source", table.source, r.source)] + [("target", t, r.targets[t]) for t in table.targets
+                                                             if t in r.targets]
+            cells.append(("average", "Average", r.average))
+            for kind, dataset, c in cells:
+                writer.writerow({
+                    "row": kind, "protocol": table.protocol, "source": table.source, "method": r.method,
+                    "dept": str(r.dept).lower(), "seeds": "" if r.zero_shot else r.seeds, "dataset": dataset,
+                    "acc": num(c.mean), "acc_std": num(c.std), "paper_acc": num(c.paper),
+                    "selection_metric": r.selection_metric, "selection_value": num(r.selection_value),
+                    "configs_compared": "" if r.zero_shot else r.configs_compared,
+                    "note": "mean over the targets of the per-target means" if kind == "average" and not note else note,
+                })
+    return buf.getvalue()
+
+
+def format_transfer_latex(tables: list[TransferTable], *, experiment: str = "") -> str:
+    """A booktabs ``tabular`` per source: the Markdown rows, each method's paper row in italics below it."""
+    lines = [f"% {n}" for n in _notes(tables)] + ["% requires \\usepackage{booktabs}"]
+    for table in tables:
+        header = ["Method", "Seeds", f"Source ({table.source})", *table.targets, "Average"]
+        lines += [f"% {TITLES[table.protocol]} results" + (f" of MLflow experiment {experiment}" if experiment else ""),
+                  "\\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", "\\toprule",
+                  " & ".join(tex_escape(h) for h in header) + " \\\\", "\\midrule"]
+        for r in table.rows:
+            ours = [tex_escape(r.label), "" if r.zero_shot else tex_escape(r.seeds_text), tex_number(r.source.mean, r.source.std)]
+            ours += [tex_number(r.targets[t].mean, r.targets[t].std) if t in r.targets else "--" for t in table.targets]
+            ours.append(tex_number(r.average.mean))
+            theirs = [r.source.paper] + [r.targets[t].paper if t in r.targets else None for t in table.targets]
+            theirs.append(r.average.paper)
+            lines.append(" & ".join(ours) + " \\\\")
+            lines.append(" & ".join([f"\\textit{{{tex_escape(r.label)} (paper)}}", ""] + [tex_number(p) for p in theirs])
+                         + " \\\\")
+        lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+#: ``report --format`` -> formatter(tables, experiment=...), as :data:`pipelines.report.formats.FORMATS`.
+TRANSFER_FORMATS = {"md": format_transfer_markdown, "csv": format_transfer_csv, "latex": format_transfer_latex}
+
+
+def make_transfer_report(uri: str, experiment: str, protocol: str, fmt: str = "md") -> str:
+    if protocol not in TRANSFER_PROTOCOLS:
+        raise ReportError(f"protocol {protocol!r} is not a transfer protocol ({', '.join(TRANSFER_PROTOCOLS)})")
+    tables = build_transfer_report(collect_transfer_runs(uri, experiment, protocol), protocol)
+    return TRANSFER_FORMATS[fmt](tables, experiment=experiment)
