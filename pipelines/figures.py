@@ -19,6 +19,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.metrics import is_number
+
 WIDTH_IN, DPI = 8.0, 100  # 800 px
 TEST_KEYS = ("test_base_acc", "test_new_acc", "test_hm")
 _SWEEP_METRIC = re.compile(r"^(?P<curve>.+)_sweep/fw(?P<weight>\d+(?:\.\d+)?)$")  # tracking.client.sweep_key
@@ -54,7 +56,7 @@ def points_from_records(records, metric: str) -> list[TrialPoint]:
                  if k.startswith("sweep_") and k != "sweep_fusion_weights" and v}
         out.append(TrialPoint(r.hp.method, bool(r.hp.dept), config_key(r.hp), str(r.hp.seed), float(r.hp.loss_weight),
                               float(r.hp.fusion_weight), r.status == "completed", _num(res.get(metric)), 0,
-                              {k: res[k] for k in TEST_KEYS if _is_num(res.get(k))}, sweep))
+                              {k: res[k] for k in TEST_KEYS if is_number(res.get(k))}, sweep))
     return out
 
 
@@ -301,10 +303,6 @@ def _num(v) -> float:
         return float(v) if not isinstance(v, bool) and v is not None else float("nan")
     except ValueError:
         return float("nan")
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _pyplot():

@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from pipelines.metrics import harmonic_mean
+from pipelines.metrics import harmonic_mean, is_number
 
 COMPLETED = "completed"
 
@@ -47,12 +47,12 @@ class ConfigOutcome:
         return bool(self.seeds) and all(s in self.runs and self.runs[s].status == COMPLETED for s in self.seeds)
 
     def mean(self, key: str) -> float:
-        vals = [r.metrics[key] for r in self.completed() if _is_number(r.metrics.get(key))]
+        vals = [r.metrics[key] for r in self.completed() if is_number(r.metrics.get(key), nan=False)]
         return statistics.fmean(vals) if vals else float("nan")
 
     def std(self, key: str) -> float:
         """Over the seeds; NaN with fewer than two (a spread of one seed is no "± 0.00")."""
-        vals = [r.metrics[key] for r in self.completed() if _is_number(r.metrics.get(key))]
+        vals = [r.metrics[key] for r in self.completed() if is_number(r.metrics.get(key), nan=False)]
         return statistics.stdev(vals) if len(vals) > 1 else float("nan")
 
     def test_hm(self) -> float:
@@ -63,10 +63,6 @@ class ConfigOutcome:
         """"2" when complete, else "1/2 incomplete" (completed seeds / expected)."""
         done = len(self.completed())
         return str(done) if self.complete else f"{done}/{len(self.seeds)} incomplete"
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
 
 
 def one_per_seed(runs: Iterable[SeedRun]) -> list[SeedRun]:

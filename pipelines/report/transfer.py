@@ -212,6 +212,14 @@ def build_transfer_report(runs: Iterable[RunInfo], protocol: str, paper: dict | 
 
 
 # -- formats -------------------------------------------------------------------------------------------------
+def _paper_cells(r: "TransferRow", table: "TransferTable") -> list | None:
+    """The row's published numbers (source, each target, average), or None when the paper gives none of them (a
+    source other than the paper's, CLIP zero-shot): no row of dashes then."""
+    theirs = [r.source.paper] + [r.targets[t].paper if t in r.targets else None for t in table.targets]
+    theirs.append(r.average.paper)
+    return None if all(p is None for p in theirs) else theirs
+
+
 def _notes(tables: list[TransferTable]) -> list[str]:
     notes = ["Average: the mean over the targets of the per-target means over seeds (— when a row lacks a "
              "target). Paper rows: the published numbers for source ImageNet (Koorye/DePT, CVPR 2024); their "
@@ -243,9 +251,10 @@ def format_transfer_markdown(tables: list[TransferTable], *, experiment: str = "
             ours.append(cell_number(r.average.mean, missing=MISSING))
             seeds = MISSING if r.zero_shot else r.seeds_text
             lines.append(f"| {r.label} | {seeds} | " + " | ".join(ours) + " |")
-            theirs = [r.source.paper] + [r.targets[t].paper if t in r.targets else None for t in table.targets]
-            theirs.append(r.average.paper)
-            lines.append(f"| {r.label} (paper) | | " + " | ".join(cell_number(p, missing=MISSING) for p in theirs) + " |")
+            theirs = _paper_cells(r, table)
+            if theirs is not None:
+                lines.append(f"| {r.label} (paper) | | " + " | ".join(cell_number(p, missing=MISSING) for p in theirs)
+                             + " |")
         lines.append("")
     lines += _notes(tables)
     return "\n".join(lines) + "\n"
@@ -296,11 +305,11 @@ def format_transfer_latex(tables: list[TransferTable], *, experiment: str = "") 
             ours = [tex_escape(r.label), "" if r.zero_shot else tex_escape(r.seeds_text), tex_number(r.source.mean, r.source.std)]
             ours += [tex_number(r.targets[t].mean, r.targets[t].std) if t in r.targets else "--" for t in table.targets]
             ours.append(tex_number(r.average.mean))
-            theirs = [r.source.paper] + [r.targets[t].paper if t in r.targets else None for t in table.targets]
-            theirs.append(r.average.paper)
+            theirs = _paper_cells(r, table)
             lines.append(" & ".join(ours) + " \\\\")
-            lines.append(" & ".join([f"\\textit{{{tex_escape(r.label)} (paper)}}", ""] + [tex_number(p) for p in theirs])
-                         + " \\\\")
+            if theirs is not None:
+                lines.append(" & ".join([f"\\textit{{{tex_escape(r.label)} (paper)}}", ""] + [tex_number(p) for p in theirs])
+                             + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
 

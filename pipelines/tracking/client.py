@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from pipelines.metrics import is_number
+
 log = logging.getLogger(__name__)
 
 DEFAULT_DB = "mlflow.db"
@@ -126,10 +128,6 @@ def metric_at(key: str, value: Any, step: int, ts: int):
     from mlflow.entities import Metric
 
     return Metric(key=key, value=float(value), timestamp=ts, step=int(step))
-
-
-def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None
 
 
 def param_value(v: Any) -> str:

@@ -176,3 +176,43 @@ def test_train_takes_the_protocol_for_one_run(suite_store, tmp_path):
     assert doc["test"]["test_target_avg"] == pytest.approx((doc["test"]["test_acc/mini-r"]
                                                            + doc["test"]["test_acc/mini-v2"]) / 2)
     assert all(0 <= v <= 100 and not math.isnan(v) for v in doc["test"].values())
+
+
+@pytest.mark.slow
+def test_imagenet_and_its_variants_in_coop_layouts(ray_cluster, tiny_clip_checkpoint, tmp_path):
+    """The registry path: ImageNet with ImageNet-A (a class subset, cut through the recorded label mapping) and
+    ImageNet-V2 (index folders, ImageNet's labels) in CoOp's layouts -> featurize --dataset all -> train
+    --protocol domain-generalization on ImageNet."""
+    from pipelines.store import read_manifest
+    from tests.dept.test_datasets import WNIDS, make_imagenet, write_image, write_imagenet_classnames
+
+    root = tmp_path / "data"
+    make_imagenet(root)
+    for w, colour in zip((WNIDS[3], WNIDS[1]), ((200, 30, 30), (30, 200, 30))):
+        for i in range(2):
+            write_image(root / "imagenet-adversarial" / "imagenet-a" / w / f"{i}.jpg", colour)
+    write_imagenet_classnames(root / "imagenet-adversarial" / "classnames.txt")
+    for label in range(len(WNIDS)):
+        write_image(root / "imagenetv2" / "imagenetv2-matched-frequency-format-val" / str(label) / "a.jpeg",
+                    (40 * label, 90, 200 - 30 * label))
+    write_imagenet_classnames(root / "imagenetv2" / "classnames.txt")
+    r = invoke("featurize", "--data-root", root, "--dataset", "all", "--out", tmp_path / "store", "--model",
+               "dept-tiny-vit", "--pretrained", tiny_clip_checkpoint, "--views", 1, "--shots", 2, "--seeds", 1,
+               "--no-progress", "--ray-address", ray_cluster.address)
+    assert r.exit_code == 0, r.output
+    store = [line.split(": ", 1)[1] for line in r.output.splitlines() if line.startswith("features: ")][-1]
+    assert read_manifest(store, "ImageNetA").target_of == {
+        "protocol": "domain-generalization", "source": "ImageNet", "label_to_source": [1, 3]}
+    assert read_manifest(store, "ImageNetV2").target_of["label_to_source"] is None
+    assert read_manifest(store, "ImageNet").target_of is None
+
+    out = tmp_path / "dg.json"
+    r = invoke("train", "--features", store, "--dataset", "ImageNet", "--protocol", "domain-generalization",
+               "--epochs", 1, "--batch-size", 2, "--out", out)
+    assert r.exit_code == 0, r.output
+    test = json.loads(out.read_text())["test"]
+    assert set(test) == {"test_acc", "test_acc/ImageNetV2", "test_acc/ImageNetA", "test_target_avg"}
+    assert test["test_acc/ImageNetA"] in (0.0, 25.0, 50.0, 75.0, 100.0)  # 4 images over its own 2 classes
+    r = CliRunner().invoke(main, ["train", "--features", store, "--dataset", "ImageNet", "--protocol",
+                                  "cross-dataset"])
+    assert r.exit_code != 0 and "no cross-dataset targets of ImageNet featurized" in r.output, r.output
