@@ -10,7 +10,10 @@ from pipelines.store.layout import STORE_FORMAT, StoreError, sha256_json
 
 #: Manifest keys that are bookkeeping, not content: excluded from the fingerprint.
 NOT_FINGERPRINTED = ("fingerprint", "config_fingerprint", "complete", "shards", "created", "pretrained",
-                     "image_root", "split_files", "on_error", "url")
+                     "image_root", "split_files", "on_error", "url",
+                     # a dataset's transfer role says nothing about its features; stores written before it was
+                     # recorded stay valid and are not re-encoded (tune falls back on the registry for them)
+                     "target_of")
 #: What encoding produced (not asked for): in the content fingerprint, not in the settings fingerprint.
 RESULTS = ("rows", "skipped")
 #: Fields held as tuples (JSON lists on disk) so that a Manifest is immutable.

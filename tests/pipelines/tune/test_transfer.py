@@ -216,3 +216,18 @@ def test_imagenet_and_its_variants_in_coop_layouts(ray_cluster, tiny_clip_checkp
     r = CliRunner().invoke(main, ["train", "--features", store, "--dataset", "ImageNet", "--protocol",
                                   "cross-dataset"])
     assert r.exit_code != 0 and "no cross-dataset targets of ImageNet featurized" in r.output, r.output
+
+    # a store written before manifests recorded target_of: still valid, not re-encoded, and its known targets are
+    # found through the registry
+    path = tmp_path / "store" / store.split("/store/", 1)[1] / "ImageNetA" / "_manifest.json"
+    raw = json.loads(path.read_text())
+    del raw["target_of"]
+    path.write_text(json.dumps(raw))
+    r = invoke("featurize", "--data-root", root, "--dataset", "all", "--out", tmp_path / "store", "--model",
+               "dept-tiny-vit", "--pretrained", tiny_clip_checkpoint, "--views", 1, "--shots", 2, "--seeds", 1,
+               "--no-progress", "--ray-address", ray_cluster.address)
+    assert r.exit_code == 0 and "ImageNetA: train 0, val 0, test 4 rows; encoded 0 this run" in r.output, r.output
+    r = invoke("train", "--features", store, "--dataset", "ImageNet", "--protocol", "domain-generalization",
+               "--targets", "ImageNetA", "--epochs", 1, "--batch-size", 2, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert set(json.loads(out.read_text())["test"]) == {"test_acc", "test_acc/ImageNetA", "test_target_avg"}
