@@ -78,13 +78,15 @@ CSV_COLUMNS = ("row", "dataset", "method", "dept", "seeds", "base", "base_std", 
                "paper_hm", "note")
 
 
+def csv_number(x: float | None) -> object:
+    """A CSV cell: empty for a missing number or NaN, else rounded to 4 places."""
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, 4)
+
+
 def format_csv(blocks: list[Block]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-
-    def num(x):
-        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, 4)
 
     for block in blocks:
         for r in list(block.rows) + [block.average]:
@@ -98,12 +100,13 @@ def format_csv(blocks: list[Block]) -> str:
             writer.writerow({
                 "row": "average" if r is block.average else "dataset", "dataset": r.dataset, "method": block.method, "dept": str(block.dept).lower(),
                 "seeds": "" if block.zero_shot else r.seeds,
-                "base": num(r.base), "base_std": num(r.base_std), "new": num(r.new), "new_std": num(r.new_std),
-                "hm": num(r.hm), "selection_metric": r.selection_metric, "selection_value": num(r.selection_value),
+                "base": csv_number(r.base), "base_std": csv_number(r.base_std), "new": csv_number(r.new),
+                "new_std": csv_number(r.new_std), "hm": csv_number(r.hm), "selection_metric": r.selection_metric,
+                "selection_value": csv_number(r.selection_value),
                 "configs_compared": r.configs_compared if r is not block.average and not block.zero_shot else "",
-                "hm_vs_zero_shot": num(r.vs_zero_shot),
-                "paper_base": num(p.base) if p else "", "paper_new": num(p.new) if p else "",
-                "paper_hm": num(p.hm) if p else "", "note": note,
+                "hm_vs_zero_shot": csv_number(r.vs_zero_shot),
+                "paper_base": csv_number(p.base) if p else "", "paper_new": csv_number(p.new) if p else "",
+                "paper_hm": csv_number(p.hm) if p else "", "note": note,
             })
         if block.paper_printed is not None:
             pp = block.paper_printed

@@ -227,6 +227,14 @@ def seed_run(r: RunInfo) -> SeedRun:
     return SeedRun((r.dataset, r.method, r.dept, r.config), r.seed, status, r.metrics, r.start_time, r)
 
 
+def rank_cell(cell: list[RunInfo]) -> tuple[str, list]:
+    """(selection metric, configurations best first) of one table cell's runs: the one winner rule
+    (pipelines.selection), as tune's summary and the parent run's best_* apply it."""
+    metric, mode = cell[0].selection_metric, cell[0].selection_mode
+    seeds = {s for r in cell for s in r.seeds} | {r.seed for r in cell}
+    return metric, rank([seed_run(r) for r in cell], metric, mode, seeds=seeds)
+
+
 def one_per_config_and_seed(runs: list[RunInfo]) -> list[RunInfo]:
     """One run per (dataset, method, configuration, seed), as the winner rule counts them: an experiment tuned
     twice, or an aborted attempt, never counts a seed twice."""
@@ -267,10 +275,7 @@ def build_report(runs: Iterable[RunInfo], paper: dict | None = None) -> list[Blo
 
     blocks: dict[tuple[str, bool], Block] = {}
     for (dataset, method, dept), cell in by_cell.items():
-        # The one winner rule (pipelines.selection), as tune's summary and the parent run's best_* apply it.
-        metric, mode = cell[0].selection_metric, cell[0].selection_mode
-        seeds = {s for r in cell for s in r.seeds} | {r.seed for r in cell}
-        ranked = rank([seed_run(r) for r in cell], metric, mode, seeds=seeds)
+        metric, ranked = rank_cell(cell)
         top = ranked[0]
         if not top.completed():
             continue  # nothing of this cell has test numbers

@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Iterable
 
-from pipelines.report.formats import cell_number, tex_escape, tex_number
+from pipelines.report.formats import cell_number, csv_number, tex_escape, tex_number
 from pipelines.report.table import (
-    PAPER_METHOD_NAMES, ZERO_SHOT_LABEL, ReportError, RunInfo, one_per_config_and_seed, seed_run, method_label,
+    PAPER_METHOD_NAMES, ZERO_SHOT_LABEL, ReportError, RunInfo, one_per_config_and_seed, method_label, rank_cell,
     run_info, run_protocol, search_experiment,
 )
 from pipelines.secrets import mask_uri
-from pipelines.selection import rank
 
 #: ``--protocol``'s transfer spellings (dept.datasets.types; not imported: dept imports torch).
 CROSS_DATASET = "cross-dataset"
@@ -188,10 +187,7 @@ def build_transfer_report(runs: Iterable[RunInfo], protocol: str, paper: dict | 
         for (method, dept) in sorted(by_cell, key=lambda k: (
                 method_order.index(k[0]) if k[0] in method_order else len(method_order), k[0], k[1])):
             cell = by_cell[(method, dept)]
-            # The one winner rule, exactly as the base-to-new table applies it (pipelines.selection).
-            metric, mode = cell[0].selection_metric, cell[0].selection_mode
-            seeds = {s for r in cell for s in r.seeds} | {r.seed for r in cell}
-            ranked = rank([seed_run(r) for r in cell], metric, mode, seeds=seeds)
+            metric, ranked = rank_cell(cell)  # the one winner rule, as the base-to-new table applies it
             top = ranked[0]
             if not top.completed():
                 continue  # nothing of this cell has test numbers
@@ -270,9 +266,6 @@ def format_transfer_csv(tables: list[TransferTable], *, experiment: str = "") ->
     writer = csv.DictWriter(buf, fieldnames=TRANSFER_CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
 
-    def num(x):
-        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, 4)
-
     for table in tables:
         for r in table.rows:
             note = "CLIP zero-shot: nothing trained, no seeds" if r.zero_shot else ""
@@ -285,8 +278,8 @@ def format_transfer_csv(tables: list[TransferTable], *, experiment: str = "") ->
                 writer.writerow({
                     "row": kind, "protocol": table.protocol, "source": table.source, "method": r.method,
                     "dept": str(r.dept).lower(), "seeds": "" if r.zero_shot else r.seeds, "dataset": dataset,
-                    "acc": num(c.mean), "acc_std": num(c.std), "paper_acc": num(c.paper),
-                    "selection_metric": r.selection_metric, "selection_value": num(r.selection_value),
+                    "acc": csv_number(c.mean), "acc_std": csv_number(c.std), "paper_acc": csv_number(c.paper),
+                    "selection_metric": r.selection_metric, "selection_value": csv_number(r.selection_value),
                     "configs_compared": "" if r.zero_shot else r.configs_compared,
                     "note": "mean over the targets of the per-target means" if kind == "average" and not note else note,
                 })
