@@ -215,10 +215,21 @@ def run_info(run, test_keys: Iterable[str], default_metric: str = "val_hm") -> R
     )
 
 
+def protocol_runs(uri: str, experiment: str, protocol: str) -> list:
+    """The experiment's MLflow runs of ``protocol``; a one-line :class:`ReportError` naming the protocols it does
+    have when it has runs but none of this one."""
+    runs = search_experiment(uri, experiment)
+    mine = [r for r in runs if run_protocol(r.data.tags) == protocol]
+    if runs and not mine:
+        have = sorted({run_protocol(r.data.tags) for r in runs})
+        raise ReportError(f"MLflow experiment {experiment!r} at {mask_uri(uri)} has no {protocol} runs (its runs' "
+                          f"protocols: {', '.join(have)}; report --protocol NAME)")
+    return mine
+
+
 def collect_runs(uri: str, experiment: str) -> list[RunInfo]:
     """The base-to-new runs (runs of the transfer protocols are :mod:`pipelines.report.transfer`'s)."""
-    infos = (run_info(run, BASE_TO_NEW_TEST_KEYS) for run in search_experiment(uri, experiment)
-             if run_protocol(run.data.tags) == BASE_TO_NEW_PROTOCOL)
+    infos = (run_info(run, BASE_TO_NEW_TEST_KEYS) for run in protocol_runs(uri, experiment, BASE_TO_NEW_PROTOCOL))
     return one_per_config_and_seed([r for r in infos if r is not None])
 
 

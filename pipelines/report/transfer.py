@@ -28,7 +28,7 @@ from typing import Iterable
 from pipelines.report.formats import cell_number, csv_number, tex_escape, tex_number
 from pipelines.report.table import (
     PAPER_METHOD_NAMES, ZERO_SHOT_LABEL, ReportError, RunInfo, one_per_config_and_seed, method_label, rank_cell,
-    run_info, run_protocol, search_experiment,
+    protocol_runs, run_info,
 )
 from pipelines.secrets import mask_uri
 
@@ -117,12 +117,9 @@ def _dept_effective(run, info: RunInfo) -> bool:
 def collect_transfer_runs(uri: str, experiment: str, protocol: str) -> list[RunInfo]:
     """The zero-shot, trial and train runs of ``protocol``; a one-line :class:`ReportError` naming the protocols
     the experiment does have when it has none of this one."""
-    runs = search_experiment(uri, experiment)
-    mine = [r for r in runs if run_protocol(r.data.tags) == protocol]
+    mine = protocol_runs(uri, experiment, protocol)
     if not mine:
-        have = sorted({run_protocol(r.data.tags) for r in runs})
-        raise ReportError(f"MLflow experiment {experiment!r} at {mask_uri(uri)} has no {protocol} runs "
-                          f"(its runs' protocols: {', '.join(have) or 'none, it has no runs'})")
+        raise ReportError(f"MLflow experiment {experiment!r} at {mask_uri(uri)} has no runs")
     out = []
     for run in mine:
         targets = [t for t in run.data.tags.get("targets", "").split(",") if t]

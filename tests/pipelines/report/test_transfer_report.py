@@ -173,7 +173,8 @@ def test_an_experiment_without_runs_of_the_protocol_is_one_line_naming_what_it_h
     assert result.exit_code == 2
     (line,) = result.output.strip().splitlines()
     assert line.startswith("error: MLflow experiment 'transfer' at sqlite:///")
-    assert line.endswith("has no domain-generalization runs (its runs' protocols: base-to-new, cross-dataset)")
+    assert line.endswith("has no domain-generalization runs (its runs' protocols: base-to-new, cross-dataset; "
+                         "report --protocol NAME)")
     result = CliRunner().invoke(main, ["report", "--mlflow-uri", store["uri"], "--experiment", "transfer",
                                        "--protocol", "cross-dataset", "--plots", "plots"])
     assert result.exit_code == 2 and "--plots" in result.output
