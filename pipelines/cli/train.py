@@ -48,6 +48,10 @@ def train_cmd(features, model, pretrained, dataset, protocol, targets, mlflow_ur
     ctx = make_context(features, dataset, shots=[hp.shots], seeds=[hp.seed], num_threads=torch.get_num_threads(),
                        device=device, model=model, pretrained=pretrained, protocol=protocol, targets=names)
     hp = hp.resolved([ctx.store_shots] if ctx.store_shots > 0 else [16])
+    if protocol != "base-to-new":
+        from pipelines.tune.protocols import check_class_specific
+
+        check_class_specific(protocol, ctx.targets, bool(hp.class_specific))  # a ValueError: one line
     if mlflow_uri:
         tracker = Tracker(mlflow_uri, experiment)
     history: list[dict] = []

@@ -86,3 +86,15 @@ def find_targets(model_url: str, source: str, protocol: str, names: tuple[str, .
             raise ProtocolError(f"target {d} ({model_url}/{d}) has no test images")
         out.append(TargetContext(d, m.fingerprint, protocol, r.label_to_source))
     return tuple(out)
+
+
+def check_class_specific(protocol: str, targets: tuple[TargetContext, ...], class_specific: bool) -> None:
+    """CoOp's class-specific contexts exist for the source's classes only: they cannot score a cross-dataset
+    target's classes, nor a class subset of the source (its own list of names), so such trials are refused here
+    rather than failing at their end."""
+    if not class_specific:
+        return
+    bad = [t.dataset for t in targets if t.protocol == "cross-dataset" or t.label_to_source is not None]
+    if bad:
+        raise ProtocolError(f"class_specific (CoOp's CSC) learns one context per source class and cannot score "
+                            f"target {bad[0]}'s classes ({protocol}); use shared contexts (class_specific: false)")

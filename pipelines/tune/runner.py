@@ -344,6 +344,15 @@ def prepare(opts: TuneOptions):
     else:
         datasets = [opts.dataset]
     contexts = {d: _context(opts, space, d) for d in datasets}
+    csc = space.params.get("class_specific")
+    if opts.protocol != "base-to-new" and csc is not None and True in csc.values:
+        from pipelines.tune.protocols import ProtocolError, check_class_specific
+
+        for ctx in contexts.values():
+            try:
+                check_class_specific(opts.protocol, ctx.targets, True)
+            except ProtocolError as e:
+                raise TuneSetupError(f"space {space.name}: {e}") from None
 
     root = f"{storage_root(opts.storage)}/{opts.experiment}"
     check_storage(storage_root(opts.storage))

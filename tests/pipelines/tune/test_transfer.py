@@ -163,6 +163,15 @@ def test_setup_errors_are_one_line_before_ray(suite_store, tmp_path):
     r = CliRunner().invoke(main, ["tune", "--features", store, "--dataset", SOURCE, "--targets", "mini-v2",
                                   "--storage", str(tmp_path / "t"), "--mlflow-uri", uri])
     assert r.exit_code != 0 and "--source / --targets are for --protocol" in r.output, r.output
+    space = tmp_path / "csc.yaml"
+    space.write_text(SPACE.replace("lr: 0.01", "lr: 0.01\n  class_specific: {grid: [false, true]}"))
+    r = CliRunner().invoke(main, ["tune", "--features", store, "--protocol", "cross-dataset", "--source", SOURCE,
+                                  "--space", str(space), "--storage", str(tmp_path / "t"), "--mlflow-uri", uri])
+    assert r.exit_code != 0 and "class_specific (CoOp's CSC) learns one context per source class and cannot score " \
+        "target mini-other-colours-a's classes" in r.output, r.output
+    r = CliRunner().invoke(main, ["train", "--features", store, "--dataset", SOURCE, "--protocol",
+                                  "domain-generalization", "--targets", "mini-r", "--method", "coop", "--class-specific"])
+    assert r.exit_code != 0 and "cannot score target mini-r's classes" in r.output, r.output
     assert not (tmp_path / "t").exists() and not (tmp_path / "mlflow.db").exists()
 
 
