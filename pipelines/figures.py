@@ -22,7 +22,7 @@ from pathlib import Path
 from pipelines.metrics import is_number
 
 WIDTH_IN, DPI = 8.0, 100  # 800 px
-TEST_KEYS = ("test_base_acc", "test_new_acc", "test_hm")
+TEST_KEYS = ("test_base_acc", "test_new_acc", "test_hm", "test_acc", "test_target_avg")  # base-to-new; transfer
 _SWEEP_METRIC = re.compile(r"^(?P<curve>.+)_sweep/fw(?P<weight>\d+(?:\.\d+)?)$")  # tracking.client.sweep_key
 _COLOURS = {"coop": "tab:blue", "cocoop": "tab:orange", "kgcoop": "tab:green"}
 
@@ -121,6 +121,8 @@ def make_figures(points: list[TrialPoint], *, dataset: str, mode: str = "max", b
     done = [r.source for r in one_per_seed(_seed_runs(points)) if r.source.completed and r.source.test]
     if not done:
         return {}
+    if not any("test_base_acc" in p.test for p in done):  # the transfer protocols: source against targets
+        return {"source_vs_targets.png": _scatter_figure(done, dataset, zero_shot, TRANSFER_AXES)}
     figures = {"base_new_hm_vs_loss_weight.png": _loss_weight_figure(points, dataset, mode)}
     best_points = _winning_points([p for p in points if best is None or p.config == best], mode)
     if any(p.sweep for p in best_points):
@@ -218,17 +220,25 @@ def _sweep_figure(best_points, dataset):
     return fig
 
 
-def _scatter_figure(done, dataset, zero_shot):
+#: (x metric, y metric, x label, y label) of the scatter figure.
+BASE_NEW_AXES = ("test_base_acc", "test_new_acc", "test base accuracy (%)", "test new accuracy (%)")
+TRANSFER_AXES = ("test_acc", "test_target_avg", "test accuracy on the source (%)", "test accuracy, mean over targets (%)")
+
+
+def _scatter_figure(done, dataset, zero_shot, axes=BASE_NEW_AXES):
     plt = _pyplot()
+    kx, ky, label_x, label_y = axes
+    done = [p for p in done if kx in p.test and ky in p.test]
     fig, ax = plt.subplots(figsize=(WIDTH_IN, 5.5), layout="constrained")
-    xs = [p.test["test_base_acc"] for p in done]
-    ys = [p.test["test_new_acc"] for p in done]
-    if zero_shot and "test_base_acc" in zero_shot and "test_new_acc" in zero_shot:
-        xs.append(zero_shot["test_base_acc"])
-        ys.append(zero_shot["test_new_acc"])
+    xs = [p.test[kx] for p in done]
+    ys = [p.test[ky] for p in done]
+    star = bool(zero_shot) and kx in zero_shot and ky in zero_shot
+    if star:
+        xs.append(zero_shot[kx])
+        ys.append(zero_shot[ky])
     lo, hi = max(0.0, min(xs + ys) - 5), min(100.0, max(xs + ys) + 5)
     # Iso-HM lines: a point's HM is read off without a legend lookup.
-    for hm in range(10, 100, 10):
+    for hm in range(10, 100, 10) if axes == BASE_NEW_AXES else ():
         if hm < lo / 2 or hm > hi:
             continue
         b = [x / 10 for x in range(int(10 * max(hm / 2 + 0.1, lo)), int(10 * hi) + 1)]
@@ -240,18 +250,19 @@ def _scatter_figure(done, dataset, zero_shot):
     for (method, dept) in sorted({(p.method, p.dept) for p in done}, key=lambda md: _series_order(*md)):
         mine = [p for p in done if (p.method, p.dept) == (method, dept)]
         colour = _COLOURS.get(method)
-        ax.scatter([p.test["test_base_acc"] for p in mine], [p.test["test_new_acc"] for p in mine], s=36,
+        ax.scatter([p.test[kx] for p in mine], [p.test[ky] for p in mine], s=36,
                    marker="o", color=colour if dept else "none", edgecolors=colour, label=_label(method, dept))
-    if zero_shot and "test_base_acc" in zero_shot and "test_new_acc" in zero_shot:
-        ax.scatter([zero_shot["test_base_acc"]], [zero_shot["test_new_acc"]], marker="*", s=220, color="black",
-                   label="CLIP zero-shot", zorder=3)
+    if star:
+        ax.scatter([zero_shot[kx]], [zero_shot[ky]], marker="*", s=220, color="black", label="CLIP zero-shot",
+                   zorder=3)
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal", adjustable="box")
-    ax.set_xlabel("test base accuracy (%)")
-    ax.set_ylabel("test new accuracy (%)")
-    ax.set_title(f"{dataset}: base against new, every completed trial ({len(done)})\nfilled: with DePT, hollow: "
-                 "without; grey: iso-HM lines", fontsize=11)
+    ax.set_xlabel(label_x)
+    ax.set_ylabel(label_y)
+    what = "base against new" if axes == BASE_NEW_AXES else "source against the targets' mean"
+    ax.set_title(f"{dataset}: {what}, every completed trial ({len(done)})\nfilled: with DePT, hollow: without"
+                 + ("; grey: iso-HM lines" if axes == BASE_NEW_AXES else ""), fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9)
     return fig

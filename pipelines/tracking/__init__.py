@@ -21,7 +21,8 @@ Layout in MLflow:
 - the transfer protocols (``tune --protocol cross-dataset | domain-generalization``, tag ``protocol``; base-to-new
   runs carry ``protocol=base-to-new``, older ones no tag): one parent per (protocol, source), ``dataset`` = the
   source, ``targets`` tag; per epoch ``val_acc`` (source val images, all classes), at the end ``test_acc``
-  (source), ``test_acc/<target>`` per target and ``test_target_avg``; no fusion sweep and no base/new figures;
+  (source), ``test_acc/<target>`` per target and ``test_target_avg``; no fusion sweep; the parent's figure is
+  ``plots/source_vs_targets.png`` (source accuracy against the targets' mean per trial, zero-shot as a star);
 - the experiment's tags: ``mlflow.experimentKind`` (the UI opens on training runs) and a saved runs-table view
   (``client.view_state``, opened by ``client.runs_url``; ``dept-pipeline ui`` prints it). The winner everywhere is
   :mod:`pipelines.selection`'s.

@@ -98,10 +98,8 @@ def results_rows(records: Iterable[TrialRecord], metric: str) -> list[dict]:
 
 
 def write_parent_summary(tracker: Tracker, parent_run_id: str, records: list[TrialRecord], *, metric: str,
-                         mode: str, space_yaml: str, workdir: Path, dataset: str = "",
-                         figures: bool = True) -> tuple[ConfigSummary | None, TrialRecord | None]:
-    """Best config (params), best_* metrics, results.csv, plots (``figures``: the base-to-new ones) and the best
-    trial's learned state."""
+                         mode: str, space_yaml: str, workdir: Path, dataset: str = "") -> tuple[ConfigSummary | None, TrialRecord | None]:
+    """Best config (params), best_* metrics, results.csv, plots and the best trial's learned state."""
     import csv
 
     best, best_trial = best_config(records, metric, mode)
@@ -145,8 +143,6 @@ def write_parent_summary(tracker: Tracker, parent_run_id: str, records: list[Tri
         seeds = len({r.hp.seed for r in records})
         tags["best"] = f"none: no configuration has all {seeds} seed(s) completed"
     tracker.set_tags(parent_run_id, tags)
-    if not figures:
-        return best, best_trial
     try:
         for path in parent_figures(tracker, parent_run_id, records, best, workdir, metric=metric, mode=mode,
                                    dataset=dataset):

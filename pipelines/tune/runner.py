@@ -512,7 +512,7 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
             best, best_trial = write_parent_summary(
                 tracker, parent, records, metric=space.metric, mode=space.mode,
                 space_yaml=yaml.safe_dump(space.as_dict(), sort_keys=False), workdir=Path(tmp),
-                dataset=plan.dataset, figures=ctx.protocol == "base-to-new",
+                dataset=plan.dataset,
             )
         ok = True
     finally:

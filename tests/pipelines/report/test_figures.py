@@ -144,3 +144,20 @@ def test_report_plots_writes_each_datasets_figures(tmp_path):
     result = CliRunner().invoke(main, ["report", "--mlflow-uri", uri, "--experiment", "figs",
                                        "--plots", str(tmp_path / "no" / "plots")])
     assert result.exit_code == 2 and "--plots" in result.output and "does not exist" in result.output
+
+
+def test_transfer_trials_get_the_source_against_targets_scatter():
+    """The transfer protocols' trials have no base / new numbers: one figure, source accuracy against the targets'
+    mean, every completed trial and the zero-shot star at their values."""
+    config = (("dept", True), ("method", "coop"))
+    pts = [TrialPoint("coop", dept, config + (("d", dept),), str(seed), 0.7 if dept else 0.0, 0.7, True, 50.0,
+                      test={"test_acc": 40.0 + seed + 10 * dept, "test_target_avg": 30.0 + seed})
+           for dept in (False, True) for seed in (1, 2)]
+    pts.append(TrialPoint("coop", True, config, "3", 0.7, 0.7, False, 10.0))  # stopped: not drawn
+    figures = make_figures(pts, dataset="mini-source", zero_shot={"test_acc": 46.0, "test_target_avg": 60.0})
+    assert list(figures) == ["source_vs_targets.png"]
+    ax = figures["source_vs_targets.png"].axes[0]
+    drawn = sorted(tuple(xy) for c in ax.collections for xy in c.get_offsets().tolist())
+    assert drawn == sorted([(41.0, 31.0), (42.0, 32.0), (51.0, 31.0), (52.0, 32.0), (46.0, 60.0)])
+    assert ax.get_xlabel() == "test accuracy on the source (%)" and "targets" in ax.get_ylabel()
+    assert not ax.lines  # no iso-HM lines: HM means nothing here

@@ -104,6 +104,8 @@ def test_both_protocols_tune_track_report_and_reproduce(suite_store, tmp_path):
         parent = parents[protocol]
         assert parent.data.tags["dataset"] == SOURCE and parent.info.status == "FINISHED"
         assert set(parent.data.tags["targets"].split(",")) == set(targets)
+        # the parent's figure: source against the targets' mean, every completed trial and the zero-shot star
+        assert [a.path for a in client.list_artifacts(parent.info.run_id, "plots")] == ["plots/source_vs_targets.png"]
         below = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         trials = [r for r in below if r.data.tags.get("role") == "trial"]
         (zero_shot,) = [r for r in below if r.data.tags.get("role") == "zero-shot"]
