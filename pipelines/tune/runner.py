@@ -446,6 +446,7 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
         )
     else:
         tracker.client.update_run(parent, status="RUNNING")
+        tracker.set_up_ui(space.metric)  # an experiment made by an older version gets the current view too
     logger = MlflowTrialLogger(
         tracker, parent, key=f"{opts.experiment}/{experiment_name(plan.dataset, ctx.protocol)}", context=ctx, space_name=space.name,
         metric=space.metric, mode=space.mode, experiment_path=plan.experiment_path,
