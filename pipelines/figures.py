@@ -157,16 +157,16 @@ def _loss_weight_figure(points, dataset, mode):
         if dept:
             xs, stats = [], []
             for lw in sorted({p.loss_weight for p in series}):
-                won = _winning_points([p for p in series if p.loss_weight == lw], mode)
-                if won:
+                won = _winner([p for p in series if p.loss_weight == lw], mode)
+                if won is not None:
                     xs.append(lw)
                     stats.append(_seed_stats(won))
             for ax, (key, _) in zip(axes, panels):
                 ax.errorbar(xs, [s[key][0] for s in stats], yerr=[s[key][1] for s in stats], color=colour,
                             marker="o", capsize=3, label=label if ax is axes[0] else None)
         else:
-            won = _winning_points(series, mode)
-            if not won:
+            won = _winner(series, mode)
+            if won is None:
                 continue
             s = _seed_stats(won)
             for ax, (key, _) in zip(axes, panels):
@@ -276,26 +276,29 @@ def _seed_runs(points):
                     {"selection": p.selection, **p.test}, p.start_time, p) for p in points]
 
 
-def _winning_points(points, mode: str) -> list[TrialPoint]:
-    """The seeds of the configuration the one winner rule picks among ``points`` (none: no complete one)."""
+def _winner(points, mode: str):
+    """The configuration (``selection.ConfigOutcome``) the one winner rule picks among ``points``, or None."""
     from pipelines.selection import rank, winner
 
-    won = winner(rank(_seed_runs(points), "selection", mode), "selection")
+    return winner(rank(_seed_runs(points), "selection", mode), "selection")
+
+
+def _winning_points(points, mode: str) -> list[TrialPoint]:
+    """The seeds of the configuration the one winner rule picks among ``points`` (none: no complete one)."""
+    won = _winner(points, mode)
     return [r.source for r in won.completed()] if won is not None else []
 
 
-def _seed_stats(points) -> dict[str, tuple[float, float]]:
-    """key -> (mean, std over seeds); HM is the HM of the mean base and new (the paper's convention)."""
-    out = {}
-    for key in ("test_base_acc", "test_new_acc"):
-        vals = [p.test[key] for p in points if key in p.test]
-        out[key] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
-    from pipelines.metrics import harmonic_mean
+def _seed_stats(outcome) -> dict[str, tuple[float, float]]:
+    """key -> (mean, std over seeds) of a ``ConfigOutcome``, as the tables compute them (HM: of the mean base and
+    new); a single seed's spread is drawn as 0."""
+    def spread(key: str) -> float:
+        v = outcome.std(key)
+        return 0.0 if math.isnan(v) else v
 
-    hms = [p.test["test_hm"] for p in points if "test_hm" in p.test]
-    out["test_hm"] = (harmonic_mean(out["test_base_acc"][0], out["test_new_acc"][0]),
-                      statistics.stdev(hms) if len(hms) > 1 else 0.0)
-    return out
+    return {"test_base_acc": (outcome.mean("test_base_acc"), spread("test_base_acc")),
+            "test_new_acc": (outcome.mean("test_new_acc"), spread("test_new_acc")),
+            "test_hm": (outcome.test_hm(), spread("test_hm"))}
 
 
 def _series_order(method: str, dept: bool) -> tuple:
