@@ -308,8 +308,15 @@ def format_transfer_latex(tables: list[TransferTable], *, experiment: str = "") 
 TRANSFER_FORMATS = {"md": format_transfer_markdown, "csv": format_transfer_csv, "latex": format_transfer_latex}
 
 
-def make_transfer_report(uri: str, experiment: str, protocol: str, fmt: str = "md") -> str:
+def make_transfer_report(uri: str, experiment: str, protocol: str, fmt: str = "md", plots=None) -> str:
+    """The tables as ``fmt``; with ``plots`` (a folder), each source's figure (source accuracy against the targets'
+    mean, as ``tune`` logs it to the parent) under ``plots/<source>/``."""
     if protocol not in TRANSFER_PROTOCOLS:
         raise ReportError(f"protocol {protocol!r} is not a transfer protocol ({', '.join(TRANSFER_PROTOCOLS)})")
-    tables = build_transfer_report(collect_transfer_runs(uri, experiment, protocol), protocol)
+    runs = collect_transfer_runs(uri, experiment, protocol)
+    if plots is not None:
+        from pipelines.figures import report_figures
+
+        report_figures(runs, plots)
+    tables = build_transfer_report(runs, protocol)
     return TRANSFER_FORMATS[fmt](tables, experiment=experiment)
