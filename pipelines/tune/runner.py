@@ -484,12 +484,10 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
                     storage_path=plan.experiment_path.rsplit("/", 1)[0],
                     failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                     # Every epoch reports a checkpoint (training state; the last one: final.json + learned
-                    # state), so a retried trial (lost node, failed worker) resumes after its last epoch. A bounded
-                    # number also makes Tune save its experiment state as each checkpoint lands, so a killed driver
-                    # loses little. Two, not one: a driver killed between Tune's deleting the older checkpoint and
-                    # its next snapshot left a snapshot naming the deleted one, and the restored trial failed ("does
-                    # not exist on storage anymore"; seen once under load in the kill-and-resume test).
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    # state), so a retried trial (lost node, failed worker) resumes after its last epoch. Keeping
+                    # only the newest is enough for that; it also makes Tune save its experiment state as each
+                    # checkpoint lands, so a killed driver loses little.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     callbacks=[logger],
                     verbose=0,
                 ),
