@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipelines.tracking.client import (
-    FINAL_TAG, PARENT_TAG, ROLE_ZERO_SHOT, TARGET_METRIC_PREFIX, Tracker, metric_at, param_value,
+    FINAL_TAG, PARENT_TAG, ROLE_ZERO_SHOT, Tracker, is_transfer_test_metric, metric_at, param_value,
 )
 
 if TYPE_CHECKING:
@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 ZERO_SHOT_METHOD = "clip"
 RUN_NAME = "CLIP zero-shot"
 METRICS = ("test_base_acc", "test_new_acc", "test_hm", "val_base_acc", "val_new_acc", "val_hm")
-#: The transfer protocols' names (and one ``test_acc/<target>`` per target).
-TRANSFER_METRICS = ("test_acc", "val_acc", "test_target_avg")
 
 
 @dataclass(frozen=True)
@@ -160,7 +158,7 @@ def ensure_zero_shot_run(tracker: Tracker, parent_run_id: str, ctx: "TrialContex
     existing = find_zero_shot_run(tracker, parent_run_id)
     if existing is not None:
         return {k: v for k, v in existing.data.metrics.items()
-                if k in METRICS or k in TRANSFER_METRICS or k.startswith(TARGET_METRIC_PREFIX)}
+                if k in METRICS or k == "val_acc" or is_transfer_test_metric(k)}
     result = zero_shot_from_context(ctx, device="cpu")
     log_zero_shot_run(tracker, result, parent_run_id=parent_run_id)
     return result.metrics

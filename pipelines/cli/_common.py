@@ -1,4 +1,5 @@
-"""What more than one command module shares: the ``--method`` choice and the ``--out`` file handling."""
+"""What more than one command module shares: the ``--method`` and ``--protocol`` choices, ``--targets``, ``--out``
+file handling."""
 from __future__ import annotations
 
 import os
@@ -32,6 +33,14 @@ class MethodChoice(click.Choice):
 
 
 METHOD_CHOICE = MethodChoice()
+
+#: ``--protocol``: dept.datasets.types.PROTOCOLS, spelt out here (importing dept loads torch; ``report`` need not).
+PROTOCOL_CHOICE = click.Choice(["base-to-new", "cross-dataset", "domain-generalization"])
+
+
+def target_names(value: str | None) -> tuple[str, ...]:
+    """``--targets A,B``: the names, in order (none: every target featurized)."""
+    return tuple(t.strip() for t in (value or "").split(",") if t.strip())
 
 
 def check_out(out: str | None) -> Path | None:

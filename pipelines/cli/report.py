@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipelines.cli._common import check_out, write_atomic
+from pipelines.cli._common import PROTOCOL_CHOICE, check_out, write_atomic
 from pipelines.secrets import mask_uri
 
 
@@ -14,7 +14,7 @@ from pipelines.secrets import mask_uri
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
               help="Default: sqlite:///mlflow.db in the working folder.")
 @click.option("--experiment", default="dept", show_default=True)
-@click.option("--protocol", type=click.Choice(["base-to-new", "cross-dataset", "domain-generalization"]),
+@click.option("--protocol", type=PROTOCOL_CHOICE,
               default="base-to-new", show_default=True,
               help="Which of the paper's tables: base-to-new, or the runs tagged with a transfer protocol (source "
                    "and targets, as the paper's Tables 2 and 3).")

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from pipelines.cli._common import check_out, feature_store_options, write_atomic
+from pipelines.cli._common import PROTOCOL_CHOICE, check_out, feature_store_options, target_names, write_atomic
 from pipelines.tune.settings import click_options
 
 
 @click.command("train")
 @feature_store_options
 @click.option("--dataset", required=True, help="Dataset name in the store (the source, for the transfer protocols).")
-@click.option("--protocol", type=click.Choice(["base-to-new", "cross-dataset", "domain-generalization"]),
+@click.option("--protocol", type=PROTOCOL_CHOICE,
               default="base-to-new", show_default=True,
               help="base-to-new, or train on all classes of --dataset and evaluate its targets.")
 @click.option("--targets", default=None,
@@ -42,7 +42,7 @@ def train_cmd(features, model, pretrained, dataset, protocol, targets, mlflow_ur
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hp = Hyperparameters(**{k: v for k, v in settings.items() if v is not None})  # not given: the default
-    names = tuple(t.strip() for t in (targets or "").split(",") if t.strip())
+    names = target_names(targets)
     if names and protocol == "base-to-new":
         raise click.UsageError("--targets is for --protocol cross-dataset or domain-generalization")
     ctx = make_context(features, dataset, shots=[hp.shots], seeds=[hp.seed], num_threads=torch.get_num_threads(),

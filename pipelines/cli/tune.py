@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from pipelines.cli._common import METHOD_CHOICE, feature_store_options
+from pipelines.cli._common import METHOD_CHOICE, PROTOCOL_CHOICE, feature_store_options, target_names
 
 
 def resume_command() -> str:
@@ -28,7 +28,7 @@ def protocol_datasets(protocol: str, dataset: str | None, source: str | None,
     from dept.transfer import DEFAULT_SOURCE
     from pipelines.tune.runner import TuneSetupError
 
-    names = tuple(t.strip() for t in (targets or "").split(",") if t.strip())
+    names = target_names(targets)
     if protocol == "base-to-new":
         if source or names:
             raise TuneSetupError("--source / --targets are for --protocol cross-dataset or domain-generalization")
@@ -52,7 +52,7 @@ def _space_help() -> str:
 @click.command("tune")
 @feature_store_options
 @click.option("--dataset", default=None, help="A dataset in the store, or 'all' (one Tune experiment each, in turn). Base-to-new only.")
-@click.option("--protocol", type=click.Choice(["base-to-new", "cross-dataset", "domain-generalization"]),
+@click.option("--protocol", type=PROTOCOL_CHOICE,
               default="base-to-new", show_default=True,
               help="base-to-new per --dataset; or train on all classes of --source and evaluate every target.")
 @click.option("--source", default=None, help="The transfer protocols' source dataset (default ImageNet).")

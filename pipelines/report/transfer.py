@@ -31,6 +31,7 @@ from pipelines.report.table import (
     protocol_runs, run_info,
 )
 from pipelines.secrets import mask_uri
+from pipelines.tracking.client import TARGET_METRIC_PREFIX, TRANSFER_TEST_METRICS
 
 #: ``--protocol``'s transfer spellings (dept.datasets.types; not imported: dept imports torch).
 CROSS_DATASET = "cross-dataset"
@@ -44,9 +45,9 @@ PAPER_TARGETS = {
     DOMAIN_GENERALIZATION: ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"),
 }
 TITLES = {CROSS_DATASET: "Cross-dataset", DOMAIN_GENERALIZATION: "Domain-generalisation"}
-#: What transfer runs log (the issue 17 contract).
-SOURCE_METRIC = "test_acc"
-TARGET_PREFIX = "test_acc/"
+#: What transfer runs log (pipelines.tracking.client names them).
+SOURCE_METRIC = TRANSFER_TEST_METRICS[0]
+TARGET_PREFIX = TARGET_METRIC_PREFIX
 SELECTION_METRIC = "val_acc"
 #: The ``dataset`` of the paper's average rows in the CSV.
 TARGET_AVERAGE = "target average"

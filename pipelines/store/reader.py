@@ -247,13 +247,19 @@ class DatasetStore:
         return FeatureSplit(features=feats.float(), labels=lab, classnames=classnames, image_ids=out_ids)
 
 
-@functools.lru_cache(maxsize=1)
-def _cached_store(url: str, dataset: str, fingerprint: str, identity: tuple | None) -> DatasetStore:
+def _open_pinned(url: str, dataset: str, fingerprint: str, identity: tuple | None) -> DatasetStore:
+    """The store of ``dataset``, refused unless its fingerprint is still ``fingerprint``."""
     store = DatasetStore.open(url, dataset, expected_identity=dict(identity) if identity else None)
     if store.manifest.fingerprint != fingerprint:
         raise StoreError(f"feature store {store.url} changed since this run was set up (fingerprint "
                          f"{fingerprint[:12]}, now {store.manifest.fingerprint[:12]}); start the run again")
     return store
+
+
+#: One source store kept per process (Tune runs datasets one after another; ImageNet's features are hundreds of MB);
+#: up to 16 transfer targets beside it (only their test images are read). Errors are not kept.
+_cached_store = functools.lru_cache(maxsize=1)(_open_pinned)
+_cached_target_store = functools.lru_cache(maxsize=16)(_open_pinned)
 
 
 def open_store(url: str, dataset: str, *, fingerprint: str, expected_identity: dict | None = None) -> DatasetStore:
@@ -267,11 +273,6 @@ def _identity_key(expected_identity: dict | None) -> tuple | None:
     if expected_identity is None:
         return None
     return (("model", expected_identity["model"]), ("weights_id", expected_identity["weights_id"]))
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_target_store(url: str, dataset: str, fingerprint: str, identity: tuple | None) -> DatasetStore:
-    return _cached_store.__wrapped__(url, dataset, fingerprint, identity)
 
 
 def open_target_store(url: str, dataset: str, *, fingerprint: str,

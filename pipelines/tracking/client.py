@@ -39,8 +39,14 @@ EPOCH_METRICS = (
 )
 #: Reported once, in the final report. The transfer protocols report ``test_acc`` (source), ``test_target_avg``
 #: and one ``test_acc/<target>`` per target (TARGET_METRIC_PREFIX).
-FINAL_METRICS = ("test_base_acc", "test_new_acc", "test_hm", "train_seconds", "test_acc", "test_target_avg")
+TRANSFER_TEST_METRICS = ("test_acc", "test_target_avg")
+FINAL_METRICS = ("test_base_acc", "test_new_acc", "test_hm", "train_seconds", *TRANSFER_TEST_METRICS)
 TARGET_METRIC_PREFIX = "test_acc/"
+
+
+def is_transfer_test_metric(key: str) -> bool:
+    """``test_acc``, ``test_target_avg`` or a ``test_acc/<target>``."""
+    return key in TRANSFER_TEST_METRICS or key.startswith(TARGET_METRIC_PREFIX)
 
 
 #: The sweep points logged as metrics, one per weight (``test_hm_sweep/fw0.70``), so that trials compare at one

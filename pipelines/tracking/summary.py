@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from pipelines.figures import parent_figures
 from pipelines.selection import ConfigOutcome, SeedRun, rank, winner
-from pipelines.tracking.client import STATE_NAMES, TARGET_METRIC_PREFIX, Tracker, metric_at, param_value
+from pipelines.tracking.client import STATE_NAMES, Tracker, is_transfer_test_metric, metric_at, param_value
 
 if TYPE_CHECKING:
     from pipelines.tracking.trial_logger import TrialRecord
@@ -79,7 +79,7 @@ def best_config(records: Iterable[TrialRecord], metric: str, mode: str) -> tuple
 
 def transfer_keys(result: dict) -> list[str]:
     """The transfer protocols' test metrics in a final result: source, each target, their average."""
-    return [k for k in result if k in ("test_acc", "test_target_avg") or k.startswith(TARGET_METRIC_PREFIX)]
+    return [k for k in result if is_transfer_test_metric(k)]
 
 
 def results_rows(records: Iterable[TrialRecord], metric: str) -> list[dict]:

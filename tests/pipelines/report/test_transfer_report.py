@@ -218,6 +218,9 @@ def test_protocol_names_are_the_method_librarys():
     from pipelines.report.transfer import TRANSFER_PROTOCOLS
 
     assert PROTOCOLS == (BASE_TO_NEW_PROTOCOL, *TRANSFER_PROTOCOLS)
+    from pipelines.cli._common import PROTOCOL_CHOICE
+
+    assert tuple(PROTOCOL_CHOICE.choices) == PROTOCOLS  # the CLI's --protocol spells them out too
 
 
 @slow
