@@ -36,7 +36,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Iterable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -151,6 +151,7 @@ def train_population(
     configs: list[TrainConfig],
     *,
     on_epoch: Callable[[int, EpochStats], bool | None] | None = None,
+    after_epoch: Callable[[int, list[int]], Iterable[int]] | None = None,
     validate: Callable[[int, DePTLearner], dict[str, float]] | None = None,
     resume: list[TrainResume | None] | None = None,
     resumable: bool = False,
@@ -161,6 +162,9 @@ def train_population(
     with its own ``configs[p]``; returns each member's history and status in member order.
 
     ``on_epoch(p, stats)`` after each of member ``p``'s epochs: return True to stop it there (ASHA).
+    ``after_epoch(epoch, members)``: once every member trained in 1-based ``epoch`` has had its ``on_epoch``; returns
+    those of ``members`` to stop there (a caller that waits for all members' decisions at once: Tune's, through
+    ``pipelines.tune.population``). Not called after the last epoch.
     ``validate(p, learner)``: member ``p``'s metrics after each epoch (in ``stats.metrics``).
     ``resumable``: each epoch's stats carry the member's :class:`TrainResume` (a copy). ``resume[p]``: member
     ``p`` (built as for its first attempt) continues from that state, joining the population at its epoch; None:
@@ -253,6 +257,12 @@ def train_population(
                 learners[p].train()
             results[p].history.append(stats)
             if on_epoch is not None and on_epoch(p, stats):
+                results[p].status, results[p].reason = "stopped", f"stopped by the caller after epoch {epoch + 1}"
+                done.append(p)
+        if after_epoch is not None and epoch + 1 < c0.epochs:
+            going_on = [p for p in active if p not in done]
+            stop = set(after_epoch(epoch + 1, going_on)) & set(going_on)
+            for p in sorted(stop):
                 results[p].status, results[p].reason = "stopped", f"stopped by the caller after epoch {epoch + 1}"
                 done.append(p)
         log.info("population epoch %d/%d: %d members, %.2fs", epoch + 1, c0.epochs, len(active), seconds)

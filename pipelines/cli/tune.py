@@ -40,6 +40,19 @@ def protocol_datasets(protocol: str, dataset: str | None, source: str | None,
     return source or DEFAULT_SOURCE, names
 
 
+def parse_population(value: str) -> int | None:
+    """``--population``: a count >= 1, or auto (None: chosen by device, pipelines.tune.population)."""
+    if value == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise click.BadParameter(f"{value!r} is neither auto nor a whole number >= 1", param_hint="'--population'")
+    return count
+
+
 def _space_help() -> str:
     try:
         from tune_spaces import space_names
@@ -67,6 +80,9 @@ def _space_help() -> str:
 @click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0.0, show_default=True)
 @click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Most trials at once (default: as resources allow).")
+@click.option("--population", default="auto", show_default=True, callback=lambda c, p, v: parse_population(v),
+              help="Train up to this many same-shape trials as one batched step (each still its own Tune trial and "
+                   "MLflow run); auto: 1 on CPU, 8 with --gpus-per-trial.")
 @click.option("--max-failures", type=click.IntRange(min=0), default=2, show_default=True, help="Retries of a failed trial.")
 @click.option("--ray-address", default=None,
               help="Ray cluster to join (default: $RAY_ADDRESS, as `ray job submit` sets it; else a new local Ray).")
@@ -76,7 +92,7 @@ def _space_help() -> str:
               help="Default: sqlite:///mlflow.db in the working folder.")
 @click.option("--experiment", default="dept", show_default=True, help="MLflow experiment and Tune folder name.")
 def tune_cmd(features, model, pretrained, dataset, protocol, source, targets, space, methods, objective, num_samples,
-             gpus_per_trial, cpus_per_trial, max_concurrent, max_failures, ray_address, storage, resume, mlflow_uri,
+             gpus_per_trial, cpus_per_trial, max_concurrent, population, max_failures, ray_address, storage, resume, mlflow_uri,
              experiment):
     """Tune DePT trials with Ray Tune over cached features; every trial tracked in MLflow."""
     from pipelines.tune.runner import TuneInterrupted, TuneOptions, best_table, run_tune
@@ -87,7 +103,7 @@ def tune_cmd(features, model, pretrained, dataset, protocol, source, targets, sp
         num_samples=num_samples,
         methods=tuple(methods), objective=objective, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
         max_concurrent=max_concurrent, max_failures=max_failures, ray_address=ray_address, storage=storage,
-        resume=resume, mlflow_uri=mlflow_uri, protocol=protocol, targets=target_names,
+        resume=resume, mlflow_uri=mlflow_uri, protocol=protocol, targets=target_names, population=population,
     )
     try:
         outcomes = run_tune(opts, progress=click.echo)

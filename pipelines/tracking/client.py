@@ -29,6 +29,9 @@ FINAL_TAG = "final_logged"
 STATUS_TAG = "trial_status"  # completed | stopped_early | error | running
 NODE_ID_TAG = "ray_node_id"  # the node that produced the final result
 NODE_IDS_TAG = "ray_node_ids"  # every node any attempt of the trial reported from, comma-separated
+#: ``tune --population``: the population that trained the trial (its latest attempt's) and its size; a trial's
+#: results carry the same keys (pipelines.tune.population).
+POPULATION_TAG, POPULATION_SIZE_TAG = "population", "population_size"
 
 #: Reported keys logged once per epoch (step = epoch). Anything else a trial reports is not logged per epoch.
 EPOCH_METRICS = (

@@ -16,6 +16,8 @@ from pipelines.tracking.client import (
     NODE_ID_TAG,
     NODE_IDS_TAG,
     PARENT_TAG,
+    POPULATION_SIZE_TAG,
+    POPULATION_TAG,
     ROLE_TRIAL,
     STATE_NAMES,
     STATE_TAG,
@@ -95,6 +97,9 @@ class MlflowTrialLogger(_ray_callback_base()):
         # whether SIGINT / SIGTERM stopped the experiment (then trials Tune stopped are unfinished, not done).
         self.on_setup = None
         self.interrupted = lambda: False
+        # Set by the runner under --population: called with every trial that ended (stopped, failed, retrying).
+        self.on_trial_end = None
+        self._population: dict[str, str] = {}  # trial id -> population tagged on its run
         _ACTIVE_LOGGERS[key] = self
 
     def __reduce__(self):
@@ -181,6 +186,12 @@ class MlflowTrialLogger(_ray_callback_base()):
         if node_id and node_id not in nodes:
             nodes.add(node_id)
             tags[NODE_IDS_TAG] = ",".join(sorted(nodes))
+        population = result.get(POPULATION_TAG)
+        if population and self._population.get(trial_id) != population:
+            # A retried member trains on in a new population: the tag names the latest.
+            tags[POPULATION_TAG] = population
+            tags[POPULATION_SIZE_TAG] = result.get(POPULATION_SIZE_TAG)
+            self._population[trial_id] = population
         if final:
             tags[FINAL_TAG] = True
             if node_id:
@@ -225,7 +236,12 @@ class MlflowTrialLogger(_ray_callback_base()):
                 return
             log_learned_state(self.tracker, run_id, Path(folder), hp, self._tags(hp, trial.trial_id))
 
+    def _ended(self, trial) -> None:
+        if self.on_trial_end is not None:
+            self.on_trial_end(trial)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trial)
         status = "completed" if trial.last_result.get("final") else "stopped_early"
         if status == "completed":
             self.keep_learned_state(trial)
@@ -239,12 +255,14 @@ class MlflowTrialLogger(_ray_callback_base()):
                  trial.last_result.get(self.metric, float("nan")))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        self._ended(trial)
         self.tracker.set_tags(self.run_for(trial.trial_id, trial.config),
                               {"failures": trial.run_metadata.num_failures, STATUS_TAG: "retrying"})
         log.warning("%s trial %s failed; retrying (%d failure(s) so far)", self.context.dataset, trial.trial_id,
                     trial.run_metadata.num_failures)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trial)
         error = trial_error(trial)
         self.finish(trial.trial_id, trial.config, "error", error, failures=trial.run_metadata.num_failures)
         log.error("%s trial %s failed for good: %s", self.context.dataset, trial.trial_id, error.summary)

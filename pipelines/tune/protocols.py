@@ -3,7 +3,7 @@
 A dataset is a target of (protocol, source) when its manifest says so (``target_of``, written by featurize from the
 dataset registry or a custom dataset's ``transfer.json``); stores written before manifests carried it fall back on
 the registry's record for known dataset names. Trials then train on the source (all classes) and are scored on
-every target at their end (``pipelines.tune.trial.run_transfer_trial``).
+every target at their end (``pipelines.tune.trial.plan_trial``).
 """
 from __future__ import annotations
 

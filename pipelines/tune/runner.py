@@ -11,6 +11,7 @@ filesystems); default ``./runs/tune`` under the working folder. Experiment folde
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -168,6 +169,7 @@ class TuneOptions:
     mlflow_uri: str | None = None
     protocol: str = "base-to-new"  # cross-dataset / domain-generalization: ``dataset`` is the source
     targets: tuple[str, ...] = ()  # transfer protocols: these targets (default: every one featurized)
+    population: int | None = None  # trials trained together (pipelines.tune.population); None: by device
 
 
 @dataclass
@@ -312,6 +314,8 @@ def prepare(opts: TuneOptions):
         raise TuneSetupError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
     if opts.max_failures < 0:
         raise TuneSetupError(f"--max-failures must be >= 0, got {opts.max_failures}")
+    if opts.population is not None and opts.population < 1:
+        raise TuneSetupError(f"--population must be >= 1 (or auto), got {opts.population}")
     from dept.transfer import PROTOCOLS
 
     if opts.protocol not in PROTOCOLS:
@@ -433,14 +437,19 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
     from pipelines.tracking.trial_logger import MlflowTrialLogger
     from pipelines.tune.trial import tune_trainable
 
-    ctx = plan.context
+    from pipelines.tune.population import default_population, registry_name
+
+    population = opts.population or default_population(opts.gpus_per_trial)
+    key = f"{opts.experiment}/{experiment_name(plan.dataset, plan.context.protocol)}"
+    ctx = dataclasses.replace(plan.context, population=population,
+                              population_group=registry_name(key) if population > 1 else "")
     parent = plan.parent_run_id
     if parent is None:
         parent = tracker.create_parent(
             plan.dataset,
             {**ctx.tags(), "space": space.name, "selection_metric": space.metric, "selection_mode": space.mode,
              "tune.experiment_path": mask_uri(plan.experiment_path), "num_trials": str(space.num_trials()),
-             "features_url": mask_uri(ctx.features_url)},
+             "features_url": mask_uri(ctx.features_url), "population": str(population)},
             name=(f"{plan.dataset} ({space.name})" if ctx.protocol == "base-to-new"
                   else f"{plan.dataset} -> {ctx.protocol} ({space.name})"),
         )
@@ -448,13 +457,23 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
         tracker.client.update_run(parent, status="RUNNING")
         tracker.set_up_ui(space.metric)  # an experiment made by an older version gets the current view too
     logger = MlflowTrialLogger(
-        tracker, parent, key=f"{opts.experiment}/{experiment_name(plan.dataset, ctx.protocol)}", context=ctx, space_name=space.name,
+        tracker, parent, key=key, context=ctx, space_name=space.name,
         metric=space.metric, mode=space.mode, experiment_path=plan.experiment_path,
     )
     # Tune installs its SIGINT handler as fit starts; the logger's setup hook runs right after, and wraps it.
     logger.on_setup = signals.watch_tune
     logger.interrupted = signals.interrupted
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+    registry = None
+    if population > 1:
+        from pipelines.tune.population import start_registry
+
+        # A member trial only relays its host's reports: a 1/P share of the CPUs, no GPU (its host holds that).
+        resources = {"cpu": opts.cpus_per_trial / population, "gpu": 0}
+        registry = start_registry(ctx, experiment_key=key, gpus=opts.gpus_per_trial)
+        # A trial that ended (stopped, failed, retrying) leaves its population.
+        logger.on_trial_end = lambda trial: registry.leave.remote(trial.trial_id,
+                                                                  (trial.last_result or {}).get("population"))
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=ctx), resources)
     started = time.perf_counter()
     ok = False
@@ -518,6 +537,10 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
         ok = True
     finally:
         logger.close()
+        if registry is not None:
+            import ray
+
+            ray.kill(registry)  # its hosts (owned by it) end with it
         finish_parent(tracker, parent, "FINISHED" if ok else "KILLED" if interrupted else "FAILED")
     return DatasetOutcome(plan.dataset, parent, plan.experiment_path, records, best, best_trial,
                           time.perf_counter() - started, zero_shot)

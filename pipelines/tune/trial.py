@@ -91,6 +91,8 @@ class TrialContext:
     epoch_pause_s: float = 0.0  # test hook, see EPOCH_PAUSE_ENV
     protocol: str = "base-to-new"  # or cross-dataset / domain-generalization: ``dataset`` is then the source
     targets: tuple[TargetContext, ...] = ()  # the transfer protocols' targets
+    population: int = 1  # > 1: trained in populations of up to this many (pipelines.tune.population)
+    population_group: str = ""  # the name of the driver's population registry actor
 
     def hyperparameters(self, config: dict) -> Hyperparameters:
         """The resolved hyperparameters of a trial config (the driver uses this too, for MLflow params)."""
@@ -179,10 +181,6 @@ def _learner(clip, hp: Hyperparameters, classnames: list[str], dataset: str):
     )
 
 
-def _train_config(hp: Hyperparameters):
-    return hp.train_config()
-
-
 @functools.lru_cache(maxsize=1)
 def _frozen_text_tower(model: str, pretrained: str, device: str, weights_id: str):
     """The frozen text tower, kept across trials in one process: Tune reuses trial workers (``reuse_actors``), and
@@ -211,6 +209,85 @@ def text_tower(ctx: TrialContext, *, device: str | None = None, keep: bool = Tru
     return clip
 
 
+@dataclass
+class TrialPlan:
+    """What one trial trains and how it is scored, read and checked before any training (so a bad store or a
+    batch larger than the training set fails fast): :func:`run_trial` trains it alone, a population host
+    (:mod:`pipelines.tune.population`) trains many plans' learners in one batched step and finishes each the same way."""
+
+    hp: Hyperparameters
+    learner: object  # dept.DePTLearner trained for selection
+    features: object  # its training features [N, V, D] and labels [N]
+    labels: object
+    validate: Callable  # learner -> the epoch's selection metrics
+    finish: Callable  # (last epoch's metrics, the learner scored on test) -> the final report (no train_seconds)
+    retrain: Callable | None = None  # pseudo-new: () -> (learner, features, labels) of the model scored on test
+
+    def train_config(self):
+        return self.hp.train_config()
+
+
+def plan_trial(hp: Hyperparameters, ctx: TrialContext, clip) -> TrialPlan:
+    """The :class:`TrialPlan` of one configuration under ``ctx``'s protocol and objective."""
+    if ctx.protocol != "base-to-new":
+        return _plan_transfer_trial(hp, ctx, clip)
+    from dept import evaluate_base_new
+
+    data = read_trial_data(ctx, hp, clip.identity)
+    log.info("%s %s seed %d: %d train images, %d base classes", ctx.dataset, hp.method, hp.seed,
+             len(data.train.labels), len(data.train.classnames))
+    if ctx.objective == "val":
+        sel_train = data.train
+        sel_base, sel_new, prefix = data.val_base, data.val_new, "val"
+    else:
+        kept, held = pseudo_new_split(len(data.train.classnames), ctx.pseudo_new_fraction)
+        sel_train = _subset(data.train, kept)
+        sel_base, sel_new, prefix = _subset(data.val_base, kept), _subset(data.val_base, held), "pseudo"
+    _check_batch(ctx, sel_train, hp)
+
+    def selection(learner) -> "object":
+        return evaluate_base_new(
+            learner, sel_base.features, sel_base.labels, sel_new.features, sel_new.labels, sel_new.classnames
+        )
+
+    def validate(learner) -> dict:
+        res = selection(learner)
+        return {f"{prefix}_base_acc": res.base_acc, f"{prefix}_new_acc": res.new_acc, f"{prefix}_hm": res.hm}
+
+    learner = _learner(clip, hp, sel_train.classnames, ctx.dataset)
+
+    def finish(last: dict, tested) -> dict:
+        sel_result = selection(learner)
+        if not last:  # epochs 0: no epoch reported; the untrained prompts' selection metrics, as epoch 0
+            last = {"epoch": 0, **{f"{prefix}_{k}": v for k, v in sel_result.metrics().items()}}
+        test = evaluate_base_new(tested, data.test_base.features, data.test_base.labels, data.test_new.features,
+                                 data.test_new.labels, data.test_new.classnames)
+        return {
+            **last,
+            "test_base_acc": test.base_acc,
+            "test_new_acc": test.new_acc,
+            "test_hm": test.hm,
+            "sweep_fusion_weights": list(SWEEP_WEIGHTS),
+            f"sweep_{prefix}_base_acc": [b for _, b, _ in sel_result.fusion_sweep(SWEEP_WEIGHTS)],
+            f"sweep_{prefix}_hm": [h for _, _, h in sel_result.fusion_sweep(SWEEP_WEIGHTS)],
+            "sweep_test_base_acc": [b for _, b, _ in test.fusion_sweep(SWEEP_WEIGHTS)],
+            "sweep_test_hm": [h for _, _, h in test.fusion_sweep(SWEEP_WEIGHTS)],
+            "final": True,
+        }
+
+    def retrain():
+        return _learner(clip, hp, data.train.classnames, ctx.dataset), data.train.features, data.train.labels
+
+    # pseudo-new: retrain on every base class for the test scores; the selection numbers stay what they were
+    return TrialPlan(hp, learner, sel_train.features, sel_train.labels, validate, finish,
+                     retrain if ctx.objective == "pseudo-new" else None)
+
+
+def _check_batch(ctx: TrialContext, train: "Split", hp: Hyperparameters) -> None:
+    if len(train.labels) < hp.batch_size:
+        raise ValueError(f"{ctx.dataset}: {len(train.labels)} training images, fewer than batch size {hp.batch_size}")
+
+
 def run_trial(
     hp: Hyperparameters,
     ctx: TrialContext,
@@ -228,75 +305,22 @@ def run_trial(
     epochs before it are not reported again)."""
     import torch
 
-    from dept import evaluate_base_new, save_state, train
+    from dept import save_state, train
 
     torch.set_num_threads(max(1, ctx.num_threads))
     started = time.perf_counter()
-    clip = text_tower(ctx)
-    if ctx.protocol != "base-to-new":
-        return run_transfer_trial(hp, ctx, clip, started, on_epoch=on_epoch, state_dir=state_dir,
-                                  on_checkpoint=on_checkpoint, resume=resume)
-    data = read_trial_data(ctx, hp, clip.identity)
-    cfg = _train_config(hp)
-    log.info("%s %s seed %d: %d train images, %d base classes", ctx.dataset, hp.method, hp.seed,
-             len(data.train.labels), len(data.train.classnames))
-
-    if ctx.objective == "val":
-        sel_train = data.train
-        sel_base, sel_new, prefix = data.val_base, data.val_new, "val"
-    else:
-        kept, held = pseudo_new_split(len(data.train.classnames), ctx.pseudo_new_fraction)
-        sel_train = _subset(data.train, kept)
-        sel_base, sel_new, prefix = _subset(data.val_base, kept), _subset(data.val_base, held), "pseudo"
-    if len(sel_train.labels) < hp.batch_size:
-        raise ValueError(
-            f"{ctx.dataset}: {len(sel_train.labels)} training images, fewer than batch size {hp.batch_size}"
-        )
-
-    def selection(learner) -> "object":
-        return evaluate_base_new(
-            learner, sel_base.features, sel_base.labels, sel_new.features, sel_new.labels, sel_new.classnames
-        )
-
+    plan = plan_trial(hp, ctx, text_tower(ctx))
     last: dict = {}
-
-    def validate(learner) -> dict:
-        res = selection(learner)
-        return {f"{prefix}_base_acc": res.base_acc, f"{prefix}_new_acc": res.new_acc, f"{prefix}_hm": res.hm}
-
-    epoch_done = _epoch_reporter(hp, last, on_epoch, on_checkpoint)
-    learner = _learner(clip, hp, sel_train.classnames, ctx.dataset)
-    train(learner, sel_train.features, sel_train.labels, cfg, on_epoch=epoch_done, validate=validate, resume=resume,
+    train(plan.learner, plan.features, plan.labels, plan.train_config(),
+          on_epoch=_epoch_reporter(hp, last, on_epoch, on_checkpoint), validate=plan.validate, resume=resume,
           resumable=on_checkpoint is not None)
-    sel_result = selection(learner)
-    if not last:  # epochs 0: no epoch reported; the untrained prompts' selection metrics, as epoch 0
-        last.update({"epoch": 0, **{f"{prefix}_{k}": v for k, v in sel_result.metrics().items()}})
-
-    if ctx.objective == "pseudo-new":
-        # Retrain on every base class for the test scores; the selection numbers above stay what they were.
-        learner = _learner(clip, hp, data.train.classnames, ctx.dataset)
-        train(learner, data.train.features, data.train.labels, cfg)
-    test = evaluate_base_new(
-        learner, data.test_base.features, data.test_base.labels, data.test_new.features, data.test_new.labels,
-        data.test_new.classnames,
-    )
-    final = dict(last)
-    final.update(
-        {
-            "test_base_acc": test.base_acc,
-            "test_new_acc": test.new_acc,
-            "test_hm": test.hm,
-            "sweep_fusion_weights": list(SWEEP_WEIGHTS),
-            f"sweep_{prefix}_base_acc": [b for _, b, _ in sel_result.fusion_sweep(SWEEP_WEIGHTS)],
-            f"sweep_{prefix}_hm": [h for _, _, h in sel_result.fusion_sweep(SWEEP_WEIGHTS)],
-            "sweep_test_base_acc": [b for _, b, _ in test.fusion_sweep(SWEEP_WEIGHTS)],
-            "sweep_test_hm": [h for _, _, h in test.fusion_sweep(SWEEP_WEIGHTS)],
-            "train_seconds": time.perf_counter() - started,
-            "final": True,
-        }
-    )
+    tested = plan.learner
+    if plan.retrain is not None:
+        tested, features, labels = plan.retrain()
+        train(tested, features, labels, plan.train_config())
+    final = {**plan.finish(last, tested), "train_seconds": time.perf_counter() - started}
     if state_dir is not None:
-        save_state(learner, Path(state_dir) / STATE_FILE)
+        save_state(tested, Path(state_dir) / STATE_FILE)
     return final
 
 
@@ -331,12 +355,10 @@ def read_transfer_targets(ctx: TrialContext, identity: dict) -> list:
     return out
 
 
-def run_transfer_trial(hp: Hyperparameters, ctx: TrialContext, clip, started: float, *, on_epoch=None,
-                       state_dir=None, on_checkpoint=None, resume=None) -> dict:
+def _plan_transfer_trial(hp: Hyperparameters, ctx: TrialContext, clip) -> TrialPlan:
     """The cross-dataset / domain-generalisation trial: train on every class of the source (its few-shot draw),
     select on the source's val images (``val_acc``, all source classes), then score the source's test images
     (``test_acc``) and every target's (``test_acc/<target>``, ``test_target_avg``; dept.transfer)."""
-    from dept import save_state, train
     from dept.transfer import evaluate_transfer, source_accuracy
     from pipelines.store import open_store
 
@@ -345,24 +367,20 @@ def run_transfer_trial(hp: Hyperparameters, ctx: TrialContext, clip, started: fl
     fs_val = store.features("val", seed=hp.seed, shots=hp.shots)
     fs_test = store.features("test")
     targets = read_transfer_targets(ctx, clip.identity)  # before training: a bad target store fails fast
-    if len(fs_train.labels) < hp.batch_size:
-        raise ValueError(f"{ctx.dataset}: {len(fs_train.labels)} training images, fewer than batch size {hp.batch_size}")
+    _check_batch(ctx, fs_train, hp)
     log.info("%s (%s source) %s seed %d: %d train images, %d classes, %d targets", ctx.dataset, ctx.protocol,
              hp.method, hp.seed, len(fs_train.labels), len(fs_train.classnames), len(targets))
 
-    last: dict = {}
+    def validate(learner) -> dict:
+        return {"val_acc": source_accuracy(learner, fs_val.features, fs_val.labels)}
+
+    def finish(last: dict, tested) -> dict:
+        if not last:  # epochs 0: the untrained prompts' selection metric, as epoch 0
+            last = {"epoch": 0, **validate(tested)}
+        return {**last, **evaluate_transfer(tested, fs_test.features, fs_test.labels, targets).metrics(), "final": True}
+
     learner = _learner(clip, hp, list(fs_train.classnames), ctx.dataset)
-    train(learner, fs_train.features, fs_train.labels, _train_config(hp),
-          on_epoch=_epoch_reporter(hp, last, on_epoch, on_checkpoint),
-          validate=lambda lr: {"val_acc": source_accuracy(lr, fs_val.features, fs_val.labels)},
-          resume=resume, resumable=on_checkpoint is not None)
-    if not last:  # epochs 0: the untrained prompts' selection metric, as epoch 0
-        last.update({"epoch": 0, "val_acc": source_accuracy(learner, fs_val.features, fs_val.labels)})
-    result = evaluate_transfer(learner, fs_test.features, fs_test.labels, targets)
-    final = {**last, **result.metrics(), "train_seconds": time.perf_counter() - started, "final": True}
-    if state_dir is not None:
-        save_state(learner, Path(state_dir) / STATE_FILE)
-    return final
+    return TrialPlan(hp, learner, fs_train.features, fs_train.labels, validate, finish)
 
 
 # -- Ray Tune -------------------------------------------------------------------------------------------------
@@ -414,9 +432,16 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
             os.close(fd)
             raise InjectedFailure(f"test hook {FAIL_ONCE_ENV}: first attempt of trial {trial_id} fails on purpose")
 
+    def report_final(final: dict, folder: str) -> None:
+        final = {**final, NODE_ID_KEY: node_id, RESUMED_KEY: start_epoch}
+        (Path(folder) / FINAL_FILE).write_text(json.dumps(final))
+        (Path(folder) / HYPERPARAMETERS_FILE).write_text(json.dumps(asdict(hp), indent=1))
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    if context.population > 1:
+        from pipelines.tune.population import run_member
+
+        run_member(config, context, trial_id, resume, on_checkpoint, report_final)
+        return
     with tempfile.TemporaryDirectory(prefix="dept-trial-") as tmp:
-        final = {**run_trial(hp, context, on_checkpoint=on_checkpoint, resume=resume, state_dir=tmp),
-                 NODE_ID_KEY: node_id, RESUMED_KEY: start_epoch}
-        (Path(tmp) / FINAL_FILE).write_text(json.dumps(final))
-        (Path(tmp) / HYPERPARAMETERS_FILE).write_text(json.dumps(asdict(hp), indent=1))
-        tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
+        report_final(run_trial(hp, context, on_checkpoint=on_checkpoint, resume=resume, state_dir=tmp), tmp)

@@ -253,3 +253,25 @@ def test_a_non_finite_loss_fails_a_member_but_dept_train_trains_on(clip):
     assert [h.epoch for h in hist] == [1, 2] and not any(math.isfinite(h.train_loss) for h in hist)
     [r] = train_population([b], x, y, [config])
     assert r.status == "failed" and r.history == [] and "epoch 1, step 1" in r.reason
+
+
+def test_after_epoch_stops_members_once_all_have_reported(clip):
+    """The hook Tune's decisions come through (pipelines.tune.population): called after every member's on_epoch of
+    an epoch, never after the last; the members it returns are stopped there, the others are unchanged by it."""
+    x, y = data(clip, "coop")
+    epochs = 3
+    learner, config = member(clip, "coop", MEMBERS[0], epochs)
+    single = (learner, train(learner, x, y, config))
+    pop = [member(clip, "coop", coefs, epochs) for coefs in MEMBERS]
+    calls, reported = [], []
+
+    def after_epoch(epoch, members):
+        calls.append((epoch, list(members), sorted(p for p, e in reported if e == epoch)))
+        return [1] if epoch == 1 else [2, 7] if epoch == 2 else []  # 7: no such member, ignored
+
+    results = train_population([m for m, _ in pop], x, y, [c for _, c in pop], after_epoch=after_epoch,
+                               on_epoch=lambda p, s: reported.append((p, s.epoch)))
+    assert calls == [(1, [0, 1, 2], [0, 1, 2]), (2, [0, 2], [0, 2])]
+    assert [r.status for r in results] == ["done", "stopped", "stopped"]
+    assert [r.epochs_done for r in results] == [3, 1, 2]
+    assert_same_member(*single, pop[0][0], results[0].history, clip)

@@ -15,7 +15,7 @@ import yaml
 
 from pipelines.tune.trial import EPOCH_PAUSE_ENV
 from tests.conftest import REPO
-from tests.pipelines.tune.test_tune import _driver, check_tracked, runs_of, tune_args
+from tests.pipelines.tune.test_tune import _driver, check_tracked, driver_running, runs_of, tune_args
 
 CONFIG_PARAMS = ("method", "dept", "loss_weight", "fusion_weight", "lr", "epochs", "shots")
 
@@ -62,8 +62,7 @@ def test_sigterm_then_sigint_stop_cleanly_and_resume_ends_with_the_best_config(d
                      "--max-concurrent", 1, "--ray-address", ray_cluster.address)
 
     first_log = tmp_path / "first.log"
-    first = _driver(args, first_log, tmp_path)
-    try:
+    with driver_running(args, first_log, tmp_path) as first:
         _wait_for_new_completed(first, first_log, uri, "sig", set())
         # A second tune of the same experiment while the first runs: refused at once, naming the holder, nothing made.
         second = subprocess.run([sys.executable, "-c", "from pipelines.cli import main; main()",
@@ -75,10 +74,6 @@ def test_sigterm_then_sigint_stop_cleanly_and_resume_ends_with_the_best_config(d
         _, parents = runs_of(uri, "sig", "tags.role = 'parent'")
         assert len(parents) == 1
         command = _stopped(first, first_log, signal.SIGTERM, 143)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait(timeout=60)
     _, parents = runs_of(uri, "sig", "tags.role = 'parent'")
     (parent,) = parents
     assert parent.info.status == "KILLED"
@@ -90,14 +85,9 @@ def test_sigterm_then_sigint_stop_cleanly_and_resume_ends_with_the_best_config(d
     assert resume_args == [*[str(a) for a in args], "--resume"]
     second_log = tmp_path / "second.log"
     before = _completed(uri, "sig")
-    resumed = _driver(resume_args, second_log, tmp_path)
-    try:
+    with driver_running(resume_args, second_log, tmp_path) as resumed:
         _wait_for_new_completed(resumed, second_log, uri, "sig", before)
         assert _stopped(resumed, second_log, signal.SIGINT, 130) == command
-    finally:
-        if resumed.poll() is None:
-            resumed.kill()
-            resumed.wait(timeout=60)
     _, (parent,) = runs_of(uri, "sig", "tags.role = 'parent'")
     assert parent.info.status == "KILLED"
 

@@ -3,6 +3,7 @@ MLflow (SQLite, and a real ``mlflow server``) -> report; ASHA stopping weak tria
 driver killed with SIGKILL and resumed, every trial exactly once in MLflow."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
@@ -275,6 +276,18 @@ def _driver(args, log_path, cwd):
         [sys.executable, "-c", "from pipelines.cli import main; main()", *[str(a) for a in args]],
         cwd=cwd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
+
+
+@contextlib.contextmanager
+def driver_running(args, log_path, cwd):
+    """:func:`_driver`, killed on the way out if the test left it running."""
+    proc = _driver(args, log_path, cwd)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
 
 
 @pytest.mark.slow
