@@ -243,3 +243,33 @@ def test_imagenet_and_its_variants_in_coop_layouts(ray_cluster, tiny_clip_checkp
                "--targets", "ImageNetA", "--epochs", 1, "--batch-size", 2, "--out", out)
     assert r.exit_code == 0, r.output
     assert set(json.loads(out.read_text())["test"]) == {"test_acc", "test_acc/ImageNetA", "test_target_avg"}
+
+
+@pytest.mark.slow
+def test_a_population_scores_its_members_on_the_targets_as_single_trials(suite_store, tmp_path):
+    """tune --population under domain generalisation (fused heads, the CAT layer cut for a class subset): members
+    of one population get the single trials' source and target accuracies."""
+    from mlflow import MlflowClient
+
+    _, store = suite_store
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("method: {grid: [coop, kgcoop]}", "method: kgcoop")
+                     .replace("dept: {grid: [false, true]}", "dept: true\n  loss_weight: {grid: [0.3, 0.6, 0.9]}")
+                     .replace("seeds: [1, 2]", "seeds: [1]"))
+    logged = {}
+    for name, population in (("dg-single", 1), ("dg-pop", 3)):
+        uri = f"sqlite:///{tmp_path / name}.db"
+        r = invoke("tune", "--features", store, "--protocol", "domain-generalization", "--source", SOURCE,
+                   "--space", space, "--storage", tmp_path / name, "--mlflow-uri", uri, "--experiment", name,
+                   "--population", population)
+        assert r.exit_code == 0, r.output
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], "tags.role = 'trial'")
+        logged[name] = {run.data.params["loss_weight"]: run for run in runs}
+    assert len(logged["dg-pop"]) == 3 and set(logged["dg-pop"]) == set(logged["dg-single"])
+    assert {r.data.tags["population_size"] for r in logged["dg-pop"].values()} == {"3"}
+    for key, run in logged["dg-pop"].items():
+        ref = logged["dg-single"][key].data.metrics
+        names = ["val_acc", "test_acc", "test_target_avg", *(f"test_acc/{t}" for t in DOMAIN_TARGETS)]
+        for m in names:
+            assert run.data.metrics[m] == pytest.approx(ref[m], abs=1e-6), (key, m)
