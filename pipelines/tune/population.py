@@ -238,6 +238,8 @@ class PopulationRegistry:
         self._formed: dict[str, tuple[str, object]] = {}  # trial id -> (population id, host) of its latest join
         self._hosts: dict[str, object] = {}  # population id -> host handle
         self._sizes: dict[str, int] = {}  # population id -> members it started with
+        self._members: dict[str, set[str]] = {}  # population id -> its members' trial ids
+        self._ended: dict[str, set[str]] = {}  # population id -> those whose trial (attempt) ended
         self._count = 0
 
     def join(self, trial_id: str, config: dict, resume: bytes | None):
@@ -272,6 +274,8 @@ class PopulationRegistry:
         host = host_cls.remote(population_id, self.context, members)
         self._hosts[population_id] = host
         self._sizes[population_id] = len(members)
+        self._members[population_id] = {m.trial_id for m in members}
+        self._ended[population_id] = set()
         for m in members:
             self._formed[m.trial_id] = (population_id, host)
         log.info("population %s formed: %d member(s)", population_id, len(members))
@@ -280,15 +284,27 @@ class PopulationRegistry:
     def leave(self, trial_id: str, population_id: str | None = None) -> None:
         """The driver: a trial ended (stopped, failed, retrying). Its population (``population_id``: the one its
         last result named; None: its latest) trains it no further."""
+        import ray
+
         with self._cond:
             for members in self._open.values():
                 members[:] = [m for m in members if m.trial_id != trial_id]
             formed = self._formed.get(trial_id)
             if formed is None:
                 return
-            host = self._hosts.get(population_id) if population_id else formed[1]
-        if host is not None:
-            host.leave.remote(trial_id)
+            population_id = population_id if population_id in self._hosts else formed[0]
+            host = self._hosts.get(population_id)
+            if host is None:
+                return
+            self._ended[population_id].add(trial_id)
+            finished = self._ended[population_id] >= self._members[population_id]
+            if finished:  # every member's trial has ended: free the host's memory (a GPU's, on a cluster)
+                for table in (self._hosts, self._members, self._ended):
+                    table.pop(population_id)
+        host.leave.remote(trial_id)
+        if finished:
+            ray.kill(host)
+            log.info("population %s: every member ended; its host is gone", population_id)
 
 
 def start_registry(context, *, experiment_key: str, gpus: float, join_wait_s: float = DEFAULT_JOIN_WAIT_S):
