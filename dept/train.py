@@ -13,6 +13,7 @@ to give the numbers of an uninterrupted run, bit for bit.
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 from dataclasses import dataclass, field
@@ -72,13 +73,29 @@ class TrainResume:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"epoch": self.epoch, "learned": self.learned, "optimizer": self.optimizer}, tmp)
+        torch.save(self._as_dict(), tmp)
         tmp.replace(path)  # never a half-written state under the final name
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainResume":
-        d = torch.load(Path(path), map_location="cpu", weights_only=True)
+        return cls._from_dict(torch.load(Path(path), map_location="cpu", weights_only=True))
+
+    def to_bytes(self) -> bytes:
+        """The file :meth:`save` writes, in memory (to pass between processes)."""
+        buf = io.BytesIO()
+        torch.save(self._as_dict(), buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "TrainResume":
+        return cls._from_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+
+    def _as_dict(self) -> dict:
+        return {"epoch": self.epoch, "learned": self.learned, "optimizer": self.optimizer}
+
+    @classmethod
+    def _from_dict(cls, d: dict) -> "TrainResume":
         return cls(epoch=int(d["epoch"]), learned=d["learned"], optimizer=d["optimizer"])
 
 

@@ -25,7 +25,6 @@ Resources: a member trial takes ``--cpus-per-trial / P`` of Tune's CPUs and no G
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import tempfile
@@ -40,9 +39,6 @@ from pipelines.tracking.client import POPULATION_SIZE_TAG, POPULATION_TAG
 
 log = logging.getLogger(__name__)
 
-#: Reported with every result of a population-trained trial: its population's id and how many members it started
-#: with (the runs' tags of the same names).
-POPULATION_KEY, POPULATION_SIZE_KEY = POPULATION_TAG, POPULATION_SIZE_TAG
 #: The hyperparameters members of one population may differ in; every other setting is the population's shape.
 MEMBER_SETTINGS = ("loss_weight", "fusion_weight", "fusion", "lr", "head_lr_mult", "warmup_epochs", "warmup_lr",
                    "momentum", "weight_decay", "kg_weight", "loss_weight_effective", "fusion_weight_effective")
@@ -76,25 +72,11 @@ class PopulationFailure(RuntimeError):
     """A population host failed while training; the member trial fails with its error (and Tune retries it)."""
 
 
-def _to_bytes(obj) -> bytes:
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def _from_bytes(data: bytes):
-    import torch
-
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-
-
 @dataclass
 class Member:
     trial_id: str
     config: dict
-    resume: bytes | None  # a dept.train.TrainResume as {epoch, learned, optimizer}, torch.save'd
+    resume: bytes | None  # a dept.train.TrainResume, TrainResume.to_bytes
 
 
 class PopulationHost:
@@ -133,9 +115,6 @@ class PopulationHost:
                 self._gone.add(trial_id)
                 self._cond.notify_all()
 
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
     # -- training ---------------------------------------------------------------------------------------------
     def _put(self, trial_id: str, item) -> None:
         with self._cond:
@@ -172,7 +151,7 @@ class PopulationHost:
 
         from dept import save_state, train_population
         from dept.train import TrainResume
-        from pipelines.tune.trial import STATE_FILE, plan_trial, text_tower
+        from pipelines.tune.trial import STATE_FILE, epoch_reporter, plan_trial, text_tower
 
         ctx = self.context
         torch.set_num_threads(max(1, ctx.num_threads))
@@ -180,21 +159,15 @@ class PopulationHost:
         ids = list(self.members)
         clip = text_tower(ctx)
         plans = [plan_trial(ctx.hyperparameters(self.members[t].config), ctx, clip) for t in ids]
-        resume = []
-        for t in ids:
-            raw = self.members[t].resume
-            d = _from_bytes(raw) if raw is not None else None
-            resume.append(TrainResume(int(d["epoch"]), d["learned"], d["optimizer"]) if d is not None else None)
+        resume = [None if self.members[t].resume is None else TrainResume.from_bytes(self.members[t].resume)
+                  for t in ids]
         last: list[dict] = [{} for _ in ids]
-        epochs = plans[0].hp.epochs
 
-        def on_epoch(p: int, stats) -> None:
-            metrics = {"epoch": stats.epoch, "train_loss": stats.train_loss, "lr": stats.lr,
-                       "epoch_seconds": stats.seconds, **stats.metrics}
-            last[p] = metrics
-            if stats.epoch < epochs:  # the last epoch's metrics go out with the final result, as in run_trial
-                self._put(ids[p], ("epoch", metrics, _to_bytes(
-                    {"epoch": stats.state.epoch, "learned": stats.state.learned, "optimizer": stats.state.optimizer})))
+        def hand_out(trial_id: str):
+            return lambda metrics, state: self._put(trial_id, ("epoch", metrics, state.to_bytes()))
+
+        # run_trial's own per-epoch hook, per member: the last epoch's metrics go out with the final result
+        reporters = [epoch_reporter(plans[p].hp, last[p], None, hand_out(t)) for p, t in enumerate(ids)]
 
         def after_epoch(epoch: int, members: list[int]) -> list[int]:
             gone = set(self._decisions(epoch, [ids[p] for p in members]))
@@ -203,7 +176,7 @@ class PopulationHost:
         features, labels = plans[0].features, plans[0].labels  # one shape: the same training images
         log.info("population %s: %d members, %s", self.population_id, len(ids), ", ".join(ids))
         results = train_population([p.learner for p in plans], features, labels, [p.train_config() for p in plans],
-                                   on_epoch=on_epoch, after_epoch=after_epoch, validate=lambda p, m: plans[p].validate(m),
+                                   on_epoch=lambda p, stats: reporters[p](stats), after_epoch=after_epoch, validate=lambda p, m: plans[p].validate(m),
                                    resume=resume, resumable=True, nonfinite="continue")
         done = [p for p, r in enumerate(results) if r.status == "done" and ids[p] not in self._gone]
         tested = {p: plans[p].learner for p in done}
@@ -326,16 +299,15 @@ def run_member(config: dict, context, trial_id: str, resume, report_epoch, repor
     from dept.train import TrainResume
 
     registry = ray.get_actor(context.population_group, namespace=NAMESPACE)
-    raw = None if resume is None else _to_bytes(
-        {"epoch": resume.epoch, "learned": resume.learned, "optimizer": resume.optimizer})
+    raw = None if resume is None else resume.to_bytes()
     population_id, host, size = ray.get(registry.join.remote(trial_id, config, raw))
-    tag = {POPULATION_KEY: population_id, POPULATION_SIZE_KEY: size}
+    # with every result: the runs' tags of the same names
+    tag = {POPULATION_TAG: population_id, POPULATION_SIZE_TAG: size}
     try:
         while True:
             item = ray.get(host.next.remote(trial_id))
             if item[0] == "epoch":
-                d = _from_bytes(item[2])
-                report_epoch({**item[1], **tag}, TrainResume(int(d["epoch"]), d["learned"], d["optimizer"]))
+                report_epoch({**item[1], **tag}, TrainResume.from_bytes(item[2]))
             elif item[0] == "final":
                 with tempfile.TemporaryDirectory(prefix="dept-member-") as tmp:
                     for name, data in item[2].items():

@@ -466,6 +466,7 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
     registry = None
     if population > 1:
+        from pipelines.tracking.client import POPULATION_TAG
         from pipelines.tune.population import start_registry
 
         # A member trial only relays its host's reports: a 1/P share of the CPUs, no GPU (its host holds that).
@@ -473,7 +474,7 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
         registry = start_registry(ctx, experiment_key=key, gpus=opts.gpus_per_trial)
         # A trial that ended (stopped, failed, retrying) leaves its population.
         logger.on_trial_end = lambda trial: registry.leave.remote(trial.trial_id,
-                                                                  (trial.last_result or {}).get("population"))
+                                                                  (trial.last_result or {}).get(POPULATION_TAG))
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=ctx), resources)
     started = time.perf_counter()
     ok = False

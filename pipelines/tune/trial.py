@@ -312,7 +312,7 @@ def run_trial(
     plan = plan_trial(hp, ctx, text_tower(ctx))
     last: dict = {}
     train(plan.learner, plan.features, plan.labels, plan.train_config(),
-          on_epoch=_epoch_reporter(hp, last, on_epoch, on_checkpoint), validate=plan.validate, resume=resume,
+          on_epoch=epoch_reporter(hp, last, on_epoch, on_checkpoint), validate=plan.validate, resume=resume,
           resumable=on_checkpoint is not None)
     tested = plan.learner
     if plan.retrain is not None:
@@ -324,9 +324,9 @@ def run_trial(
     return final
 
 
-def _epoch_reporter(hp: Hyperparameters, last: dict, on_epoch, on_checkpoint) -> Callable:
-    """``dept.train``'s per-epoch hook: keeps the newest epoch's metrics in ``last`` and reports every epoch but the
-    last (whose metrics go out with the final result)."""
+def epoch_reporter(hp: Hyperparameters, last: dict, on_epoch, on_checkpoint) -> Callable:
+    """``dept.train``'s per-epoch hook (a population host's per member too): keeps the newest epoch's metrics in
+    ``last`` and reports every epoch but the last (whose metrics go out with the final result)."""
 
     def epoch_done(stats) -> None:
         metrics = {"epoch": stats.epoch, "train_loss": stats.train_loss, "lr": stats.lr,
