@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 
 from pipelines.metrics import harmonic_mean
-from pipelines.report.table import method_label
+from pipelines.selection import method_label
 
 ZERO_SHOT_RE = re.compile(r"base ([\d.]+)\s+new ([\d.]+)\s+HM ([\d.]+)")
 

@@ -6,7 +6,7 @@ processes falls on both alike):
 - tune: the real CLI (``dept-pipeline tune``) with a local Ray it starts itself, a SQLite MLflow store in the
   work folder, a space file of one fixed configuration run once per seed (N seeds = N trials, same cost each),
   scheduler none, ``--max-concurrent 1 --cpus-per-trial 1`` (one trial at a time, one thread, as the loop);
-- loop: ``python -c`` calling the trial function the trainable wraps (``pipelines.tune.trial.run_trial``) once per
+- loop: ``python -c`` calling the trial function the trainable wraps (``pipelines.trial.plan.run_trial``) once per
   seed with the same context (``pipelines.tune.runner.make_context``, one thread) and the same hyperparameters; no
   Ray, no MLflow. It keeps the learned state in a temporary folder as the trainable does.
 
@@ -39,7 +39,7 @@ CLI = "from pipelines.cli import main; main(prog_name='dept-pipeline')"
 # trial (imports and text-tower load per trial): what pipelines/tune/runner.py did before it turned reuse_actors on.
 CLI_FRESH = ("import ray.tune as t; t.TuneConfig = (lambda C: lambda *a, **k: C(*a, **{**k, 'reuse_actors': False}))"
              "(t.TuneConfig); " + CLI)
-FRESH = ("import time; t0 = time.perf_counter(); import torch, open_clip, dept, pipelines.tune.trial; "
+FRESH = ("import time; t0 = time.perf_counter(); import torch, open_clip, dept, pipelines.trial.plan; "
          "t1 = time.perf_counter(); from dept import load_clip; load_clip({model!r}, {ckpt!r}, text_only=True); "
          "print(t1 - t0, time.perf_counter() - t1)")
 LOOP = "import sys; sys.path.insert(0, {bench!r}); from tune_overhead import loop_main; loop_main({args!r})"
@@ -77,9 +77,9 @@ def loop_main(argv: list[str]) -> None:
     ap.add_argument("--space", required=True)
     args = ap.parse_args(argv)
 
-    from pipelines.tune.runner import make_context
+    from pipelines.trial.context import make_context
     from pipelines.tune.spaces import load_space
-    from pipelines.tune.trial import run_trial
+    from pipelines.trial.plan import run_trial
 
     space = load_space(args.space)
     searched = [p.name for p in space.params.values() if p.kind != "fixed"]
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fresh worker per trial, round {i}: tune {fw:.1f} s (dataset part {fd} s) vs {tw:.1f} s with "
                   f"reused workers, overhead {100 * (fw - res['loop'][0]) / res['loop'][0]:.0f} %; reuse saves "
                   f"{(fw - tw) / args.trials:.1f} s per trial")
-    print(f"a fresh Python process: imports of torch, open_clip, dept, pipelines.tune.trial {imports_s:.1f} s, then "
+    print(f"a fresh Python process: imports of torch, open_clip, dept, pipelines.trial.plan {imports_s:.1f} s, then "
           f"load_clip({args.model}, text_only) {load_s:.1f} s (best of 2)")
     loop_trial = statistics.median(statistics.mean(res["loop"][1]) for res in rows)
     ov_abs = statistics.median(res["tune"][0] - res["loop"][0] for res in rows)

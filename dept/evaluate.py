@@ -2,30 +2,20 @@
 
 ``BaseNewResult`` keeps the two base-class logit matrices, so any fusion weight can be re-scored after training
 with one matrix mix (``fusion_sweep``) — no encoder pass. ``evaluate_zero_shot`` scores untrained CLIP the same
-way (the paper tables' first row), from cached features and a hand-written template.
+way (the paper tables' first row), from cached features and a hand-written template (``dept.zero_shot``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from dept.clip import LoadedClip
-from dept.head import FusionMode, fuse
+from dept.config import FusionMode
+from dept.head import fuse
 from dept.learner import DePTLearner
-from dept.text_encoder import PromptTextEncoder
-
-
-def harmonic_mean(base: float, new: float) -> float:
-    return 0.0 if base + new == 0 else 2.0 * base * new / (base + new)
-
-
-def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy in percent."""
-    if len(labels) == 0:
-        return float("nan")
-    return 100.0 * (scores.argmax(-1) == labels).float().mean().item()
+from dept.scores import accuracy, harmonic_mean  # noqa: F401  (re-exported)
+from dept.zero_shot import zero_shot_classifier
 
 
 @torch.no_grad()
@@ -131,20 +121,10 @@ def evaluate_zero_shot(
     ``template.format(name)`` through the frozen text tower (equal to ``encode_text``), logits
     tau * norm(V) @ norm(T).T as the ITM head's (tau: the model's learned one unless ``logit_scale``); base accuracy
     among the base classes, new among the new ones. No CAT head, nothing trained."""
-    if "{}" not in template:
-        raise ValueError(f"zero-shot template must contain '{{}}' for the class name: {template!r}")
-    encoder = PromptTextEncoder(clip.model, clip.tokenizer)
-    tau = float(clip.model.logit_scale.exp().item()) if logit_scale is None else float(logit_scale)
-
-    def logits(features: torch.Tensor, classnames: list[str]) -> torch.Tensor:
-        texts = [template.format(c) for c in classnames]
-        text = F.normalize(encoder.encode_texts(texts, chunk_size=class_chunk), dim=-1)
-        rows = [tau * F.normalize(features[i : i + batch_size].to(text.device), dim=-1) @ text.t()
-                for i in range(0, len(features), batch_size)]
-        return torch.cat(rows).cpu() if rows else torch.empty(0, len(classnames))
-
-    base_itm = logits(base_features, base_classnames)
-    new_acc = accuracy(logits(new_features, new_classnames), new_labels) if new_classnames else float("nan")
+    base = zero_shot_classifier(clip, base_classnames, template, logit_scale=logit_scale, class_chunk=class_chunk)
+    base_itm = base.logits(base_features, batch_size=batch_size)
+    new_acc = (zero_shot_classifier(clip, new_classnames, template, logit_scale=logit_scale, class_chunk=class_chunk)
+               .accuracy(new_features, new_labels, batch_size=batch_size)) if new_classnames else float("nan")
     base_acc = accuracy(base_itm, base_labels)
     return BaseNewResult(base_acc=base_acc, new_acc=new_acc, hm=harmonic_mean(base_acc, new_acc),
                          base_labels=base_labels.cpu(), base_itm_logits=base_itm, base_cat_logits=None,

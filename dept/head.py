@@ -11,56 +11,11 @@ The CAT head sees raw (unnormalised) features; the ITM head ``s`` normalises.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-FusionMode = Literal["logits", "probs"]
-
-
-@dataclass(frozen=True)
-class DePTConfig:
-    """DePT's two coefficients, kept apart (the reference code uses one knob for both).
-
-    Loss weight 0 is the plain base method (the paper's lam = 0): the CAT head would get no gradient, so fusing
-    its untrained logits would only add noise. :meth:`effective` says what is really applied.
-    """
-
-    loss_weight: float = 0.7  # lam: weight of the CAT head's loss during training
-    fusion_weight: float = 0.7  # a: weight of the CAT head in base-class inference
-    fusion: FusionMode = "logits"  # the reference code fuses logits; the paper's text fuses probabilities
-
-    def __post_init__(self):
-        for name in ("loss_weight", "fusion_weight"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"DePT {name} must be in [0, 1], got {v}")
-        if self.fusion not in ("logits", "probs"):
-            raise ValueError(f"DePT fusion must be 'logits' or 'probs', got {self.fusion!r}")
-
-    @property
-    def uses_cat_head(self) -> bool:
-        """Whether a CAT head is built and trained: only a positive loss weight gives it a gradient."""
-        return self.loss_weight > 0.0
-
-    def effective(self) -> "DePTConfig | None":
-        """The config really applied: itself, or None (the plain method, fusion weight 0) at loss weight 0."""
-        return self if self.uses_cat_head else None
-
-
-def applied_dept(dept: DePTConfig | None) -> dict[str, object]:
-    """What a run really applies, flat, for a run's params: ``dept_effective`` (is a CAT head built, trained and
-    fused) and the loss / fusion weights in effect (0 and 0 for the plain method, whatever was asked)."""
-    eff = dept.effective() if dept is not None else None
-    return {
-        "dept_effective": eff is not None,
-        "loss_weight_effective": eff.loss_weight if eff is not None else 0.0,
-        "fusion_weight_effective": eff.fusion_weight if eff is not None else 0.0,
-    }
-
+from dept.config import DePTConfig, FusionMode, applied_dept  # noqa: F401  (the head's config, re-exported)
 
 class ChannelwiseTransform(nn.Module):
     """cwT: a learned per-channel scale and shift, identity at init."""

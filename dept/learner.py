@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dept.clip import LoadedClip
-from dept.head import CATHead, DePTConfig, applied_dept, dept_loss, fuse
+from dept.config import DePTConfig, applied_dept
+from dept.head import CATHead, dept_loss, fuse
 from dept.methods import METHODS, PromptMethod
 from dept.text_encoder import ClassTokens, PromptTextEncoder
 

@@ -8,7 +8,7 @@ rows), so the gradient each member's parameters receive is that of its own loss.
 
 What each member keeps to itself: its ``DePTLearner`` (initialisation, loss weight, fusion weight, KgCoOp
 weight) and its ``TrainConfig`` (lr, head-lr multiplier, weight decay, momentum, warmup, seed: its own shuffle
-and view draws, ``dept.train``'s per-(seed, epoch) ``randperm`` and :func:`dept.train.epoch_views`). What the
+and view draws, ``dept.train``'s per-(seed, epoch) ``randperm`` and :func:`dept.schedule.epoch_views`). What the
 members share (the population's "shape"): method, base classes, frozen text tower, context shape, logit scale,
 CAT head or none, epochs and batch size.
 
@@ -24,7 +24,7 @@ learner's own ``training_loss`` and gives ``dept.train``'s numbers bit for bit: 
 ``train_population([learner], ..., [config])[0].history`` (one loop: schedule, draws, optimizer, epoch stats,
 resume states), with a non-finite loss trained through rather than failing the member.
 
-Resuming: member ``p``'s :class:`dept.train.TrainResume` holds its learned tensors and its part of the optimizer as
+Resuming: member ``p``'s :class:`dept.schedule.TrainResume` holds its learned tensors and its part of the optimizer as
 the state_dict of the SGD ``dept.train`` alone would have (so a state saved by either resumes in either); a
 resumed member joins the population at its epoch.
 """
@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from dept.head import stacked_training_logits
 from dept.learner import DePTLearner
 from dept.state import learned_state_dict
-from dept.train import EpochStats, TrainConfig, TrainResume, check_training_data, epoch_views
+from dept.config import TrainConfig
+from dept.schedule import EpochStats, TrainResume, check_training_data, epoch_views
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def train_population(
     ``on_epoch(p, stats)`` after each of member ``p``'s epochs: return True to stop it there (ASHA).
     ``after_epoch(epoch, members)``: once every member trained in 1-based ``epoch`` has had its ``on_epoch``; returns
     those of ``members`` to stop there (a caller that waits for all members' decisions at once: Tune's, through
-    ``pipelines.tune.population``). Not called after the last epoch.
+    ``pipelines.trial.population``). Not called after the last epoch.
     ``validate(p, learner)``: member ``p``'s metrics after each epoch (in ``stats.metrics``).
     ``resumable``: each epoch's stats carry the member's :class:`TrainResume` (a copy). ``resume[p]``: member
     ``p`` (built as for its first attempt) continues from that state, joining the population at its epoch; None:

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dept.clip import LoadedClip
-from dept.head import DePTConfig
+from dept.config import DePTConfig
 from dept.learner import DePTLearner, build_learner
 
 CONFIG_KEY = "dept_learner_config"

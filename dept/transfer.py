@@ -17,22 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from dept.datasets.types import (  # noqa: F401  (re-exported: the protocol names live with the dataset records)
-    BASE_TO_NEW_PROTOCOL,
-    CROSS_DATASET,
-    DEFAULT_SOURCE,
-    DOMAIN_GENERALIZATION,
-    PROTOCOLS,
-)
 from dept.evaluate import accuracy, itm_logits
 from dept.head import fuse
 from dept.learner import DePTLearner
-
-
-def check_protocol(protocol: str) -> str:
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    return protocol
+from dept.protocols import CROSS_DATASET, DOMAIN_GENERALIZATION
 
 
 @dataclass(frozen=True)

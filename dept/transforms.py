@@ -19,10 +19,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-#: Random-resized-crop area range (fraction of the image) and aspect-ratio range of the training views.
-CROP_SCALE = (0.08, 1.0)
-CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-FLIP_P = 0.5
+from dept.config import CROP_RATIO, CROP_SCALE, FLIP_P  # noqa: F401  (the training views' recipe, re-exported)
 
 
 def test_transform(image_size: int, mean, std) -> Callable[[Image.Image], torch.Tensor]:

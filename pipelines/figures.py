@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.metrics import is_number
+from pipelines.selection import SeedRun, config_key, method_label, one_per_seed, rank, winner
+from pipelines.tracking.vocabulary import COMPLETED, ROLE_ZERO_SHOT
 
 WIDTH_IN, DPI = 8.0, 100  # 800 px
 TEST_KEYS = ("test_base_acc", "test_new_acc", "test_hm", "test_acc", "test_target_avg")  # base-to-new; transfer
@@ -46,8 +48,6 @@ class TrialPoint:
 
 def points_from_records(records, metric: str) -> list[TrialPoint]:
     """From the tune driver's ``TrialRecord``s."""
-    from pipelines.tracking.summary import config_key
-
     out = []
     for r in records:
         res = r.result
@@ -55,7 +55,7 @@ def points_from_records(records, metric: str) -> list[TrialPoint]:
         sweep = {k.removeprefix("sweep_"): dict(zip(weights, v)) for k, v in res.items()
                  if k.startswith("sweep_") and k != "sweep_fusion_weights" and v}
         out.append(TrialPoint(r.hp.method, bool(r.hp.dept), config_key(r.hp), str(r.hp.seed), float(r.hp.loss_weight),
-                              float(r.hp.fusion_weight), r.status == "completed", _num(res.get(metric)), 0,
+                              float(r.hp.fusion_weight), r.status == COMPLETED, _num(res.get(metric)), 0,
                               {k: res[k] for k in TEST_KEYS if is_number(res.get(k))}, sweep))
     return out
 
@@ -82,12 +82,8 @@ def parent_figures(tracker, parent_run_id: str, records, best, workdir: Path, *,
                    dataset: str) -> list[Path]:
     """The parent run's figures (written to ``workdir``); ``best``: the winning ``ConfigSummary`` or None. The
     zero-shot point is the parent's zero-shot child run, when there is one."""
-    from pipelines.tracking.client import ROLE_ZERO_SHOT
-
     zero_shot = next((r.data.metrics for r in tracker.children(parent_run_id)
                       if r.data.tags.get("role") == ROLE_ZERO_SHOT), None)
-    from pipelines.tracking.summary import config_key
-
     best_key = config_key(best.trials[0].hp) if best is not None else None
     figures = make_figures(points_from_records(records, metric), dataset=dataset, mode=mode, best=best_key,
                            zero_shot=zero_shot)
@@ -115,8 +111,6 @@ def make_figures(points: list[TrialPoint], *, dataset: str, mode: str = "max", b
                  zero_shot: dict | None = None) -> dict:
     """File name -> matplotlib Figure (not saved). ``best``: the configuration whose sweep is drawn (default: the
     winner, ``pipelines.selection``)."""
-    from pipelines.selection import one_per_seed
-
     _pyplot()
     done = [r.source for r in one_per_seed(_seed_runs(points)) if r.source.completed and r.source.test]
     if not done:
@@ -270,16 +264,12 @@ def _scatter_figure(done, dataset, zero_shot, axes=BASE_NEW_AXES):
 
 # -- helpers ----------------------------------------------------------------------------------------------------
 def _seed_runs(points):
-    from pipelines.selection import SeedRun
-
-    return [SeedRun(p.config, p.seed, "completed" if p.completed and p.test else "not completed",
+    return [SeedRun(p.config, p.seed, COMPLETED if p.completed and p.test else "not completed",
                     {"selection": p.selection, **p.test}, p.start_time, p) for p in points]
 
 
 def _winner(points, mode: str):
     """The configuration (``selection.ConfigOutcome``) the one winner rule picks among ``points``, or None."""
-    from pipelines.selection import rank, winner
-
     return winner(rank(_seed_runs(points), "selection", mode), "selection")
 
 
@@ -306,8 +296,6 @@ def _series_order(method: str, dept: bool) -> tuple:
 
 
 def _label(method: str, dept: bool) -> str:
-    from pipelines.report.table import method_label
-
     return method_label(method, dept)
 
 

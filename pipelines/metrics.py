@@ -4,11 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-
-def harmonic_mean(base: float, new: float) -> float:
-    """dept.evaluate.harmonic_mean's formula, here so that ``report`` need not import torch (any ``dept`` import
-    does) to summarise MLflow numbers; tests/pipelines/report/test_report.py keeps the two equal."""
-    return 0.0 if base + new == 0 else 2.0 * base * new / (base + new)
+from dept.scores import harmonic_mean  # noqa: F401  (the HM of the method library, torch-free; re-exported)
 
 
 def is_number(v: Any, *, nan: bool = True) -> bool:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from pipelines.metrics import harmonic_mean, is_number
+from pipelines.tracking.vocabulary import COMPLETED, param_value
 
-COMPLETED = "completed"
 
 
 @dataclass(frozen=True)
@@ -99,3 +99,22 @@ def winner(ranked: list[ConfigOutcome], metric: str) -> ConfigOutcome | None:
     if ranked and ranked[0].complete and not math.isnan(ranked[0].mean(metric)):
         return ranked[0]
     return None
+
+
+# -- naming rules: what counts as one configuration, and what a method is called ----------------------------------
+#: The paper's names of the base methods (report rows, figure legends).
+PAPER_METHOD_NAMES = {"coop": "CoOp", "cocoop": "CoCoOp", "kgcoop": "KgCoOp"}
+
+
+def config_key(hp) -> tuple:
+    """One configuration: every resolved hyperparameter but the seed (``Hyperparameters.as_params``), as the
+    MLflow params spell them."""
+    params = hp.as_params()
+    params.pop("seed")
+    return tuple(sorted((k, param_value(v)) for k, v in params.items()))
+
+
+def method_label(method: str, dept: bool) -> str:
+    """A method as the paper's table names it: "CoOp", "CoOp+DePT"."""
+    name = PAPER_METHOD_NAMES.get(method, method)
+    return f"{name}+DePT" if dept else name

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from .demo import write_demo_dataset
 from .fewshot import base_new_split, draw_few_shot, subset
+from dept.protocols import BASE_TO_NEW, CROSS_DATASET, DEFAULT_SOURCE, DOMAIN_GENERALIZATION, PROTOCOLS
+
 from .registry import (
-    BASE_TO_NEW,
     DEFAULT_KGCOOP_TEMPLATE,
     DEFAULT_TEMPLATE,
-    DOMAIN_GENERALISATION,
     DatasetSpec,
     dataset_names,
     get_spec,
@@ -20,10 +20,6 @@ from .registry import (
     zero_shot_template,
 )
 from .types import (
-    CROSS_DATASET,
-    DEFAULT_SOURCE,
-    DOMAIN_GENERALIZATION,
-    PROTOCOLS,
     DatasetError,
     DatasetSplits,
     Item,
@@ -39,7 +35,6 @@ __all__ = [
     "TargetOf",
     "DEFAULT_KGCOOP_TEMPLATE",
     "DEFAULT_TEMPLATE",
-    "DOMAIN_GENERALISATION",
     "DatasetError",
     "DatasetSpec",
     "DatasetSplits",

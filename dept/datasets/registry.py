@@ -11,18 +11,14 @@ import json
 import logging
 import os
 
+from dept.protocols import BASE_TO_NEW, CROSS_DATASET, DEFAULT_SOURCE, DOMAIN_GENERALIZATION, TRANSFER_PROTOCOLS
+
 from . import readers
 from .types import (
-    BASE_TO_NEW,
-    CROSS_DATASET,
-    DEFAULT_SOURCE,
-    DOMAIN_GENERALIZATION,
-    PROTOCOLS,
     TRANSFER_FILE,
     TargetOf,
     DEFAULT_KGCOOP_TEMPLATE,
     DEFAULT_TEMPLATE,
-    DOMAIN_GENERALISATION,
     DatasetError,
     DatasetSpec,
     DatasetSplits,
@@ -111,22 +107,22 @@ _SPECS: tuple[DatasetSpec, ...] = (
     ),
     DatasetSpec(
         "ImageNetV2", "imagenetv2", "imagenetv2-matched-frequency-format-val", "classnames.txt",
-        readers.read_imagenet_variant, protocol=DOMAIN_GENERALISATION, class_folders_by_index=True,
+        readers.read_imagenet_variant, protocol=DOMAIN_GENERALIZATION, class_folders_by_index=True,
         target_of=_DOMAIN_OF_IMAGENET,
     ),
     DatasetSpec(
         "ImageNetSketch", "imagenet-sketch", "images", "classnames.txt",
-        readers.read_imagenet_variant, protocol=DOMAIN_GENERALISATION,
+        readers.read_imagenet_variant, protocol=DOMAIN_GENERALIZATION,
         target_of=_DOMAIN_OF_IMAGENET,
     ),
     DatasetSpec(
         "ImageNetA", "imagenet-adversarial", "imagenet-a", "classnames.txt",
-        readers.read_imagenet_variant, protocol=DOMAIN_GENERALISATION, class_subset=True,
+        readers.read_imagenet_variant, protocol=DOMAIN_GENERALIZATION, class_subset=True,
         target_of=_DOMAIN_OF_IMAGENET,
     ),
     DatasetSpec(
         "ImageNetR", "imagenet-rendition", "imagenet-r", "classnames.txt",
-        readers.read_imagenet_variant, protocol=DOMAIN_GENERALISATION, class_subset=True,
+        readers.read_imagenet_variant, protocol=DOMAIN_GENERALIZATION, class_subset=True,
         target_of=_DOMAIN_OF_IMAGENET,
     ),
 )
@@ -137,10 +133,10 @@ _BY_KEY: dict[str, DatasetSpec] = {s.name.lower(): s for s in _SPECS}
 def dataset_names(protocol: str | None = None) -> list[str]:
     """Known dataset names: the 11 base-to-new datasets in the paper's table order, then the 4 ImageNet variants.
 
-    ``protocol="base_to_new"`` or ``"domain_generalisation"`` gives only that group.
+    ``protocol`` (``dept.protocols``: base-to-new, or domain-generalization for the variants) gives only that group.
     """
-    if protocol not in (None, BASE_TO_NEW, DOMAIN_GENERALISATION):
-        raise ValueError(f"unknown protocol {protocol!r}; known: {BASE_TO_NEW}, {DOMAIN_GENERALISATION}")
+    if protocol not in (None, BASE_TO_NEW, DOMAIN_GENERALIZATION):
+        raise ValueError(f"unknown protocol {protocol!r}; known: {BASE_TO_NEW}, {DOMAIN_GENERALIZATION}")
     return [s.name for s in _SPECS if protocol is None or s.protocol == protocol]
 
 
@@ -251,8 +247,8 @@ def read_transfer_file(name: str, path: str, num_classes: int) -> TargetOf | Non
     if not isinstance(raw, dict) or not isinstance(raw.get("source"), str) or not raw["source"]:
         raise DatasetError(f"{name}: malformed {path}: expected an object with 'protocol' and 'source'")
     protocol = raw.get("protocol")
-    if protocol not in PROTOCOLS[1:]:
-        raise DatasetError(f"{name}: {path}: protocol must be {' or '.join(PROTOCOLS[1:])}, not {protocol!r}")
+    if protocol not in TRANSFER_PROTOCOLS:
+        raise DatasetError(f"{name}: {path}: protocol must be {' or '.join(TRANSFER_PROTOCOLS)}, not {protocol!r}")
     mapping = raw.get("label_to_source")
     if mapping is not None:
         if protocol != DOMAIN_GENERALIZATION:

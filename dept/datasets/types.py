@@ -8,20 +8,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from dept.protocols import BASE_TO_NEW
+
 #: The hand-crafted prompt of datasets that have none of their own (and of custom datasets): zero-shot and KgCoOp.
 DEFAULT_TEMPLATE = "a photo of a {}."
 DEFAULT_KGCOOP_TEMPLATE = DEFAULT_TEMPLATE
 
-BASE_TO_NEW = "base_to_new"
-DOMAIN_GENERALISATION = "domain_generalisation"
-
-#: The paper's three protocols, as ``--protocol`` spells them (dept.transfer evaluates the two transfer ones).
-BASE_TO_NEW_PROTOCOL = "base-to-new"
-CROSS_DATASET = "cross-dataset"
-DOMAIN_GENERALIZATION = "domain-generalization"
-PROTOCOLS = (BASE_TO_NEW_PROTOCOL, CROSS_DATASET, DOMAIN_GENERALIZATION)
-#: The source dataset of the paper's transfer protocols.
-DEFAULT_SOURCE = "ImageNet"
 #: A custom dataset's optional declaration of being a transfer target (see :class:`TargetOf`).
 TRANSFER_FILE = "transfer.json"
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from dept.evaluate import harmonic_mean
+from dept.scores import harmonic_mean
 from dept.miniature.render import Shift, render, sample_downstream_scenes
 from dept.miniature.world import COLOUR_NAMES, SHAPES, Composition, composition_index
 
@@ -206,10 +206,11 @@ def zero_shot_base_new(clip: "LoadedClip", dataset_dir: str | os.PathLike, templ
     """Zero-shot CLIP on a dataset's test split under the base-to-new protocol: base accuracy among the base
     classes, new accuracy among the new classes (sorted labels, base = first ceil(n/2)), their HM, and the
     accuracy among all classes. Images go through ``clip.preprocess_test`` and ``encode_image``; no cache."""
+    # Here, not at the top: writing the miniature's images needs no torch, scoring it does.
     import torch
-    import torch.nn.functional as F
 
     from dept.datasets import base_new_split, load_custom_dataset
+    from dept.zero_shot import zero_shot_classifier
 
     if clip.preprocess_test is None:
         raise MiniatureError("zero-shot needs the image tower: load the CLIP without text_only")
@@ -221,11 +222,9 @@ def zero_shot_base_new(clip: "LoadedClip", dataset_dir: str | os.PathLike, templ
         for i in range(0, len(splits.test), batch_size):
             chunk = splits.test[i : i + batch_size]
             x = torch.stack([clip.preprocess_test(Image.open(splits.image_path(it)).convert("RGB")) for it in chunk])
-            feats.append(F.normalize(model.encode_image(x), dim=-1))
-        image = torch.cat(feats)
-        text = F.normalize(model.encode_text(clip.tokenizer([template.format(c) for c in splits.classnames])), dim=-1)
+            feats.append(model.encode_image(x))
+    sim = zero_shot_classifier(clip, splits.classnames, template).logits(torch.cat(feats))
     labels = torch.tensor([it.label for it in splits.test])
-    sim = image @ text.t()
 
     def acc(classes: list[int]) -> float:
         keep = torch.isin(labels, torch.tensor(classes))

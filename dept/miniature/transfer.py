@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dept.datasets.types import CROSS_DATASET, DOMAIN_GENERALIZATION, TRANSFER_FILE
+from dept.datasets.types import TRANSFER_FILE
+from dept.protocols import CROSS_DATASET, DOMAIN_GENERALIZATION
 from dept.miniature.downstream import (
     PARTS, DownstreamConfig, MiniatureError, class_grid, check_folder, class_split, draw_class_images, write_class_images,
     write_marker,

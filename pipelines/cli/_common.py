@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from dept.protocols import BASE_TO_NEW, DEFAULT_SOURCE, PROTOCOLS
+
 
 class MethodChoice(click.Choice):
     """``--method``: the names registered in ``dept.methods.METHODS``, read when a value is checked. Importing
@@ -34,13 +36,41 @@ class MethodChoice(click.Choice):
 
 METHOD_CHOICE = MethodChoice()
 
-#: ``--protocol``: dept.datasets.types.PROTOCOLS, spelt out here (importing dept loads torch; ``report`` need not).
-PROTOCOL_CHOICE = click.Choice(["base-to-new", "cross-dataset", "domain-generalization"])
+#: ``--protocol``: the method library's protocols.
+PROTOCOL_CHOICE = click.Choice(list(PROTOCOLS))
 
 
 def target_names(value: str | None) -> tuple[str, ...]:
     """``--targets A,B``: the names, in order (none: every target featurized)."""
     return tuple(t.strip() for t in (value or "").split(",") if t.strip())
+
+
+def protocol_dataset(protocol: str, dataset: str | None, source: str | None,
+                     targets: str | None) -> tuple[str, tuple[str, ...]]:
+    """``train`` and ``tune`` alike: (the dataset a run trains on, the targets asked for): ``--dataset`` under
+    base-to-new, ``--source`` (default ImageNet) and ``--targets`` under the transfer protocols; a mix is one line."""
+    names = target_names(targets)
+    if protocol == BASE_TO_NEW:
+        if source or names:
+            raise ValueError("--source / --targets are for --protocol cross-dataset or domain-generalization")
+        if not dataset:
+            raise click.UsageError("Missing option '--dataset' (a dataset in the store, or 'all').")
+        return dataset, ()
+    if dataset:
+        raise ValueError(f"--protocol {protocol} trains on --source (default {DEFAULT_SOURCE}), not --dataset")
+    return source or DEFAULT_SOURCE, names
+
+
+def protocol_options(command):
+    """``--protocol``, ``--source`` and ``--targets``: how ``train`` and ``tune`` are told the protocol."""
+    command = click.option("--targets", default=None,
+                           help="The transfer protocols' targets, comma-separated (default: every one featurized "
+                                "for the source).")(command)
+    command = click.option("--source", default=None,
+                           help=f"The transfer protocols' source dataset (default {DEFAULT_SOURCE}).")(command)
+    return click.option("--protocol", type=PROTOCOL_CHOICE, default=BASE_TO_NEW, show_default=True,
+                        help="base-to-new per --dataset; or train on all classes of --source and evaluate its "
+                             "targets.")(command)
 
 
 def check_out(out: str | None) -> Path | None:

@@ -26,7 +26,9 @@ from pipelines.secrets import mask_uri
               help="Also save each dataset's (each source's) figures as PNGs under DIR/<dataset>/ (created).")
 def report_cmd(mlflow_uri, experiment, protocol, fmt, out, plots):
     """The paper-style table of an MLflow experiment's runs of one protocol, beside the published numbers."""
-    from pipelines.report.table import BASE_TO_NEW_PROTOCOL, ReportError, make_report
+    from dept.protocols import BASE_TO_NEW
+    from pipelines.report.make import make_report
+    from pipelines.report.table import ReportError
     from pipelines.tracking.client import check_tracking_uri, default_tracking_uri
 
     out_path = check_out(out)
@@ -40,7 +42,7 @@ def report_cmd(mlflow_uri, experiment, protocol, fmt, out, plots):
     check_tracking_uri(uri)
     if plots is not None:
         plots.mkdir(exist_ok=True)
-    if protocol == BASE_TO_NEW_PROTOCOL:
+    if protocol == BASE_TO_NEW:
         text = make_report(uri, experiment, fmt, plots)
     else:
         from pipelines.report.transfer import make_transfer_report

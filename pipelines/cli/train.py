@@ -6,32 +6,30 @@ from pathlib import Path
 
 import click
 
-from pipelines.cli._common import PROTOCOL_CHOICE, check_out, feature_store_options, target_names, write_atomic
-from pipelines.tune.settings import click_options
+from pipelines.cli._common import check_out, feature_store_options, protocol_dataset, protocol_options, write_atomic
+from dept.protocols import BASE_TO_NEW
+from pipelines.trial.settings import click_options
 
 
 @click.command("train")
 @feature_store_options
-@click.option("--dataset", required=True, help="Dataset name in the store (the source, for the transfer protocols).")
-@click.option("--protocol", type=PROTOCOL_CHOICE,
-              default="base-to-new", show_default=True,
-              help="base-to-new, or train on all classes of --dataset and evaluate its targets.")
-@click.option("--targets", default=None,
-              help="The transfer protocols' targets, comma-separated (default: every one featurized for the source).")
-@click_options  # every trial setting: pipelines.tune.settings
+@click.option("--dataset", default=None, help="Dataset name in the store (base-to-new).")
+@protocol_options
+@click_options  # every trial setting: pipelines.trial.settings
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
               help="Log this run to MLflow (e.g. sqlite:///mlflow.db, http://host:5000).")
 @click.option("--experiment", default="dept", show_default=True, help="MLflow experiment (with --mlflow-uri).")
 @click.option("--out", default=None, help="Write the results as JSON to this file.")
-def train_cmd(features, model, pretrained, dataset, protocol, targets, mlflow_uri, experiment, out, **settings):
+def train_cmd(features, model, pretrained, dataset, protocol, source, targets, mlflow_uri, experiment, out, **settings):
     """Train and evaluate one configuration on cached features (no Tune): prints test base / new / HM."""
     import tempfile
     from dataclasses import asdict
 
-    from pipelines.tune.runner import make_context
-    from pipelines.tune.settings import Hyperparameters
-    from pipelines.tune.trial import STATE_FILE, run_trial
+    from pipelines.trial.context import make_context
+    from pipelines.trial.settings import Hyperparameters
+    from pipelines.trial.plan import STATE_FILE, run_trial
 
+    dataset, names = protocol_dataset(protocol, dataset, source, targets)
     out_path = check_out(out)
     tracker = None
     if mlflow_uri:
@@ -42,14 +40,11 @@ def train_cmd(features, model, pretrained, dataset, protocol, targets, mlflow_ur
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hp = Hyperparameters(**{k: v for k, v in settings.items() if v is not None})  # not given: the default
-    names = target_names(targets)
-    if names and protocol == "base-to-new":
-        raise click.UsageError("--targets is for --protocol cross-dataset or domain-generalization")
     ctx = make_context(features, dataset, shots=[hp.shots], seeds=[hp.seed], num_threads=torch.get_num_threads(),
                        device=device, model=model, pretrained=pretrained, protocol=protocol, targets=names)
     hp = hp.resolved([ctx.store_shots] if ctx.store_shots > 0 else [16])
-    if protocol != "base-to-new":
-        from pipelines.tune.protocols import check_class_specific
+    if protocol != BASE_TO_NEW:
+        from pipelines.trial.targets import check_class_specific
 
         check_class_specific(protocol, ctx.targets, bool(hp.class_specific))  # a ValueError: one line
     if mlflow_uri:
@@ -63,7 +58,7 @@ def train_cmd(features, model, pretrained, dataset, protocol, targets, mlflow_ur
 
             run_id = log_train_run(tracker, hp, ctx.tags(), history, final, Path(tmp) / STATE_FILE)
     name = f"{dataset} {hp.method}{'+DePT' if hp.dept else ''} seed {hp.seed}"
-    if protocol == "base-to-new":
+    if protocol == BASE_TO_NEW:
         click.echo(f"{name}: base {final['test_base_acc']:.2f}  new {final['test_new_acc']:.2f}  "
                    f"HM {final['test_hm']:.2f}  (test; val HM {final['val_hm']:.2f})")
     else:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from pipelines.cli._common import METHOD_CHOICE, PROTOCOL_CHOICE, feature_store_options, target_names
+from pipelines.cli._common import METHOD_CHOICE, feature_store_options, protocol_dataset, protocol_options
 
 
 def resume_command() -> str:
@@ -21,27 +21,8 @@ def resume_command() -> str:
     return shlex.join(["dept-pipeline", *args])
 
 
-def protocol_datasets(protocol: str, dataset: str | None, source: str | None,
-                      targets: str | None) -> tuple[str, tuple[str, ...]]:
-    """(the dataset a run tunes, the targets asked for): ``--dataset`` under base-to-new, ``--source`` (default
-    ImageNet) and ``--targets`` under the transfer protocols."""
-    from dept.transfer import DEFAULT_SOURCE
-    from pipelines.tune.runner import TuneSetupError
-
-    names = target_names(targets)
-    if protocol == "base-to-new":
-        if source or names:
-            raise TuneSetupError("--source / --targets are for --protocol cross-dataset or domain-generalization")
-        if not dataset:
-            raise click.UsageError("Missing option '--dataset' (a dataset in the store, or 'all').")
-        return dataset, ()
-    if dataset:
-        raise TuneSetupError(f"--protocol {protocol} trains on --source (default {DEFAULT_SOURCE}), not --dataset")
-    return source or DEFAULT_SOURCE, names
-
-
 def parse_population(value: str) -> int | None:
-    """``--population``: a count >= 1, or auto (None: chosen by device, pipelines.tune.population)."""
+    """``--population``: a count >= 1, or auto (None: chosen by device, pipelines.trial.population)."""
     if value == "auto":
         return None
     try:
@@ -65,12 +46,7 @@ def _space_help() -> str:
 @click.command("tune")
 @feature_store_options
 @click.option("--dataset", default=None, help="A dataset in the store, or 'all' (one Tune experiment each, in turn). Base-to-new only.")
-@click.option("--protocol", type=PROTOCOL_CHOICE,
-              default="base-to-new", show_default=True,
-              help="base-to-new per --dataset; or train on all classes of --source and evaluate every target.")
-@click.option("--source", default=None, help="The transfer protocols' source dataset (default ImageNet).")
-@click.option("--targets", default=None,
-              help="The transfer protocols' targets, comma-separated (default: every one featurized for the source).")
+@protocol_options
 @click.option("--space", default="smoke", show_default=True, help=f"Search space: a shipped name ({_space_help()}) or a .yaml path.")
 @click.option("--method", "methods", type=METHOD_CHOICE, multiple=True,
               help="Only these methods (names registered in dept.methods; repeatable); replaces the space's method values.")
@@ -97,7 +73,7 @@ def tune_cmd(features, model, pretrained, dataset, protocol, source, targets, sp
     """Tune DePT trials with Ray Tune over cached features; every trial tracked in MLflow."""
     from pipelines.tune.runner import TuneInterrupted, TuneOptions, best_table, run_tune
 
-    dataset, target_names = protocol_datasets(protocol, dataset, source, targets)
+    dataset, target_names = protocol_dataset(protocol, dataset, source, targets)
     opts = TuneOptions(
         features=features, model=model, pretrained=pretrained, dataset=dataset, space=space, experiment=experiment,
         num_samples=num_samples,

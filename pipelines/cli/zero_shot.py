@@ -20,8 +20,8 @@ def zero_shot_cmd(features, model, pretrained, dataset, template, mlflow_uri, ex
     """Zero-shot CLIP on cached features (the dataset's template, ITM head only, nothing trained): prints test
     base / new / HM and logs one MLflow run (role zero-shot) per dataset."""
     from pipelines.tracking.client import Tracker, check_tracking_uri, default_tracking_uri
-    from pipelines.tune.runner import make_context
-    from pipelines.zero_shot import log_zero_shot_run, template_for, zero_shot_from_context
+    from pipelines.trial.context import make_context
+    from pipelines.trial.zero_shot import log_zero_shot_run, template_for, zero_shot_from_context
 
     if template is not None:
         template_for("", template)  # a template without {} is refused before any work

@@ -8,6 +8,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from dept.config import CROP_SCALE
 from pipelines.store import (
     MANIFEST,
     SPLITS,
@@ -45,9 +46,7 @@ class FeaturizeConfig:
     shots: int = 16  # per class; 0 = every train (and val) image
     seeds: tuple[int, ...] = (1, 2, 3)
     view_seed: int = 0  # seed of the training-view augmentation (independent of the few-shot seeds)
-    # Smallest random-resized-crop area fraction of the training views: dept.transforms.CROP_SCALE[0] (the papers'
-    # 0.08), written out because importing dept here would slow every CLI start (a test keeps them equal).
-    crop_scale_min: float = 0.08
+    crop_scale_min: float = CROP_SCALE[0]  # smallest random-resized-crop area fraction of the training views
     batch_size: int = 64  # images per encoder call
     workers: int = 1  # encoder actors (model replicas)
     gpus_per_worker: float | None = None  # None: 1 when the Ray cluster has GPUs, else 0

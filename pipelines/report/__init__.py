@@ -1,6 +1,3 @@
-"""``dept-pipeline report``: the paper-style base-to-new table read back from MLflow (:mod:`pipelines.report.table`)."""
-from pipelines.report.table import (
-    ZERO_SHOT_LABEL, ReportError, build_report, collect_runs, make_report, method_label,
-)
-
-__all__ = ["ZERO_SHOT_LABEL", "ReportError", "build_report", "collect_runs", "make_report", "method_label"]
+"""``dept-pipeline report``: the paper-style tables read back from MLflow: base-to-new (:mod:`~pipelines.report.table`
+builds it, :mod:`~pipelines.report.formats` writes it, :mod:`~pipelines.report.make` does both) and the transfer
+protocols' (:mod:`~pipelines.report.transfer`)."""

@@ -30,29 +30,23 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
+from dept.protocols import BASE_TO_NEW
 from pipelines.metrics import harmonic_mean
 from pipelines.secrets import mask_uri
-from pipelines.selection import COMPLETED, SeedRun, one_per_seed, rank
-from pipelines.tracking.client import ROLE_TRAIN, ROLE_TRIAL, ROLE_ZERO_SHOT, STATUS_TAG
+from pipelines.selection import COMPLETED, PAPER_METHOD_NAMES, SeedRun, method_label, one_per_seed, rank
+from pipelines.tracking.vocabulary import PROTOCOL_TAG, ROLE_TRAIN, ROLE_TRIAL, ROLE_ZERO_SHOT, STATUS_TAG
 
 log = logging.getLogger(__name__)
 
 #: Method ids (``--method``) -> the names the paper's table uses.
-PAPER_METHOD_NAMES = {"coop": "CoOp", "cocoop": "CoCoOp", "kgcoop": "KgCoOp"}
 #: The 11 base-to-new datasets in the paper's table order.
 PAPER_DATASETS = ("ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft",
                   "SUN397", "DTD", "EuroSAT", "UCF101")
-#: Zero-shot CLIP: the ``method`` tag of its runs (pipelines.zero_shot), its name in the table, and its key in
+#: Zero-shot CLIP: the ``method`` tag of its runs (pipelines.trial.zero_shot), its name in the table, and its key in
 #: paper_results.csv (method, variant).
 ZERO_SHOT_METHOD = "clip"
 ZERO_SHOT_LABEL = "CLIP (zero-shot)"
 PAPER_ZERO_SHOT = ("CLIP", "zero-shot")
-
-
-def method_label(method: str, dept: bool) -> str:
-    """A method as the paper's table names it: "CoOp", "CoOp+DePT"."""
-    name = PAPER_METHOD_NAMES.get(method, method)
-    return f"{name}+DePT" if dept else name
 
 
 class ReportError(ValueError):
@@ -146,16 +140,12 @@ def _dataset_order(name: str) -> tuple:
     return (PAPER_DATASETS.index(name), "") if name in PAPER_DATASETS else (len(PAPER_DATASETS), name)
 
 
-#: The run tag naming the protocol (``--protocol``'s spellings, as dept.datasets.types.PROTOCOLS; dept imports
-#: torch, the report does not). Runs logged before the transfer protocols have none: they are base-to-new.
-PROTOCOL_TAG = "protocol"
-BASE_TO_NEW_PROTOCOL = "base-to-new"
 #: The test metrics a finished base-to-new run has.
 BASE_TO_NEW_TEST_KEYS = ("test_base_acc", "test_new_acc")
 
 
 def run_protocol(tags: dict) -> str:
-    return tags.get(PROTOCOL_TAG) or BASE_TO_NEW_PROTOCOL
+    return tags.get(PROTOCOL_TAG) or BASE_TO_NEW
 
 
 def search_experiment(uri: str, experiment: str) -> list:
@@ -229,7 +219,7 @@ def protocol_runs(uri: str, experiment: str, protocol: str) -> list:
 
 def collect_runs(uri: str, experiment: str) -> list[RunInfo]:
     """The base-to-new runs (runs of the transfer protocols are :mod:`pipelines.report.transfer`'s)."""
-    infos = (run_info(run, BASE_TO_NEW_TEST_KEYS) for run in protocol_runs(uri, experiment, BASE_TO_NEW_PROTOCOL))
+    infos = (run_info(run, BASE_TO_NEW_TEST_KEYS) for run in protocol_runs(uri, experiment, BASE_TO_NEW))
     return one_per_config_and_seed([r for r in infos if r is not None])
 
 
@@ -332,19 +322,3 @@ def build_report(runs: Iterable[RunInfo], paper: dict | None = None) -> list[Blo
             if {r.dataset for r in block.rows} == set(zs):  # averages over the same datasets only
                 block.average.vs_zero_shot = block.average.hm - zero_shot.average.hm
     return ordered
-
-
-def make_report(uri: str, experiment: str, fmt: str = "md", plots: Path | None = None) -> str:
-    """The table as ``fmt`` (``pipelines.report.formats.FORMATS``); with ``plots``, each dataset's figures are
-    saved under ``plots/<dataset>/`` (``pipelines.figures``)."""
-    from pipelines.report.formats import format_report
-
-    runs = collect_runs(uri, experiment)
-    if not runs:
-        raise ReportError(f"MLflow experiment {experiment!r} at {mask_uri(uri)} has no finished runs with test "
-                          "metrics yet")
-    if plots is not None:
-        from pipelines.figures import report_figures
-
-        report_figures(runs, plots)
-    return format_report(build_report(runs), fmt, experiment=experiment)

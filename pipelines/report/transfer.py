@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Iterable
 
+from dept.protocols import CROSS_DATASET, DEFAULT_SOURCE, DOMAIN_GENERALIZATION, TRANSFER_PROTOCOLS
 from pipelines.report.formats import cell_number, csv_number, tex_escape, tex_number
 from pipelines.report.table import (
     PAPER_METHOD_NAMES, ZERO_SHOT_LABEL, ReportError, RunInfo, one_per_config_and_seed, method_label, rank_cell,
@@ -33,11 +34,7 @@ from pipelines.report.table import (
 from pipelines.secrets import mask_uri
 from pipelines.tracking.client import TARGET_METRIC_PREFIX, TRANSFER_TEST_METRICS
 
-#: ``--protocol``'s transfer spellings (dept.datasets.types; not imported: dept imports torch).
-CROSS_DATASET = "cross-dataset"
-DOMAIN_GENERALIZATION = "domain-generalization"
-TRANSFER_PROTOCOLS = (CROSS_DATASET, DOMAIN_GENERALIZATION)
-PAPER_SOURCE = "ImageNet"
+PAPER_SOURCE = DEFAULT_SOURCE
 #: The paper's targets in its tables' column order.
 PAPER_TARGETS = {
     CROSS_DATASET: ("Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft", "SUN397",

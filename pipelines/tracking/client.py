@@ -15,54 +15,40 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from dept.protocols import BASE_TO_NEW
 from pipelines.metrics import is_number
+from pipelines.tracking.vocabulary import (  # noqa: F401  (the run vocabulary, re-exported for the client's users)
+    COMPLETED,
+    PROTOCOL_TAG,
+    param_value,
+    CONFIG_FILE,
+    DEFAULT_DB,
+    EPOCH_METRICS,
+    FINAL_METRICS,
+    FINAL_TAG,
+    NODE_IDS_TAG,
+    NODE_ID_TAG,
+    PARENT_TAG,
+    POPULATION_SIZE_TAG,
+    POPULATION_TAG,
+    ROLE_PARENT,
+    ROLE_TRAIN,
+    ROLE_TRIAL,
+    ROLE_ZERO_SHOT,
+    STATE_ARTIFACTS,
+    STATE_NAMES,
+    STATE_TAG,
+    STATUS_TAG,
+    SWEEP_METRIC_CURVES,
+    SWEEP_METRIC_WEIGHTS,
+    TARGET_METRIC_PREFIX,
+    TRANSFER_TEST_METRICS,
+    TRIAL_ID_TAG,
+    is_transfer_test_metric,
+    sweep_key,
+)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_DB = "mlflow.db"
-ROLE_PARENT, ROLE_TRIAL, ROLE_TRAIN = "parent", "trial", "train"
-#: CLIP zero-shot on a dataset (no training; ``pipelines.zero_shot``), under the parent run when ``tune`` logs it.
-ROLE_ZERO_SHOT = "zero-shot"
-TRIAL_ID_TAG = "tune.trial_id"
-PARENT_TAG = "mlflow.parentRunId"
-FINAL_TAG = "final_logged"
-STATUS_TAG = "trial_status"  # completed | stopped_early | error | running
-NODE_ID_TAG = "ray_node_id"  # the node that produced the final result
-NODE_IDS_TAG = "ray_node_ids"  # every node any attempt of the trial reported from, comma-separated
-#: ``tune --population``: the population that trained the trial (its latest attempt's) and its size; a trial's
-#: results carry the same keys (pipelines.tune.population).
-POPULATION_TAG, POPULATION_SIZE_TAG = "population", "population_size"
-
-#: Reported keys logged once per epoch (step = epoch). Anything else a trial reports is not logged per epoch.
-EPOCH_METRICS = (
-    "train_loss", "lr", "epoch_seconds",
-    "val_base_acc", "val_new_acc", "val_hm",
-    "pseudo_base_acc", "pseudo_new_acc", "pseudo_hm",
-    "val_acc",  # the transfer protocols: all source classes, source val images
-)
-#: Reported once, in the final report. The transfer protocols report ``test_acc`` (source), ``test_target_avg``
-#: and one ``test_acc/<target>`` per target (TARGET_METRIC_PREFIX).
-TRANSFER_TEST_METRICS = ("test_acc", "test_target_avg")
-FINAL_METRICS = ("test_base_acc", "test_new_acc", "test_hm", "train_seconds", *TRANSFER_TEST_METRICS)
-TARGET_METRIC_PREFIX = "test_acc/"
-
-
-def is_transfer_test_metric(key: str) -> bool:
-    """``test_acc``, ``test_target_avg`` or a ``test_acc/<target>``."""
-    return key in TRANSFER_TEST_METRICS or key.startswith(TARGET_METRIC_PREFIX)
-
-
-#: The sweep points logged as metrics, one per weight (``test_hm_sweep/fw0.70``), so that trials compare at one
-#: fusion weight in the runs table, charts and compare view (a curve over steps showed an x-axis "Step 0-100"):
-#: the HM curves (base moves with the fusion weight, new does not) every 0.1. The full curves stay in the trial's
-#: final result and the parent run's fusion_weight_sweep.png. Named after their metric, they sort beside it.
-SWEEP_METRIC_CURVES = ("sweep_val_hm", "sweep_pseudo_hm", "sweep_test_hm")
-SWEEP_METRIC_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
-
-
-def sweep_key(curve: str, weight: float) -> str:
-    return f"{curve.removeprefix('sweep_')}_sweep/fw{weight:.2f}"
-
 
 class TrackingError(ValueError):
     """The tracking URI or experiment cannot be used; one line."""
@@ -139,16 +125,6 @@ def metric_at(key: str, value: Any, step: int, ts: int):
     return Metric(key=key, value=float(value), timestamp=ts, step=int(step))
 
 
-def param_value(v: Any) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v == "":
-        return '""'
-    return str(v)
-
-
 def run_name(hp) -> str:
     """A short, whole run name (the runs table cuts long ones): ``coop+DePT lw0.30 fw0.70 lr3.5e-03 s1``; the
     plain method where DePT is not in effect (off, or loss weight 0): ``coop lr2.0e-03 s1``."""
@@ -198,10 +174,6 @@ def runs_url(base: str, experiment_id: str) -> str:
 #: Artifact folder of a completed trial / train run: ``learned_state.safetensors`` (``dept.save_state``),
 #: ``hyperparameters.json``, ``final.json`` (its final report) and ``config.json`` (dataset, hyperparameters and
 #: the feature store it was trained on); ``dept-pipeline export`` downloads it.
-STATE_ARTIFACTS = "learned_state"
-STATE_NAMES = ("learned_state.safetensors", "hyperparameters.json", "final.json")  # pipelines.tune.trial writes them
-CONFIG_FILE = "config.json"
-STATE_TAG = "learned_state"  # "logged" once the folder is complete
 
 
 def run_config(hp, tags: dict[str, Any]) -> dict:
@@ -278,10 +250,10 @@ class Tracker:
             if not token:
                 return runs
 
-    def find_parent(self, dataset: str, protocol: str = "base-to-new") -> str | None:
+    def find_parent(self, dataset: str, protocol: str = BASE_TO_NEW) -> str | None:
         """The parent run of (dataset, protocol); runs from before the protocol tag existed are base-to-new."""
         runs = self.search(f"tags.role = '{ROLE_PARENT}' and tags.dataset = '{quote_filter(dataset)}'")
-        runs = [r for r in runs if r.data.tags.get("protocol", "base-to-new") == protocol]
+        runs = [r for r in runs if r.data.tags.get(PROTOCOL_TAG, BASE_TO_NEW) == protocol]
         if len(runs) > 1:
             log.warning("%d parent runs for dataset %s in experiment %s; using the newest", len(runs), dataset,
                         self.experiment_name)
@@ -372,7 +344,7 @@ def log_train_run(tracker: Tracker, hp, tags: dict[str, str], history: list[dict
 
     tracker.set_up_ui()
     tags = {**tags, "role": ROLE_TRAIN, "method": hp.method, "dept": param_value(hp.dept), "seed": str(hp.seed),
-            "seeds": str(hp.seed), "shots": str(hp.shots), STATUS_TAG: "completed"}
+            "seeds": str(hp.seed), "shots": str(hp.shots), STATUS_TAG: COMPLETED}
     if "features_url" in tags:
         tags["features_url"] = mask_uri(str(tags["features_url"]))
     run = tracker.client.create_run(tracker.experiment_id, run_name=run_name(hp), tags=tags)

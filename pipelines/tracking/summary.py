@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from pipelines.figures import parent_figures
-from pipelines.selection import ConfigOutcome, SeedRun, rank, winner
+from pipelines.selection import ConfigOutcome, SeedRun, config_key, rank, winner
 from pipelines.tracking.client import STATE_NAMES, Tracker, is_transfer_test_metric, metric_at, param_value
+from pipelines.tracking.vocabulary import COMPLETED, STOPPED_EARLY
 
 if TYPE_CHECKING:
     from pipelines.tracking.trial_logger import TrialRecord
@@ -44,12 +45,6 @@ class ConfigSummary:
 
     def seeds_text(self) -> str:
         return self.outcome.seeds_text()
-
-
-def config_key(hp) -> tuple:
-    params = hp.as_params()
-    params.pop("seed")
-    return tuple(sorted((k, param_value(v)) for k, v in params.items()))
 
 
 def rank_configs(records: Iterable[TrialRecord], metric: str, mode: str) -> list[ConfigSummary]:
@@ -118,7 +113,7 @@ def write_parent_summary(tracker: Tracker, parent_run_id: str, records: list[Tri
     client.log_artifact(parent_run_id, str(csv_path))
     client.log_artifact(parent_run_id, str(workdir / "space.yaml"))
 
-    counts = {s: sum(1 for r in records if r.status == s) for s in ("completed", "stopped_early", "error")}
+    counts = {s: sum(1 for r in records if r.status == s) for s in (COMPLETED, STOPPED_EARLY, "error")}
     tags: dict[str, Any] = {f"trials_{k}": v for k, v in counts.items()}
     if best is not None:
         # MLflow params are write-once: they hold the best configuration of the first summary, written only at the

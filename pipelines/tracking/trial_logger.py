@@ -33,6 +33,7 @@ from pipelines.tracking.client import (
     quote_filter,
     run_name,
 )
+from pipelines.tracking.vocabulary import COMPLETED, STOPPED_EARLY
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class MlflowTrialLogger(_ray_callback_base()):
         self.tracker = tracker
         self.parent_run_id = parent_run_id
         self.key = key
-        self.context = context  # pipelines.tune.trial.TrialContext
+        self.context = context  # pipelines.trial.plan.TrialContext
         self.space_name = space_name
         self.metric = metric
         self.mode = mode
@@ -242,13 +243,13 @@ class MlflowTrialLogger(_ray_callback_base()):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._ended(trial)
-        status = "completed" if trial.last_result.get("final") else "stopped_early"
-        if status == "completed":
+        status = COMPLETED if trial.last_result.get("final") else STOPPED_EARLY
+        if status == COMPLETED:
             self.keep_learned_state(trial)
         self.finish(trial.trial_id, trial.config, status, failures=trial.run_metadata.num_failures)
         hp = self.context.hyperparameters(trial.config)
         res = trial.last_result
-        what = (f"stopped after epoch {res.get('epoch')}" if status != "completed"
+        what = (f"stopped after epoch {res.get('epoch')}" if status != COMPLETED
                 else f"test HM {res['test_hm']:.2f}" if "test_hm" in res
                 else f"test source {res.get('test_acc', float('nan')):.2f}, targets {res.get('test_target_avg', float('nan')):.2f}")
         log.info("%s %s: %s, %s %.2f", self.context.dataset, run_name(hp), what, self.metric,
@@ -291,13 +292,13 @@ class MlflowTrialLogger(_ray_callback_base()):
             if trial.status == "ERROR":
                 status = "error"
             elif result.get("final"):
-                status = "completed"
+                status = COMPLETED
             else:
-                status = "stopped_early"
+                status = STOPPED_EARLY
             if result.get("epoch") is not None or status == "error":
                 if result.get("epoch") is not None:
                     self.log_result(trial.trial_id, trial.config, result)
-                if status == "completed":
+                if status == COMPLETED:
                     self.keep_learned_state(trial)  # a driver killed before it did
                 run = self.tracker.client.get_run(self.run_for(trial.trial_id, trial.config))
                 if run.info.status == "RUNNING" or run.data.tags.get(STATUS_TAG) != status:
@@ -309,7 +310,7 @@ class MlflowTrialLogger(_ray_callback_base()):
                 hp=self.context.hyperparameters(trial.config),
                 status=status,
                 result=result,
-                checkpoint=trial.checkpoint if status == "completed" else None,
+                checkpoint=trial.checkpoint if status == COMPLETED else None,
                 error=trial_error(trial).summary if status == "error" else "",
                 failures=trial.run_metadata.num_failures,
             )

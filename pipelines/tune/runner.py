@@ -26,18 +26,28 @@ from urllib.parse import urlparse
 
 import yaml
 
+from dept.protocols import BASE_TO_NEW, PROTOCOLS
 from pipelines.paths import HolderLock, LockHeld, check_writable_folder
 from pipelines.ray_runtime import ensure_ray
+from pipelines.trial.context import TrialContext, TrialSetupError, make_context
 from pipelines.tune.spaces import SearchSpace, load_space
-from pipelines.tune.trial import EPOCH_PAUSE_ENV, FAIL_ONCE_ENV, TrialContext
+from pipelines.secrets import mask_uri
+from pipelines.store import list_datasets, read_manifest, resolve_features
+from pipelines.tracking.client import POPULATION_TAG, Tracker, check_tracking_uri, default_tracking_uri
+from pipelines.tracking.summary import finish_parent, rank_configs, write_parent_summary
+from pipelines.tracking.trial_logger import MlflowTrialLogger
+from pipelines.trial.population import default_population, registry_name, start_registry
+from pipelines.trial.targets import ProtocolError, check_class_specific
+from pipelines.trial.trainable import tune_trainable
+from pipelines.trial.zero_shot import ensure_zero_shot_run
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "runs/tune"
 
 
-class TuneSetupError(ValueError):
-    """A tune invocation that cannot start; one line."""
+class TuneSetupError(TrialSetupError):
+    """A tune invocation that cannot start; one line (the trial context's setup errors are of the same kind)."""
 
 
 class TuneInterrupted(Exception):
@@ -167,9 +177,9 @@ class TuneOptions:
     storage: str | None = None
     resume: bool = False
     mlflow_uri: str | None = None
-    protocol: str = "base-to-new"  # cross-dataset / domain-generalization: ``dataset`` is the source
+    protocol: str = BASE_TO_NEW  # cross-dataset / domain-generalization: ``dataset`` is the source
     targets: tuple[str, ...] = ()  # transfer protocols: these targets (default: every one featurized)
-    population: int | None = None  # trials trained together (pipelines.tune.population); None: by device
+    population: int | None = None  # trials trained together (pipelines.trial.population); None: by device
 
 
 @dataclass
@@ -190,7 +200,7 @@ class DatasetOutcome:
     best: object = None  # tracking.summary.ConfigSummary
     best_trial: object = None  # tracking.trial_logger.TrialRecord
     seconds: float = 0.0
-    zero_shot: dict = field(default_factory=dict)  # CLIP zero-shot test_* / val_* (pipelines.zero_shot)
+    zero_shot: dict = field(default_factory=dict)  # CLIP zero-shot test_* / val_* (pipelines.trial.zero_shot)
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.records if r.status == status)
@@ -206,88 +216,7 @@ def storage_root(storage: str | None) -> str:
 
 def experiment_name(dataset: str, protocol: str) -> str:
     """The Tune experiment folder (and run name) of one dataset: the dataset, or ``<source>.<protocol>``."""
-    return dataset if protocol == "base-to-new" else f"{dataset}.{protocol}"
-
-
-def make_context(
-    features: str,
-    dataset: str,
-    *,
-    shots: list[int | None],
-    seeds: list[int],
-    objective: str = "val",
-    pseudo_new_fraction: float = 1.0 / 3.0,
-    num_threads: int = 1,
-    device: str = "cpu",
-    who: str = "",
-    model: str | None = None,
-    pretrained: str | None = None,
-    protocol: str = "base-to-new",
-    targets: tuple[str, ...] = (),
-) -> TrialContext:
-    """The trial context of one dataset, after checking that the store can serve every trial asked for
-    (``shots`` / ``seeds`` drawn, the model's checkpoint present, enough base classes). ``features``: a model
-    folder, or the store root with ``model`` / ``pretrained`` choosing the model folder."""
-    from dept.clip import is_local_checkpoint
-    from pipelines.store import read_manifest, resolve_features, weights_id_of
-
-    # An absolute model folder: trials run in other processes (other machines).
-    features = resolve_features(features, dataset=dataset, model=model, pretrained=pretrained)
-    manifest = read_manifest(features, dataset)
-    stored_shots = manifest.shots
-    where = f"{features} ({dataset})"
-    who = f"{who}: " if who else ""
-    if stored_shots > 0:
-        wrong = [s for s in shots if s is not None and s != stored_shots]
-        if wrong:
-            raise TuneSetupError(f"{who}shots {wrong[0]} but the feature store {where} holds {stored_shots}-shot "
-                                 f"draws; featurize with --shots {wrong[0]} or ask for {stored_shots}")
-        missing = [s for s in seeds if s not in set(manifest.seeds)]
-        if missing:
-            raise TuneSetupError(f"{who}seed {missing[0]} was not drawn in the feature store {where} "
-                                 f"(seeds {list(manifest.seeds)}); featurize with that seed or use those")
-    made_with = manifest.pretrained or "none"
-    if is_local_checkpoint(made_with) and not Path(made_with).is_file():
-        raise TuneSetupError(f"the feature store {where} was made with checkpoint {made_with}, which does not "
-                             "exist here (trials load its text tower)")
-    # Trials load the text tower from the same file; other weights there would fail every trial, one by one.
-    now = weights_id_of(manifest.model, made_with)
-    if now is not None and now != manifest.weights_id:
-        raise TuneSetupError(f"the feature store {where} was made with weights {manifest.weights_id}, but "
-                             f"{made_with} now holds {now}; featurize again with these weights, or restore the file")
-    found: tuple = ()
-    if protocol != "base-to-new":
-        from pipelines.tune.protocols import ProtocolError, find_targets
-
-        if int(manifest.rows.get("train", 0)) == 0:
-            raise TuneSetupError(f"{who}source {dataset} has no training images in {where}; a {protocol} source "
-                                 "needs its few-shot draws (featurize it with --shots)")
-        try:
-            found = find_targets(features, dataset, protocol, targets)
-        except ProtocolError as e:
-            raise TuneSetupError(f"{who}{e}") from None
-    if objective == "pseudo-new":
-        num_base = math.ceil(len(manifest.classnames) / 2)
-        if num_base < 2:
-            raise TuneSetupError(f"{dataset}: objective pseudo-new needs at least 2 base classes, it has {num_base}")
-    return TrialContext(
-        features_url=features,
-        dataset=dataset,
-        model=manifest.model,
-        pretrained=made_with,
-        weights_id=manifest.weights_id,
-        fingerprint=manifest.fingerprint,
-        store_shots=stored_shots,
-        objective=objective,
-        pseudo_new_fraction=pseudo_new_fraction,
-        seeds=tuple(seeds),
-        num_threads=num_threads,
-        device=device,
-        fail_once_dir=os.environ.get(FAIL_ONCE_ENV) or None,
-        epoch_pause_s=float(os.environ.get(EPOCH_PAUSE_ENV) or 0.0),
-        protocol=protocol,
-        targets=found,
-    )
+    return dataset if protocol == BASE_TO_NEW else f"{dataset}.{protocol}"
 
 
 def _context(opts: TuneOptions, space: SearchSpace, dataset: str) -> TrialContext:
@@ -303,8 +232,6 @@ def prepare(opts: TuneOptions):
     """Every check that needs no Ray, in order: space, tracking URI, feature store, Tune storage (writable, not in
     use by another ``tune``), MLflow runs. Returns (space, tracking URI, tracker, plans, the experiment's lock: the
     caller releases it)."""
-    from pipelines.store import list_datasets, read_manifest, resolve_features
-    from pipelines.tracking.client import check_tracking_uri, default_tracking_uri
 
     if not opts.experiment or "/" in opts.experiment:
         raise TuneSetupError(f"--experiment must be a non-empty name without '/', got {opts.experiment!r}")
@@ -316,13 +243,12 @@ def prepare(opts: TuneOptions):
         raise TuneSetupError(f"--max-failures must be >= 0, got {opts.max_failures}")
     if opts.population is not None and opts.population < 1:
         raise TuneSetupError(f"--population must be >= 1 (or auto), got {opts.population}")
-    from dept.transfer import PROTOCOLS
 
     if opts.protocol not in PROTOCOLS:
         raise TuneSetupError(f"--protocol {opts.protocol!r}: known: {', '.join(PROTOCOLS)}")
-    if opts.targets and opts.protocol == "base-to-new":
+    if opts.targets and opts.protocol == BASE_TO_NEW:
         raise TuneSetupError("--targets is for --protocol cross-dataset or domain-generalization")
-    if opts.protocol != "base-to-new" and opts.dataset == "all":
+    if opts.protocol != BASE_TO_NEW and opts.dataset == "all":
         raise TuneSetupError(f"--protocol {opts.protocol}: name one source dataset (--source), not 'all'")
     space = load_space(opts.space).with_overrides(
         methods=list(opts.methods) or None, num_samples=opts.num_samples, objective=opts.objective,
@@ -349,8 +275,7 @@ def prepare(opts: TuneOptions):
         datasets = [opts.dataset]
     contexts = {d: _context(opts, space, d) for d in datasets}
     csc = space.params.get("class_specific")
-    if opts.protocol != "base-to-new" and csc is not None and True in csc.values:
-        from pipelines.tune.protocols import ProtocolError, check_class_specific
+    if opts.protocol != BASE_TO_NEW and csc is not None and True in csc.values:
 
         for ctx in contexts.values():
             try:
@@ -373,8 +298,6 @@ def prepare(opts: TuneOptions):
 def _plans(opts: TuneOptions, space: SearchSpace, uri: str, root: str, datasets: list[str], contexts: dict):
     from ray.tune import Tuner
 
-    from pipelines.secrets import mask_uri
-    from pipelines.tracking.client import Tracker
 
     folders = {d: experiment_name(d, opts.protocol) for d in datasets}
     restorable = {d: Tuner.can_restore(f"{root}/{folders[d]}") for d in datasets}
@@ -432,12 +355,7 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
                  signals: StopSignals) -> DatasetOutcome:
     from ray import tune
 
-    from pipelines.secrets import mask_uri
-    from pipelines.tracking.summary import finish_parent, write_parent_summary
-    from pipelines.tracking.trial_logger import MlflowTrialLogger
-    from pipelines.tune.trial import tune_trainable
 
-    from pipelines.tune.population import default_population, registry_name
 
     population = opts.population or default_population(opts.gpus_per_trial)
     key = f"{opts.experiment}/{experiment_name(plan.dataset, plan.context.protocol)}"
@@ -450,7 +368,7 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
             {**ctx.tags(), "space": space.name, "selection_metric": space.metric, "selection_mode": space.mode,
              "tune.experiment_path": mask_uri(plan.experiment_path), "num_trials": str(space.num_trials()),
              "features_url": mask_uri(ctx.features_url), "population": str(population)},
-            name=(f"{plan.dataset} ({space.name})" if ctx.protocol == "base-to-new"
+            name=(f"{plan.dataset} ({space.name})" if ctx.protocol == BASE_TO_NEW
                   else f"{plan.dataset} -> {ctx.protocol} ({space.name})"),
         )
     else:
@@ -466,8 +384,6 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
     registry = None
     if population > 1:
-        from pipelines.tracking.client import POPULATION_TAG
-        from pipelines.tune.population import start_registry
 
         # A member trial only relays its host's reports: a 1/P share of the CPUs, no GPU (its host holds that).
         resources = {"cpu": opts.cpus_per_trial / population, "gpu": 0}
@@ -480,7 +396,6 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
     ok = False
     interrupted = False
     try:
-        from pipelines.zero_shot import ensure_zero_shot_run
 
         # The paper tables' first row, once per dataset under its parent (a resumed experiment reuses it).
         zero_shot = ensure_zero_shot_run(tracker, parent, ctx)
@@ -568,7 +483,6 @@ def _run_tune(opts: TuneOptions, progress: Callable[[str], None], signals: StopS
 
 
 def _run_plans(opts, progress, signals, space, uri, tracker, plans) -> list[DatasetOutcome]:
-    from pipelines.secrets import mask_uri
 
     # Our own progress lines replace Tune's console tables; the per-checkpoint experiment snapshots that make
     # --resume lose little are intended, so Tune's warning about their frequency is noise here.
@@ -606,15 +520,14 @@ def _run_plans(opts, progress, signals, space, uri, tracker, plans) -> list[Data
     return outcomes
 
 
-def best_table(outcomes: list[DatasetOutcome], metric: str, mode: str = "max", protocol: str = "base-to-new") -> str:
+def best_table(outcomes: list[DatasetOutcome], metric: str, mode: str = "max", protocol: str = BASE_TO_NEW) -> str:
     """The end-of-run table: the winning configuration per dataset (:mod:`pipelines.selection`: every seed
     completed, best mean ``metric``; the parent run's ``best_*`` and ``report`` use the same rule), with its test
     numbers: base and new averaged over seeds, HM of those averages (the transfer protocols: the source's test
     accuracy and the mean over targets, averaged over seeds). A dataset without a complete configuration shows its
     leading incomplete one, marked so in the seeds column."""
-    from pipelines.tracking.summary import rank_configs
 
-    transfer = protocol != "base-to-new"
+    transfer = protocol != BASE_TO_NEW
     tests = ["source test", "target avg"] if transfer else ["test base", "test new", "test HM"]
     header = ["dataset", "method", "DePT", "loss w", "fusion w", "lr", "seeds", metric, *tests,
               "trials (done/stopped/failed)"]

@@ -21,7 +21,7 @@ or by path (any ``.yaml`` / ``.yml`` file). Format (every key but ``params`` is 
     searcher: random             # random (default) | optuna (needs the optuna package), or a mapping:
     #  searcher: {type: random, seed: 0}       (seed: reproducible draws; default: none)
 
-Hyperparameters (``params`` keys): the fields of :class:`pipelines.tune.settings.Hyperparameters`, where each is
+Hyperparameters (``params`` keys): the fields of :class:`pipelines.trial.settings.Hyperparameters`, where each is
 defined once (type, range, default read from ``dept``'s config dataclasses and methods, help); their table, generated
 from those fields, is in ``tune_spaces/README.md``. Method-dependent defaults (``lr``, ``batch_size``, ``n_ctx``,
 ``ctx_init``, ``class_specific``, ``kg_weight``) are filled in per trial and logged to MLflow as the trial's params.
@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.tune.settings import SETTINGS, Setting, default_of, method_names
+from pipelines.trial.settings import REPEAT_INDEX_KEY, SETTINGS, Setting, default_of, method_names, seed_of
 
 log = logging.getLogger(__name__)
 
@@ -306,16 +306,6 @@ def _spec_dict(spec: SchedulerSpec | SearcherSpec) -> dict:
     return {"type": spec.kind, **fields_}
 
 
-#: The key Ray's ``Repeater`` sets in a config (``ray.tune.search.repeater.TRIAL_INDEX``).
-REPEAT_INDEX_KEY = "__trial_index__"
-
-
-def seed_of(config: dict, seeds: tuple[int, ...] | list[int]) -> int:
-    """A trial's seed from its config: the ``seed`` value (random searcher), or the Repeater's index into
-    ``seeds`` (other searchers)."""
-    if "seed" in config:
-        return int(config["seed"])
-    return int(seeds[int(config.get(REPEAT_INDEX_KEY, 0)) % len(seeds)])
 
 
 # -- parsing ------------------------------------------------------------------------------------------------

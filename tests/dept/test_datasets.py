@@ -85,8 +85,8 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 
 def test_dataset_names_paper_order_then_variants():
     assert dataset_names() == PAPER_ORDER + VARIANTS
-    assert dataset_names("base_to_new") == PAPER_ORDER
-    assert dataset_names("domain_generalisation") == VARIANTS
+    assert dataset_names("base-to-new") == PAPER_ORDER
+    assert dataset_names("domain-generalization") == VARIANTS
 
 
 def test_kgcoop_templates_from_the_method():

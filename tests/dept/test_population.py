@@ -183,7 +183,7 @@ def test_a_resumed_population_equals_the_uninterrupted_one_bit_for_bit(clip):
     runs epoch 2 exactly as the uninterrupted population did."""
     import io
 
-    from dept.train import TrainResume
+    from dept.schedule import TrainResume
 
     x, y = data(clip, "coop")
     whole = [member(clip, "coop", coefs) for coefs in MEMBERS[:2]]
@@ -226,7 +226,7 @@ def test_population_resume_errors_are_one_line_before_work(clip):
     pop = [member(clip, "coop", coefs) for coefs in MEMBERS[:2]]
     state = train(member(clip, "coop", MEMBERS[0])[0], x, y, pop[0][1], resumable=True)[0].state
     before = [m.method.ctx.detach().clone() for m, _ in pop]
-    from dept.train import TrainResume
+    from dept.schedule import TrainResume
 
     cases = [
         ([state], "2 learners but 1 resume states"),
@@ -256,7 +256,7 @@ def test_a_non_finite_loss_fails_a_member_but_dept_train_trains_on(clip):
 
 
 def test_after_epoch_stops_members_once_all_have_reported(clip):
-    """The hook Tune's decisions come through (pipelines.tune.population): called after every member's on_epoch of
+    """The hook Tune's decisions come through (pipelines.trial.population): called after every member's on_epoch of
     an epoch, never after the last; the members it returns are stopped there, the others are unchanged by it."""
     x, y = data(clip, "coop")
     epochs = 3

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dept import DePTConfig, TrainConfig, build_learner, evaluate_base_new, train
-from dept.train import epoch_views
+from dept.schedule import epoch_views
 from tests.dept.conftest import BASE, NEW, clustered_features
 
 

@@ -5,7 +5,7 @@ import torch
 
 from dept import DePTConfig, TrainConfig, build_learner, train
 from dept.state import learned_state_dict
-from dept.train import TrainResume
+from dept.schedule import TrainResume
 from tests.dept.conftest import BASE, clustered_features
 
 

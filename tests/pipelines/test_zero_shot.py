@@ -53,7 +53,7 @@ def hand_zero_shot(features_url: str, dataset: str, checkpoint: Path, template: 
 
 # -- fast: no store needed -------------------------------------------------------------------------------------
 def test_template_is_the_datasets_hand_crafted_one_and_must_hold_the_class_slot():
-    from pipelines.zero_shot import template_for
+    from pipelines.trial.zero_shot import template_for
 
     assert template_for("DTD") == "{} texture."
     assert template_for("EuroSAT") == "a centered satellite photo of {}."
@@ -95,7 +95,7 @@ def test_zero_shot_cli_errors_are_one_line_before_work(tmp_path):
 def test_zero_shot_equals_a_hand_computation_from_the_store_and_open_clip(demo_store, tiny_clip_checkpoint):
     from dept import evaluate_zero_shot, load_clip
     from pipelines.store import read_features
-    from pipelines.zero_shot import zero_shot
+    from pipelines.trial.zero_shot import zero_shot
 
     hand = hand_zero_shot(demo_store, "demo", tiny_clip_checkpoint, "a photo of a {}.")
     result = zero_shot(demo_store, "demo")

@@ -15,7 +15,7 @@ import pytest
 from dept.datasets import write_demo_dataset
 from pipelines.ray_runtime import ray_address
 from pipelines.store import read_manifest
-from pipelines.tune.trial import EPOCH_PAUSE_ENV
+from pipelines.trial.context import EPOCH_PAUSE_ENV
 from tests.conftest import TINY_MODEL
 from tests.mlflow_server import mlflow_server
 from tests.pipelines.cluster.real_cluster import files_containing, ray_start_cluster

@@ -440,7 +440,7 @@ def test_featurized_folder_is_plain_parquet_and_the_root_finds_it(tiny_store, ti
     import pandas as pd
     import pyarrow.dataset as pads
 
-    from pipelines.tune.runner import make_context
+    from pipelines.trial.context import make_context
 
     rows = read_manifest(tiny_store["model_url"], "demo").rows
     df = pd.read_parquet(tiny_store["folder"])

@@ -126,7 +126,7 @@ def test_sweep_is_read_back_from_the_metric_names_trials_log():
 def test_report_plots_writes_each_datasets_figures(tmp_path):
     from pipelines.cli import main
     from pipelines.tracking.client import Tracker, log_train_run
-    from pipelines.tune.settings import Hyperparameters
+    from pipelines.trial.settings import Hyperparameters
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "figs")

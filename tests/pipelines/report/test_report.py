@@ -134,7 +134,7 @@ def test_kgcoop_printed_average_matches_its_rows_so_no_mismatch_note():
 def tracked(tmp_path):
     """A real SQLite MLflow store with train-style runs (what `dept-pipeline train --mlflow-uri` writes)."""
     from pipelines.tracking.client import Tracker, log_train_run
-    from pipelines.tune.settings import Hyperparameters
+    from pipelines.trial.settings import Hyperparameters
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "rep")

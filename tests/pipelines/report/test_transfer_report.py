@@ -213,14 +213,13 @@ def test_paper_numbers_and_the_paper_average_beside_ours():
 
 
 def test_protocol_names_are_the_method_librarys():
-    from dept.datasets.types import PROTOCOLS
-    from pipelines.report.table import BASE_TO_NEW_PROTOCOL
-    from pipelines.report.transfer import TRANSFER_PROTOCOLS
-
-    assert PROTOCOLS == (BASE_TO_NEW_PROTOCOL, *TRANSFER_PROTOCOLS)
+    from dept.protocols import BASE_TO_NEW, PROTOCOLS, TRANSFER_PROTOCOLS
     from pipelines.cli._common import PROTOCOL_CHOICE
+    from pipelines.report import transfer
 
-    assert tuple(PROTOCOL_CHOICE.choices) == PROTOCOLS  # the CLI's --protocol spells them out too
+    assert PROTOCOLS == (BASE_TO_NEW, *TRANSFER_PROTOCOLS)
+    assert transfer.TRANSFER_PROTOCOLS is TRANSFER_PROTOCOLS  # one vocabulary, not a copy
+    assert tuple(PROTOCOL_CHOICE.choices) == PROTOCOLS  # the CLI's --protocol offers exactly these
 
 
 @slow

@@ -25,8 +25,8 @@ def write_store(folder: Path, experiment: str = "ui-check") -> str:
     from pipelines.tracking.client import Tracker
     from pipelines.tracking.summary import write_parent_summary
     from pipelines.tracking.trial_logger import MlflowTrialLogger, TrialRecord
-    from pipelines.tune.trial import TrialContext
-    from pipelines.zero_shot import ZeroShotResult, log_zero_shot_run
+    from pipelines.trial.context import TrialContext
+    from pipelines.trial.zero_shot import ZeroShotResult, log_zero_shot_run
 
     db = folder / "mlflow.db"
     tracker = Tracker(f"sqlite:///{db}", experiment)

@@ -36,7 +36,7 @@ def store(tmp_path):
     parent, left FAILED) holding a duplicate of (CoOp+DePT lr 0.002, seed 1), then the real attempt."""
     from pipelines.tracking.client import Tracker
     from pipelines.tracking.trial_logger import MlflowTrialLogger, TrialRecord
-    from pipelines.tune.trial import TrialContext
+    from pipelines.trial.context import TrialContext
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "win")

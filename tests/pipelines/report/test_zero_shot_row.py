@@ -19,7 +19,7 @@ FEATURE_TAGS = {"backbone": "ViT-B-16", "pretrained": "openai", "weights_id": "o
 
 
 def zero_shot_result(dataset: str, base: float, new: float):
-    from pipelines.zero_shot import ZeroShotResult
+    from pipelines.trial.zero_shot import ZeroShotResult
 
     metrics = {"test_base_acc": base, "test_new_acc": new, "test_hm": harmonic_mean(base, new),
                "val_base_acc": base, "val_new_acc": new, "val_hm": harmonic_mean(base, new)}
@@ -31,8 +31,8 @@ def zero_shot_result(dataset: str, base: float, new: float):
 @pytest.fixture()
 def store(tmp_path):
     from pipelines.tracking.client import Tracker, log_train_run
-    from pipelines.tune.settings import Hyperparameters
-    from pipelines.zero_shot import log_zero_shot_run
+    from pipelines.trial.settings import Hyperparameters
+    from pipelines.trial.zero_shot import log_zero_shot_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "zs")
@@ -86,7 +86,7 @@ def test_report_has_the_zero_shot_row_from_a_real_mlflow_store(store):
 
 def test_report_without_zero_shot_runs_keeps_its_columns(tmp_path):
     from pipelines.tracking.client import Tracker, log_train_run
-    from pipelines.tune.settings import Hyperparameters
+    from pipelines.trial.settings import Hyperparameters
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     hp = Hyperparameters(method="coop", seed=1, epochs=2).resolved([16])

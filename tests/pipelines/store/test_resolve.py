@@ -77,7 +77,7 @@ def test_errors_list_models_and_datasets(root):
 
 
 def test_make_context_takes_the_root_with_model_and_pretrained(root):
-    from pipelines.tune.runner import make_context
+    from pipelines.trial.context import make_context
 
     ctx = make_context(root["root"], "toy", shots=[None], seeds=[1], model="m", pretrained=root["ckpt"])
     assert ctx.features_url == root["urls"]["ckpt"] and ctx.pretrained == root["ckpt"]

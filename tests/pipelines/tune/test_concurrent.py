@@ -11,7 +11,7 @@ import time
 import pytest
 
 from pipelines.tune.runner import LOCK_FILE
-from pipelines.tune.trial import EPOCH_PAUSE_ENV
+from pipelines.trial.context import EPOCH_PAUSE_ENV
 from tests.pipelines.tune.test_tune import _driver, invoke, tune_args
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from pipelines.tune.trial import EPOCH_PAUSE_ENV
+from pipelines.trial.context import EPOCH_PAUSE_ENV
 from tests.conftest import REPO
 from tests.pipelines.tune.test_tune import _driver, check_tracked, driver_running, runs_of, tune_args
 

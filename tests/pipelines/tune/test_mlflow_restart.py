@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.tune.trial import EPOCH_PAUSE_ENV
+from pipelines.trial.context import EPOCH_PAUSE_ENV
 from tests.conftest import REPO
 from tests.mlflow_server import mlflow_server as serve_mlflow
 from tests.pipelines.tune.test_tune import invoke, runs_of, tune_args

@@ -1,5 +1,5 @@
 """``tune --population P``: Tune and MLflow see one trial per configuration whether trials train alone or P at a time
-(pipelines.tune.population); the numbers are the single trials' (float32 rounding apart); ASHA stops and retries
+(pipelines.trial.population); the numbers are the single trials' (float32 rounding apart); ASHA stops and retries
 act per member."""
 from __future__ import annotations
 
@@ -145,8 +145,8 @@ def test_population_must_be_auto_or_a_count(tmp_path):
 
 
 def test_population_key_groups_shape_not_coefficients():
-    from pipelines.tune.population import default_population, population_key
-    from pipelines.tune.settings import Hyperparameters
+    from pipelines.trial.population import default_population, population_key
+    from pipelines.trial.settings import Hyperparameters
 
     def key(**kw):
         return population_key(Hyperparameters.from_config({"method": "coop", **kw}).resolved([4]))
@@ -168,7 +168,7 @@ def test_interrupted_population_resumes_each_member_once(demo_store, tmp_path, r
     import signal
     import time
 
-    from pipelines.tune.trial import EPOCH_PAUSE_ENV
+    from pipelines.trial.context import EPOCH_PAUSE_ENV
     from tests.pipelines.tune.test_interrupts import _stopped
     from tests.pipelines.tune.test_tune import _driver, driver_running
 

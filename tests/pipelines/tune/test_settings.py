@@ -1,4 +1,4 @@
-"""Trial settings defined once (pipelines.tune.settings): defaults read from dept, the search-space check, the
+"""Trial settings defined once (pipelines.trial.settings): defaults read from dept, the search-space check, the
 ``train`` options, the MLflow params and the README table all come from the same fields."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import textwrap
 import click
 import pytest
 
-from pipelines.tune.settings import (
-    SETTINGS, Hyperparameters, default_of, dept_source_value, dept_value, method_names, readme_block,
+from pipelines.trial.settings import (
+    SETTINGS, Hyperparameters, default_of, dept_value, fmt, method_names, readme_block,
 )
 from pipelines.tune.spaces import SpaceError, parse_space
 from tests.conftest import REPO
@@ -38,7 +38,7 @@ def test_every_setting_has_help_and_the_readme_table_is_generated_from_the_field
     readme = (REPO / "tune_spaces" / "README.md").read_text()
     assert readme_block() in readme, (
         "tune_spaces/README.md's settings table is stale: run "
-        "python -c 'from pipelines.tune.settings import write_readme_table; write_readme_table()'"
+        "python -c 'from pipelines.trial.settings import write_readme_table; write_readme_table()'"
     )
     for name, s in SETTINGS.items():
         assert (f"| `{name}` |" in readme) == s.in_space, name
@@ -51,17 +51,19 @@ def test_defaults_are_dept_s_and_help_shows_them_without_importing_dept():
     for s in from_dept:
         real = dept_value(s.from_dept)
         assert getattr(hp, s.name) == real == default_of(s.name), s.name
-        assert dept_source_value(s.from_dept) == real, f"help text of {s.name} would show another default"
+        assert s.default_text() == fmt(real), f"help text of {s.name} would show another default"
     # dept's config dataclasses are covered: a new field there needs a setting here (or it cannot be tuned).
     from dept import DePTConfig, TrainConfig
 
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(SETTINGS)
     assert {f.name for f in dataclasses.fields(DePTConfig)} <= set(SETTINGS)
-    assert dept_source_value("dept.head:FusionMode") == SETTINGS["fusion"].choices() == ("logits", "probs")
+    assert SETTINGS["fusion"].choices() == ("logits", "probs")
+    assert SETTINGS["fusion"].choice_text() == "logits, probs"  # help texts, read from dept.config
 
 
-def test_cli_and_settings_import_no_dept():
-    code = "import sys, pipelines.cli, pipelines.tune.settings; sys.exit('torch' in sys.modules or 'dept' in sys.modules)"
+def test_cli_and_settings_load_no_torch():
+    # dept's configs and protocol names are torch-free (dept is a lazy namespace): reading them costs nothing
+    code = "import sys, pipelines.cli, pipelines.trial.settings; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
@@ -121,8 +123,8 @@ def test_params_say_what_is_applied_at_loss_weight_zero():
 @pytest.mark.slow
 def test_dept_at_loss_weight_zero_gives_the_base_method_s_numbers(demo_store):
     """A searched space that samples loss weight 0 must give the base method's numbers (real trials, demo store)."""
-    from pipelines.tune.runner import make_context
-    from pipelines.tune.trial import run_trial
+    from pipelines.trial.context import make_context
+    from pipelines.trial.plan import run_trial
 
     ctx = make_context(demo_store, "demo", shots=[None], seeds=[1])
     common = dict(method="kgcoop", epochs=2, n_ctx=2, ctx_init="")

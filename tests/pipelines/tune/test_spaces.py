@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from pipelines.tune.settings import Hyperparameters
+from pipelines.trial.settings import Hyperparameters
 from pipelines.tune.spaces import SpaceError, load_space, parse_space, seed_of
 from tune_spaces import space_names
 

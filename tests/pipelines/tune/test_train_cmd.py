@@ -104,9 +104,9 @@ def test_pseudo_new_objective_never_reads_new_classes_for_selection(demo_store, 
     """Under the pseudo-new objective the selection metrics come from held-out *base* classes; the new classes' val
     images are never read, and the test metrics come from a model retrained on every base class."""
     import pipelines.store as store
-    from pipelines.tune.runner import make_context
-    from pipelines.tune.settings import Hyperparameters
-    from pipelines.tune.trial import pseudo_new_split, run_trial
+    from pipelines.trial.context import make_context
+    from pipelines.trial.settings import Hyperparameters
+    from pipelines.trial.plan import pseudo_new_split, run_trial
 
     reads = []
     real = store.DatasetStore.features

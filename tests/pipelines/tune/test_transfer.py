@@ -55,7 +55,7 @@ SPACE = textwrap.dedent("""\
 
 def test_manifests_say_whose_targets_they_are(suite_store):
     from pipelines.store import read_manifest
-    from pipelines.tune.protocols import target_role
+    from pipelines.trial.targets import target_role
 
     _, store = suite_store
     assert target_role(read_manifest(store, SOURCE)) is None
@@ -83,7 +83,7 @@ def test_both_protocols_tune_track_report_and_reproduce(suite_store, tmp_path):
     from dept import load_clip, load_state
     from dept.transfer import TransferTarget, evaluate_transfer
     from pipelines.store import read_features, read_manifest
-    from pipelines.tune.protocols import target_role
+    from pipelines.trial.targets import target_role
 
     _, store = suite_store
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -171,16 +171,20 @@ def test_setup_errors_are_one_line_before_ray(suite_store, tmp_path):
                                   "--space", str(space), "--storage", str(tmp_path / "t"), "--mlflow-uri", uri])
     assert r.exit_code != 0 and "class_specific (CoOp's CSC) learns one context per source class and cannot score " \
         "target mini-other-colours-a's classes" in r.output, r.output
-    r = CliRunner().invoke(main, ["train", "--features", store, "--dataset", SOURCE, "--protocol",
+    r = CliRunner().invoke(main, ["train", "--features", store, "--source", SOURCE, "--protocol",
                                   "domain-generalization", "--targets", "mini-r", "--method", "coop", "--class-specific"])
     assert r.exit_code != 0 and "cannot score target mini-r's classes" in r.output, r.output
+    for command in ("train", "tune"):  # both take the source as --source
+        r = CliRunner().invoke(main, [command, "--features", store, "--dataset", SOURCE, "--protocol",
+                                      "domain-generalization"])
+        assert r.exit_code != 0 and "trains on --source" in r.output, (command, r.output)
     assert not (tmp_path / "t").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_train_takes_the_protocol_for_one_run(suite_store, tmp_path):
     _, store = suite_store
     out = tmp_path / "train.json"
-    r = invoke("train", "--features", store, "--dataset", SOURCE, "--protocol", "domain-generalization",
+    r = invoke("train", "--features", store, "--source", SOURCE, "--protocol", "domain-generalization",
                "--targets", "mini-r,mini-v2", "--method", "coop", "--epochs", 1, "--out", out)
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
@@ -219,13 +223,13 @@ def test_imagenet_and_its_variants_in_coop_layouts(ray_cluster, tiny_clip_checkp
     assert read_manifest(store, "ImageNet").target_of is None
 
     out = tmp_path / "dg.json"
-    r = invoke("train", "--features", store, "--dataset", "ImageNet", "--protocol", "domain-generalization",
+    r = invoke("train", "--features", store, "--source", "ImageNet", "--protocol", "domain-generalization",
                "--epochs", 1, "--batch-size", 2, "--out", out)
     assert r.exit_code == 0, r.output
     test = json.loads(out.read_text())["test"]
     assert set(test) == {"test_acc", "test_acc/ImageNetV2", "test_acc/ImageNetA", "test_target_avg"}
     assert test["test_acc/ImageNetA"] in (0.0, 25.0, 50.0, 75.0, 100.0)  # 4 images over its own 2 classes
-    r = CliRunner().invoke(main, ["train", "--features", store, "--dataset", "ImageNet", "--protocol",
+    r = CliRunner().invoke(main, ["train", "--features", store, "--source", "ImageNet", "--protocol",
                                   "cross-dataset"])
     assert r.exit_code != 0 and "no cross-dataset targets of ImageNet featurized" in r.output, r.output
 
@@ -239,7 +243,7 @@ def test_imagenet_and_its_variants_in_coop_layouts(ray_cluster, tiny_clip_checkp
                "dept-tiny-vit", "--pretrained", tiny_clip_checkpoint, "--views", 1, "--shots", 2, "--seeds", 1,
                "--no-progress", "--ray-address", ray_cluster.address)
     assert r.exit_code == 0 and "ImageNetA: train 0, val 0, test 4 rows; encoded 0 this run" in r.output, r.output
-    r = invoke("train", "--features", store, "--dataset", "ImageNet", "--protocol", "domain-generalization",
+    r = invoke("train", "--features", store, "--source", "ImageNet", "--protocol", "domain-generalization",
                "--targets", "ImageNetA", "--epochs", 1, "--batch-size", 2, "--out", out)
     assert r.exit_code == 0, r.output
     assert set(json.loads(out.read_text())["test"]) == {"test_acc", "test_acc/ImageNetA", "test_target_avg"}

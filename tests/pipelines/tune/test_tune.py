@@ -21,7 +21,7 @@ from pipelines.cli import main
 from pipelines.tracking.client import (
     EPOCH_METRICS, FINAL_METRICS, SWEEP_METRIC_CURVES, SWEEP_METRIC_WEIGHTS, sweep_key,
 )
-from pipelines.tune.trial import EPOCH_PAUSE_ENV, FAIL_ONCE_ENV
+from pipelines.trial.context import EPOCH_PAUSE_ENV, FAIL_ONCE_ENV
 from tests.conftest import REPO
 from tests.mlflow_server import mlflow_server as serve_mlflow
 
@@ -360,7 +360,7 @@ class FakeTrial:
 def _logger(tmp_path, key="exp/demo"):
     from pipelines.tracking.client import Tracker
     from pipelines.tracking.trial_logger import MlflowTrialLogger
-    from pipelines.tune.trial import TrialContext
+    from pipelines.trial.context import TrialContext
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "unit")
     parent = tracker.find_parent("demo") or tracker.create_parent("demo", {}, name="demo")
@@ -428,7 +428,7 @@ def test_reconcile_soft_deletes_runs_of_trials_tune_no_longer_has(tmp_path):
 def test_best_configuration_needs_every_seed_finished():
     from pipelines.tracking.summary import best_config
     from pipelines.tracking.trial_logger import TrialRecord
-    from pipelines.tune.settings import Hyperparameters
+    from pipelines.trial.settings import Hyperparameters
 
     def rec(tid, lr, seed, status, val_hm):
         return TrialRecord(tid, None, Hyperparameters(lr=lr, seed=seed).resolved([4]), status,

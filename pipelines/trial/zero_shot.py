@@ -18,14 +18,17 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from pipelines.tracking.client import (
-    FINAL_TAG, PARENT_TAG, ROLE_ZERO_SHOT, Tracker, is_transfer_test_metric, metric_at, param_value,
-)
-
-if TYPE_CHECKING:
-    from pipelines.tune.trial import TrialContext
+from dept.datasets import zero_shot_template
+from dept.evaluate import evaluate_zero_shot
+from dept.protocols import BASE_TO_NEW
+from dept.transfer import TransferResult
+from dept.zero_shot import zero_shot_classifier
+from pipelines.store import DatasetStore
+from pipelines.tracking.client import Tracker, metric_at, param_value
+from pipelines.tracking.vocabulary import FINAL_TAG, PARENT_TAG, ROLE_ZERO_SHOT, is_transfer_test_metric
+from pipelines.trial.context import TrialContext, make_context
+from pipelines.trial.plan import text_tower
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +54,20 @@ class ZeroShotResult:
 
 def template_for(dataset: str, template: str | None = None) -> str:
     """``template`` if given, else the dataset's hand-crafted one."""
-    from dept.datasets import zero_shot_template
-
     chosen = zero_shot_template(dataset) if template is None else template
     if "{}" not in chosen:
         raise ValueError(f"zero-shot template must contain {{}} for the class name, got {chosen!r}")
     return chosen
 
 
-def zero_shot_from_context(ctx: "TrialContext", *, template: str | None = None, device: str = "cpu") -> ZeroShotResult:
+def zero_shot_from_context(ctx: TrialContext, *, template: str | None = None, device: str = "cpu") -> ZeroShotResult:
     """Zero-shot base / new / HM of ``ctx``'s dataset from its feature store (test and every stored val image)."""
-    from dept import evaluate_zero_shot
-    from pipelines.store import DatasetStore
-    from pipelines.tune.trial import text_tower
-
     chosen = template_for(ctx.dataset, template)
     # Not from the trials' per-process cache: the tune driver should not keep a text tower after this call.
     clip = text_tower(ctx, device=device, keep=False)
     # Opened for this call alone, for the same reason.
     store = DatasetStore.open(ctx.features_url, ctx.dataset, expected_identity=clip.identity)
-    if ctx.protocol != "base-to-new":
+    if ctx.protocol != BASE_TO_NEW:
         return _transfer_zero_shot(ctx, clip, store, chosen)
     metrics: dict[str, float] = {}
     images: dict[str, int] = {}
@@ -83,16 +80,11 @@ def zero_shot_from_context(ctx: "TrialContext", *, template: str | None = None, 
     return ZeroShotResult(ctx.dataset, chosen, metrics, images, ctx.tags())
 
 
-def _transfer_zero_shot(ctx: "TrialContext", clip, store, template: str) -> ZeroShotResult:
+def _transfer_zero_shot(ctx: TrialContext, clip, store, template: str) -> ZeroShotResult:
     """The transfer protocols' zero-shot row: accuracy over all classes of the source (test and val images) and of
     each target (its own classes and template), the trials' names (``test_acc``, ``test_acc/<target>``, ...)."""
-    from dept import evaluate_zero_shot
-    from dept.transfer import TransferResult
-    from pipelines.store import DatasetStore
-
-    def acc(fs, chosen: str) -> float:
-        return evaluate_zero_shot(clip, chosen, fs.features, fs.labels, list(fs.classnames), fs.features[:0],
-                                  fs.labels[:0], []).base_acc  # all classes as "base": accuracy over all of them
+    def acc(fs, chosen: str) -> float:  # over all of the dataset's classes
+        return zero_shot_classifier(clip, fs.classnames, chosen).accuracy(fs.features, fs.labels)
 
     test, val = store.features("test"), store.features("val")
     images = {"test": len(test.labels), "val": len(val.labels)}
@@ -109,8 +101,6 @@ def zero_shot(features: str, dataset: str, *, model: str | None = None, pretrain
               template: str | None = None, device: str = "cpu") -> ZeroShotResult:
     """Zero-shot on one dataset of a feature store (``features``: a model folder, or the root with ``model`` /
     ``pretrained``), after the same store checks as a trial's."""
-    from pipelines.tune.runner import make_context
-
     ctx = make_context(features, dataset, shots=[None], seeds=[], device=device, model=model, pretrained=pretrained,
                        who="zero-shot")
     return zero_shot_from_context(ctx, template=template, device=device)
@@ -152,7 +142,7 @@ def find_zero_shot_run(tracker: Tracker, parent_run_id: str):
     return max(runs, key=lambda r: r.info.start_time or 0) if runs else None
 
 
-def ensure_zero_shot_run(tracker: Tracker, parent_run_id: str, ctx: "TrialContext") -> dict[str, float]:
+def ensure_zero_shot_run(tracker: Tracker, parent_run_id: str, ctx: TrialContext) -> dict[str, float]:
     """``tune``: the zero-shot metrics of a dataset, logged under its parent run once (a resumed experiment
     finds the run it logged before and computes nothing). Computed on the driver, on the CPU."""
     existing = find_zero_shot_run(tracker, parent_run_id)

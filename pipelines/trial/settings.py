@@ -8,7 +8,7 @@ with :func:`setting` (type from the annotation; default, range, allowed values, 
   the method's options (:meth:`~Hyperparameters.method_options`: the fields named as its ``Options``' fields);
 - the settings table of ``tune_spaces/README.md`` (:func:`write_readme_table`).
 
-Defaults belong to the method library: a default written ``"dept.head:DePTConfig.loss_weight"`` is read from
+Defaults belong to the method library: a default written ``"dept.config:DePTConfig.loss_weight"`` is read from
 there, and ``per_method`` / ``option`` defaults from the trial's method (``dept.methods.METHODS``). This module
 imports no ``dept`` (torch: ~10 s on a small CPU) until a value is needed, so building the CLI stays fast; help
 texts read dept's literal defaults from its source instead.
@@ -33,42 +33,6 @@ def dept_value(ref: str) -> Any:
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def dept_source_value(ref: str) -> Any:
-    """The literal ``module:Name.attr`` is assigned in dept's source, read without importing dept (help texts);
-    ``Literal[...]`` gives its values. None when the source does not hold a plain literal there."""
-    import ast
-    import importlib.util
-    from pathlib import Path
-
-    module, path = ref.split(":")
-    top, *rest = module.split(".")
-
-    def assigned(body: list, name: str):
-        for node in body:
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
-                return node.value
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
-                return node.value
-        raise LookupError(name)
-
-    try:
-        file = Path(importlib.util.find_spec(top).submodule_search_locations[0], *rest).with_suffix(".py")
-        tree = ast.parse(file.read_text())
-        *classes, name = path.split(".")
-        scope = tree.body
-        for cls in classes:
-            scope = next(n.body for n in scope if isinstance(n, ast.ClassDef) and n.name == cls)
-        node = assigned(scope, name)
-        while isinstance(node, ast.Name):  # a module-level constant
-            node = assigned(tree.body, node.id)
-        if isinstance(node, ast.Subscript):  # Literal["a", "b"]
-            values = ast.literal_eval(node.slice)
-            return values if isinstance(values, tuple) else (values,)
-        return ast.literal_eval(node)
-    except (AttributeError, LookupError, StopIteration, OSError, SyntaxError, TypeError, ValueError):
-        return None
 
 
 def _choices(value: Any) -> tuple:
@@ -103,6 +67,7 @@ class Setting:
     high_open: bool = False
     space_low: float | None = None  # a tighter low bound in search spaces
     allowed: tuple | str | None = None  # values, or "module:Name" of dept (a registry or a Literal)
+    registry: bool = False  # ``allowed`` names a registry (loads torch): its names are known only at run time
     nullable: bool = False  # null / None is a valid value (besides "not given")
     none_means: str = ""  # what None means (help text), when None is the default
     none_label: str | None = None  # the MLflow param value of None
@@ -181,8 +146,8 @@ class Setting:
 
     # -- texts ----------------------------------------------------------------------------------------------
     def range_text(self, *, space: bool, live: bool = False) -> str:
-        """The values allowed, in words, in a search space or on the command line; ``live``: choices read from dept
-        (imports it), else from its source ("" when only known at run time)."""
+        """The values allowed, in words, in a search space or on the command line; ``live``: a registry's choices too
+        (loads torch), else only those known without it ("" for a registry)."""
         if self.kind is bool:
             return "true/false"
         if self.kind is str:
@@ -203,20 +168,18 @@ class Setting:
         return text + (", or null" if space and self.nullable and text else "")
 
     def choice_text(self) -> str:
-        """The allowed values, read without importing dept; "" when there are none or they are only known at run
-        time (the method registry)."""
-        values = self.allowed
-        if isinstance(values, str):
-            values = dept_source_value(values)
-        return ", ".join(map(fmt, values)) if values else ""
+        """The allowed values for help texts, without loading torch; "" when there are none or they are only known
+        at run time (the method registry)."""
+        if self.allowed is None or self.registry:
+            return ""
+        return ", ".join(map(fmt, self.choices()))
 
     def default_text(self) -> str:
-        """The default for help texts, without importing dept."""
+        """The default for help texts, without loading torch (``dept.config`` is torch-free)."""
         if self.per_method or self.option:
             return "the method's own"
         if self.from_dept:
-            value = dept_source_value(self.from_dept)
-            return fmt(value) if value is not None else f"dept's {self.from_dept.split(':')[1]}"
+            return fmt(self.default_value())
         return self.none_means if self.default is None else fmt(self.default)
 
 
@@ -233,28 +196,28 @@ def setting(default: Any = None, *, help: str, **kwargs) -> Any:
 class Hyperparameters:
     """Every setting of one trial. ``None`` means "the method's own default", resolved by :meth:`resolved`."""
 
-    method: str = setting("coop", allowed=METHODS_REF,
+    method: str = setting("coop", allowed=METHODS_REF, registry=True,
                           help="Base prompt method: a name registered in dept.methods (a wrong one lists them).")
     dept: bool = setting(True, help="With DePT's CAT head; false: the plain method (loss and fusion weight 0).")
-    loss_weight: float = setting(from_dept="dept.head:DePTConfig.loss_weight", low=0.0, high=1.0,
+    loss_weight: float = setting(from_dept="dept.config:DePTConfig.loss_weight", low=0.0, high=1.0,
                                  help="lam: the CAT head's share of the training loss (0: the plain method).")
-    fusion_weight: float = setting(from_dept="dept.head:DePTConfig.fusion_weight", low=0.0, high=1.0,
+    fusion_weight: float = setting(from_dept="dept.config:DePTConfig.fusion_weight", low=0.0, high=1.0,
                                    help="a: the CAT head's share of base-class logits at inference.")
-    fusion: str = setting(from_dept="dept.head:DePTConfig.fusion", allowed="dept.head:FusionMode",
+    fusion: str = setting(from_dept="dept.config:DePTConfig.fusion", allowed="dept.config:FusionMode",
                           help="What is fused for base classes: logits (the reference code) or probs (the paper).")
-    epochs: int = setting(from_dept="dept.train:TrainConfig.epochs", low=0, space_low=1,
+    epochs: int = setting(from_dept="dept.config:TrainConfig.epochs", low=0, space_low=1,
                           help="Training epochs (0: the untrained prompts, e.g. zero-shot from a ctx init).")
     batch_size: int | None = setting(per_method="default_batch_size", low=1, help="Training batch size.")
     lr: float | None = setting(per_method="default_lr", low=0.0, low_open=True, help="Prompt learning rate.")
-    head_lr_mult: float = setting(from_dept="dept.train:TrainConfig.head_lr_mult", low=0.0, low_open=True,
+    head_lr_mult: float = setting(from_dept="dept.config:TrainConfig.head_lr_mult", low=0.0, low_open=True,
                                   help="CAT head lr = lr x this.")
-    warmup_epochs: int = setting(from_dept="dept.train:TrainConfig.warmup_epochs", low=0,
+    warmup_epochs: int = setting(from_dept="dept.config:TrainConfig.warmup_epochs", low=0,
                                  help="Epochs at the warmup lr.")
-    warmup_lr: float = setting(from_dept="dept.train:TrainConfig.warmup_lr", low=0.0, low_open=True,
+    warmup_lr: float = setting(from_dept="dept.config:TrainConfig.warmup_lr", low=0.0, low_open=True,
                                help="Constant lr of the warmup epochs.")
-    momentum: float = setting(from_dept="dept.train:TrainConfig.momentum", low=0.0, high=1.0, high_open=True,
+    momentum: float = setting(from_dept="dept.config:TrainConfig.momentum", low=0.0, high=1.0, high_open=True,
                               help="SGD momentum.")
-    weight_decay: float = setting(from_dept="dept.train:TrainConfig.weight_decay", low=0.0,
+    weight_decay: float = setting(from_dept="dept.config:TrainConfig.weight_decay", low=0.0,
                                   help="SGD weight decay.")
     n_ctx: int | None = setting(option=True, low=1, help="Context tokens.")
     ctx_init: str | None = setting(option=True, nullable=True, blank_is_none=True,
@@ -293,14 +256,14 @@ class Hyperparameters:
 
     def train_config(self):
         """``dept.TrainConfig`` from the settings of its field names (resolve first)."""
-        from dept.train import TrainConfig
+        from dept.config import TrainConfig
 
         return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)
                               if f.name in SETTINGS})
 
     def dept_config(self):
         """``dept.DePTConfig`` from the settings of its field names; None without DePT."""
-        from dept.head import DePTConfig
+        from dept.config import DePTConfig
 
         if not self.dept:
             return None
@@ -309,7 +272,7 @@ class Hyperparameters:
     def applied_dept(self) -> dict[str, Any]:
         """What the trial really applies (``dept.applied_dept``): ``dept_effective`` and the loss / fusion
         weights in effect; DePT at loss weight 0 is the plain method: false, 0, 0."""
-        from dept.head import applied_dept
+        from dept.config import applied_dept
 
         return applied_dept(self.dept_config())
 
@@ -393,7 +356,7 @@ def click_options(command: Callable) -> Callable:
 
 
 # -- the settings table of tune_spaces/README.md ---------------------------------------------------------------
-TABLE_BEGIN = "<!-- settings table: from the fields, by pipelines.tune.settings.write_readme_table() -->"
+TABLE_BEGIN = "<!-- settings table: from the fields, by pipelines.trial.settings.write_readme_table() -->"
 TABLE_END = "<!-- end of settings table -->"
 
 
@@ -428,3 +391,16 @@ def write_readme_table(readme: str | None = None) -> str:
     pattern = re.escape(TABLE_BEGIN) + ".*?" + re.escape(TABLE_END)
     path.write_text(re.sub(pattern, lambda _: readme_block(), path.read_text(), flags=re.S))
     return str(path)
+
+
+# -- a trial's seed ------------------------------------------------------------------------------------------
+#: The key Ray's ``Repeater`` sets in a config (``ray.tune.search.repeater.TRIAL_INDEX``).
+REPEAT_INDEX_KEY = "__trial_index__"
+
+
+def seed_of(config: dict, seeds: tuple[int, ...] | list[int]) -> int:
+    """A trial's seed from its config: the ``seed`` value (random searcher), or the Repeater's index into
+    ``seeds`` (other searchers)."""
+    if "seed" in config:
+        return int(config["seed"])
+    return int(seeds[int(config.get(REPEAT_INDEX_KEY, 0)) % len(seeds)])

@@ -10,7 +10,7 @@ the population's GPU share). The host reads the data and trains all members in o
 epoch it hands each member trial its epoch's metrics and training state, the trial reports them to Tune, and the
 host waits for every member's decision before the next epoch: a trial Tune lets go on asks for its next epoch; one
 ASHA stops is reported by the driver's logger (:meth:`PopulationRegistry.leave`) and is masked out of the step. At
-the end the host scores each member exactly as a single trial is scored (:func:`pipelines.tune.trial.plan_trial`)
+the end the host scores each member exactly as a single trial is scored (:func:`pipelines.trial.plan.plan_trial`)
 and the trial reports its final result and learned state.
 
 Members' numbers are those of single trials within float32 rounding (``dept.population``), so ``report`` cannot
@@ -35,7 +35,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.tracking.client import POPULATION_SIZE_TAG, POPULATION_TAG
+from pipelines.tracking.vocabulary import POPULATION_SIZE_TAG, POPULATION_TAG
+from pipelines.trial.plan import STATE_FILE, epoch_reporter, plan_trial, text_tower
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class PopulationFailure(RuntimeError):
 class Member:
     trial_id: str
     config: dict
-    resume: bytes | None  # a dept.train.TrainResume, TrainResume.to_bytes
+    resume: bytes | None  # a dept.schedule.TrainResume, TrainResume.to_bytes
 
 
 class PopulationHost:
@@ -147,11 +148,11 @@ class PopulationHost:
                 self._put(trial_id, ("error", text))
 
     def _run(self) -> None:
+        # torch and dept here: the registry actor and a member's relay import this module and train nothing.
         import torch
 
         from dept import save_state, train_population
-        from dept.train import TrainResume
-        from pipelines.tune.trial import STATE_FILE, epoch_reporter, plan_trial, text_tower
+        from dept.schedule import TrainResume
 
         ctx = self.context
         torch.set_num_threads(max(1, ctx.num_threads))
@@ -296,7 +297,7 @@ def run_member(config: dict, context, trial_id: str, resume, report_epoch, repor
     go on); ``report_final(result, folder)`` the final result with the learned state in ``folder``."""
     import ray
 
-    from dept.train import TrainResume
+    from dept.schedule import TrainResume
 
     registry = ray.get_actor(context.population_group, namespace=NAMESPACE)
     raw = None if resume is None else resume.to_bytes()

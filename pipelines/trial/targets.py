@@ -3,11 +3,25 @@
 A dataset is a target of (protocol, source) when its manifest says so (``target_of``, written by featurize from the
 dataset registry or a custom dataset's ``transfer.json``); stores written before manifests carried it fall back on
 the registry's record for known dataset names. Trials then train on the source (all classes) and are scored on
-every target at their end (``pipelines.tune.trial.plan_trial``).
+every target at their end (``pipelines.trial.plan.plan_trial``).
 """
 from __future__ import annotations
 
-from pipelines.tune.trial import TargetContext
+from dataclasses import dataclass
+
+from dept.datasets import DatasetError, TargetOf, dataset_names, get_spec
+from dept.protocols import CROSS_DATASET
+from pipelines.store import list_datasets, read_manifest
+
+
+@dataclass(frozen=True)
+class TargetContext:
+    """A transfer target a trial is evaluated on at its end (its test images, from the same model folder)."""
+
+    dataset: str
+    fingerprint: str
+    protocol: str  # cross-dataset | domain-generalization
+    label_to_source: tuple[int, ...] | None = None  # a class subset of the source (domain generalisation)
 
 
 class ProtocolError(ValueError):
@@ -16,8 +30,6 @@ class ProtocolError(ValueError):
 
 def target_role(manifest):
     """A featurized dataset's transfer role (``dept.datasets.TargetOf``) or None."""
-    from dept.datasets import DatasetError, TargetOf, get_spec
-
     role = manifest.target()
     if role is not None:
         return role
@@ -33,8 +45,6 @@ def target_role(manifest):
 
 def _order(name: str) -> tuple:
     """The paper's order for registry datasets, then others by name."""
-    from dept.datasets import dataset_names
-
     known = [n.lower() for n in dataset_names()]
     return (0, known.index(name.lower()), "") if name.lower() in known else (1, 0, name)
 
@@ -43,8 +53,7 @@ def find_targets(model_url: str, source: str, protocol: str, names: tuple[str, .
     """The targets of ``source`` under ``protocol`` in the model folder ``model_url``: ``names`` (each must be
     featurized there and be such a target), or every one featurized. Domain-generalisation targets must carry the
     source's class names (through their label mapping)."""
-    from dept.transfer import CROSS_DATASET, check_target_classes
-    from pipelines.store import list_datasets, read_manifest
+    from dept.transfer import check_target_classes  # here: dept.transfer loads torch, needed only for this check
 
     present = list_datasets(model_url)
     manifests = {d: read_manifest(model_url, d) for d in present}
@@ -94,7 +103,7 @@ def check_class_specific(protocol: str, targets: tuple[TargetContext, ...], clas
     rather than failing at their end."""
     if not class_specific:
         return
-    bad = [t.dataset for t in targets if t.protocol == "cross-dataset" or t.label_to_source is not None]
+    bad = [t.dataset for t in targets if t.protocol == CROSS_DATASET or t.label_to_source is not None]
     if bad:
         raise ProtocolError(f"class_specific (CoOp's CSC) learns one context per source class and cannot score "
                             f"target {bad[0]}'s classes ({protocol}); use shared contexts (class_specific: false)")

@@ -1,8 +1,9 @@
 """One DePT trial on cached features: load the text tower once, read the features once, train, report every epoch,
 score the test images once at the end.
 
-The same code serves ``dept-pipeline train`` (no Tune: :func:`run_trial`) and ``dept-pipeline tune``
-(:func:`tune_trainable`, a Ray Tune function trainable that reports through ``ray.tune.report``).
+The same plan serves ``dept-pipeline train`` (no Tune: :func:`run_trial`), ``dept-pipeline tune``
+(:mod:`pipelines.trial.trainable`, a Ray Tune function trainable that reports through ``ray.tune.report``) and a
+population host (:mod:`pipelines.trial.population`, which trains many plans as one).
 
 Objectives (what the per-epoch selection metrics are computed on; test images never are):
 
@@ -30,87 +31,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipelines.tracking.client import STATE_NAMES
-from pipelines.tune.settings import Hyperparameters
-from pipelines.tune.spaces import seed_of
+from dept.protocols import BASE_TO_NEW
+from pipelines.store import open_store, open_target_store
+from pipelines.tracking.vocabulary import STATE_NAMES
+from pipelines.trial.context import TrialContext
+from pipelines.trial.settings import Hyperparameters
 
 log = logging.getLogger(__name__)
 
-#: Reported with every result: the Ray node the trial ran on (a tag and a results.csv column, not a metric).
-NODE_ID_KEY = "node_id"
 
 #: Fusion weights of the post-training sweep (MLflow gets the HM at every 0.1: tracking.client.sweep_key).
 SWEEP_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(21))
 #: The final checkpoint's files, named once where the driver logs them as the run's learned_state/ artifacts.
 STATE_FILE, HYPERPARAMETERS_FILE, FINAL_FILE = STATE_NAMES
-#: An epoch checkpoint's training state (dept.train.TrainResume); the final checkpoint holds the two files above and
+#: An epoch checkpoint's training state (dept.schedule.TrainResume); the final checkpoint holds the two files above and
 #: hyperparameters.json instead.
 RESUME_FILE = "resume.pt"
-#: Reported with every result: the epoch this attempt started after (0: from scratch; > 0: a retry that resumed).
-RESUMED_KEY = "resumed_after_epoch"
-#: Test hook (documented, used by tests/pipelines/tune/test_tune.py): a folder; when set in the *driver's* environment, every
-#: trial raises once after its first epoch report (a marker file per trial id records the first attempt), so
-#: FailureConfig's retry can be checked end to end. Leave unset in real runs.
-FAIL_ONCE_ENV = "DEPT_PIPELINE_TEST_FAIL_ONCE_DIR"
-#: Test hook: seconds every trial pauses at each epoch report. Test trials on tiny data last ~0.2 s in a reused
-#: worker, too short to still be running when a test kills the driver or for a second node's worker to start.
-EPOCH_PAUSE_ENV = "DEPT_PIPELINE_TEST_EPOCH_PAUSE_S"
 
 
 class InjectedFailure(RuntimeError):
     """Raised by the test hook ``DEPT_PIPELINE_TEST_FAIL_ONCE_DIR``."""
-
-
-@dataclass(frozen=True)
-class TargetContext:
-    """A transfer target a trial is evaluated on at its end (its test images, from the same model folder)."""
-
-    dataset: str
-    fingerprint: str
-    protocol: str  # cross-dataset | domain-generalization
-    label_to_source: tuple[int, ...] | None = None  # a class subset of the source (domain generalisation)
-
-
-@dataclass(frozen=True)
-class TrialContext:
-    """What every trial of one dataset shares (passed to workers with ``tune.with_parameters``)."""
-
-    features_url: str  # the feature store's model folder (<root>/<model>/<weights>)
-    dataset: str
-    model: str  # from the store's manifest: the model whose text tower the trial loads
-    pretrained: str
-    weights_id: str
-    fingerprint: str
-    store_shots: int  # shots the store drew (0: whole splits stored, any shots can be drawn)
-    objective: str = "val"
-    pseudo_new_fraction: float = 1.0 / 3.0
-    seeds: tuple[int, ...] = (1,)  # the space's seeds (Repeater index -> seed)
-    num_threads: int = 1
-    device: str = "cpu"  # "cuda" when the trial holds a GPU
-    fail_once_dir: str | None = None  # test hook, see FAIL_ONCE_ENV
-    epoch_pause_s: float = 0.0  # test hook, see EPOCH_PAUSE_ENV
-    protocol: str = "base-to-new"  # or cross-dataset / domain-generalization: ``dataset`` is then the source
-    targets: tuple[TargetContext, ...] = ()  # the transfer protocols' targets
-    population: int = 1  # > 1: trained in populations of up to this many (pipelines.tune.population)
-    population_group: str = ""  # the name of the driver's population registry actor
-
-    def hyperparameters(self, config: dict) -> Hyperparameters:
-        """The resolved hyperparameters of a trial config (the driver uses this too, for MLflow params)."""
-        hp = Hyperparameters.from_config({**config, "seed": seed_of(config, self.seeds)})
-        return hp.resolved([self.store_shots] if self.store_shots > 0 else [16])
-
-    def tags(self) -> dict[str, str]:
-        return {
-            "dataset": self.dataset,
-            "backbone": self.model,
-            "pretrained": self.pretrained,
-            "weights_id": self.weights_id,
-            "feature_fingerprint": self.fingerprint,
-            "features_url": self.features_url,
-            "objective": self.objective,
-            "protocol": self.protocol,
-            **({"targets": ",".join(t.dataset for t in self.targets)} if self.protocol != "base-to-new" else {}),
-        }
 
 
 @dataclass
@@ -144,8 +84,6 @@ def read_trial_data(ctx: TrialContext, hp: Hyperparameters, identity: dict) -> T
     """Every selection the trial needs, before training starts (so a bad store fails fast). The store is opened
     once per worker process (kept for the next trial of the same features: Tune reuses workers), each split is
     read once, and base / new / few-shot selections are taken from it in memory."""
-    from pipelines.store import open_store
-
     store = open_store(ctx.features_url, ctx.dataset, fingerprint=ctx.fingerprint, expected_identity=identity)
 
     def read(split: str, classes: str) -> Split:
@@ -213,7 +151,7 @@ def text_tower(ctx: TrialContext, *, device: str | None = None, keep: bool = Tru
 class TrialPlan:
     """What one trial trains and how it is scored, read and checked before any training (so a bad store or a
     batch larger than the training set fails fast): :func:`run_trial` trains it alone, a population host
-    (:mod:`pipelines.tune.population`) trains many plans' learners in one batched step and finishes each the same way."""
+    (:mod:`pipelines.trial.population`) trains many plans' learners in one batched step and finishes each the same way."""
 
     hp: Hyperparameters
     learner: object  # dept.DePTLearner trained for selection
@@ -229,7 +167,7 @@ class TrialPlan:
 
 def plan_trial(hp: Hyperparameters, ctx: TrialContext, clip) -> TrialPlan:
     """The :class:`TrialPlan` of one configuration under ``ctx``'s protocol and objective."""
-    if ctx.protocol != "base-to-new":
+    if ctx.protocol != BASE_TO_NEW:
         return _plan_transfer_trial(hp, ctx, clip)
     from dept import evaluate_base_new
 
@@ -301,7 +239,7 @@ def run_trial(
     epoch's metrics come back in the returned dict together with the test metrics and the fusion sweep (so a
     scheduler whose horizon is the last epoch still sees the final report). With ``state_dir``, the learned state
     (prompts + CAT head, safetensors) is saved there. ``on_checkpoint``: as ``on_epoch``, with the selection
-    training's state after that epoch (``dept.train.TrainResume``); ``resume``: continue from such a state (the
+    training's state after that epoch (``dept.schedule.TrainResume``); ``resume``: continue from such a state (the
     epochs before it are not reported again)."""
     import torch
 
@@ -344,7 +282,6 @@ def epoch_reporter(hp: Hyperparameters, last: dict, on_epoch, on_checkpoint) -> 
 def read_transfer_targets(ctx: TrialContext, identity: dict) -> list:
     """Every target's test images as ``dept.transfer.TransferTarget`` (all of the target's classes)."""
     from dept.transfer import TransferTarget
-    from pipelines.store import open_target_store
 
     out = []
     for t in ctx.targets:
@@ -360,8 +297,6 @@ def _plan_transfer_trial(hp: Hyperparameters, ctx: TrialContext, clip) -> TrialP
     select on the source's val images (``val_acc``, all source classes), then score the source's test images
     (``test_acc``) and every target's (``test_acc/<target>``, ``test_target_avg``; dept.transfer)."""
     from dept.transfer import evaluate_transfer, source_accuracy
-    from pipelines.store import open_store
-
     store = open_store(ctx.features_url, ctx.dataset, fingerprint=ctx.fingerprint, expected_identity=clip.identity)
     fs_train = store.features("train", seed=hp.seed, shots=hp.shots)
     fs_val = store.features("val", seed=hp.seed, shots=hp.shots)
@@ -383,65 +318,3 @@ def _plan_transfer_trial(hp: Hyperparameters, ctx: TrialContext, clip) -> TrialP
     return TrialPlan(hp, learner, fs_train.features, fs_train.labels, validate, finish)
 
 
-# -- Ray Tune -------------------------------------------------------------------------------------------------
-def tune_trainable(config: dict, context: TrialContext) -> None:
-    """The Ray Tune function trainable (wrap with ``tune.with_parameters(tune_trainable, context=...)``)."""
-    import ray
-    from ray import tune
-
-    from dept.train import TrainResume
-
-    # A worker may have inherited a driver's MLflow run; trials never write to MLflow (the driver does).
-    os.environ.pop("MLFLOW_RUN_ID", None)
-    hp = context.hyperparameters(config)
-    trial_id = tune.get_context().get_trial_id()
-    resume = None
-    restored = tune.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as d:
-            final_path = Path(d) / FINAL_FILE
-            if final_path.is_file():
-                # Finished before the driver stopped: report the same final result again, train nothing.
-                tune.report(json.loads(final_path.read_text()))
-                return
-            if (Path(d) / RESUME_FILE).is_file():
-                # A retry (lost node, failed worker) or a resumed experiment: go on after the last epoch reported.
-                resume = TrainResume.load(Path(d) / RESUME_FILE)
-                log.info("trial %s resumes after epoch %d", trial_id, resume.epoch)
-
-    start_epoch = resume.epoch if resume is not None else 0
-    reports = {"n": 0}
-    # Which cluster node ran the trial (Ray's own node_ip cannot tell apart nodes sharing an address).
-    node_id = ray.get_runtime_context().get_node_id()
-
-    def on_checkpoint(metrics: dict, state) -> None:
-        if context.epoch_pause_s > 0:
-            time.sleep(context.epoch_pause_s)
-        # Every epoch's report carries the state to resume from: a retry repeats no finished epoch.
-        with tempfile.TemporaryDirectory(prefix="dept-epoch-") as d:
-            state.save(Path(d) / RESUME_FILE)
-            tune.report({**metrics, NODE_ID_KEY: node_id, RESUMED_KEY: start_epoch},
-                        checkpoint=tune.Checkpoint.from_directory(d))
-        reports["n"] += 1
-        if context.fail_once_dir and reports["n"] == 1:
-            marker = Path(context.fail_once_dir) / f"{trial_id}.failed-once"
-            try:
-                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                return  # this trial already failed once: run normally
-            os.close(fd)
-            raise InjectedFailure(f"test hook {FAIL_ONCE_ENV}: first attempt of trial {trial_id} fails on purpose")
-
-    def report_final(final: dict, folder: str) -> None:
-        final = {**final, NODE_ID_KEY: node_id, RESUMED_KEY: start_epoch}
-        (Path(folder) / FINAL_FILE).write_text(json.dumps(final))
-        (Path(folder) / HYPERPARAMETERS_FILE).write_text(json.dumps(asdict(hp), indent=1))
-        tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
-
-    if context.population > 1:
-        from pipelines.tune.population import run_member
-
-        run_member(config, context, trial_id, resume, on_checkpoint, report_final)
-        return
-    with tempfile.TemporaryDirectory(prefix="dept-trial-") as tmp:
-        report_final(run_trial(hp, context, on_checkpoint=on_checkpoint, resume=resume, state_dir=tmp), tmp)
