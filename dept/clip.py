@@ -13,10 +13,7 @@ so ``--model dept-tiny-vit`` works everywhere a stock name does.
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,15 +22,15 @@ import open_clip
 import torch
 from torch import nn
 
+from dept.weights import (  # noqa: F401  (re-exported: what a pretrained value names)
+    ASSET_DIR, RANDOM_INIT_SEED, SHIPPED_TAG, file_sha256, is_local_checkpoint, is_none, shipped_models,
+)
+
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-ASSET_DIR = Path(__file__).parent / "assets"
-SHIPPED_TAG = "shipped"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
-#: Seed for ``pretrained=None`` so that random-weight models are identical across processes and machines.
-RANDOM_INIT_SEED = 0
 
 
 class ClipLoadError(ValueError):
@@ -58,38 +55,6 @@ class LoadedClip:
     def identity(self) -> dict:
         """What a feature store records about the model that produced it, and a trial checks."""
         return {"model": self.model_name, "weights_id": self.weights_id, "open_clip_version": open_clip.__version__}
-
-
-def is_none(pretrained: str | None) -> bool:
-    return pretrained is None or str(pretrained).lower() in ("", "none", "random")
-
-
-def shipped_models() -> list[str]:
-    return sorted(p.stem for p in ASSET_DIR.glob("*.safetensors"))
-
-
-def is_local_checkpoint(pretrained: str | None) -> bool:
-    if is_none(pretrained) or pretrained == SHIPPED_TAG:
-        return False
-    p = str(pretrained)
-    return p.endswith((".safetensors", ".pt", ".pth", ".bin")) or "/" in p or Path(p).exists()
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes, computed once per (file, size, modification time) in a process: a checkpoint's
-    weights id is asked for at several checks before a run (one per dataset with ``--dataset all``), and hashing a
-    ViT-B checkpoint takes seconds. A file rewritten in place gets a new modification time, so a new hash."""
-    st = os.stat(path)
-    return _sha256_of(os.path.realpath(path), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def creation_kwargs(model_name: str, tag: str) -> dict:

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import click
 
+from dept.methods import method_names
 from dept.protocols import BASE_TO_NEW, DEFAULT_SOURCE, PROTOCOLS
 
 
 class MethodChoice(click.Choice):
-    """``--method``: the names registered in ``dept.methods.METHODS``, read when a value is checked. Importing
-    ``dept`` loads torch (~10 s on a small CPU), so ``--help`` shows METHOD instead of the list; a wrong name is
-    answered with the list."""
+    """``--method``: the method registry's names (``dept.methods.method_names``, read without torch when a value
+    is checked); ``--help`` shows METHOD (a method registered at run time is valid too); a wrong name is answered
+    with the list."""
 
     name = "method"
 
@@ -25,9 +26,7 @@ class MethodChoice(click.Choice):
 
     @property
     def choices(self) -> tuple[str, ...]:
-        from dept.methods import METHODS
-
-        return tuple(METHODS)
+        return method_names()
 
     @choices.setter
     def choices(self, value) -> None:  # click.Choice.__init__ assigns it; the registry is the only source

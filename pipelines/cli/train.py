@@ -22,6 +22,7 @@ from pipelines.trial.settings import click_options
 @click.option("--out", default=None, help="Write the results as JSON to this file.")
 def train_cmd(features, model, pretrained, dataset, protocol, source, targets, mlflow_uri, experiment, out, **settings):
     """Train and evaluate one configuration on cached features (no Tune): prints test base / new / HM."""
+    import dataclasses
     import tempfile
     from dataclasses import asdict
 
@@ -36,12 +37,13 @@ def train_cmd(features, model, pretrained, dataset, protocol, source, targets, m
         from pipelines.tracking.client import Tracker, check_tracking_uri
 
         check_tracking_uri(mlflow_uri)
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     hp = Hyperparameters(**{k: v for k, v in settings.items() if v is not None})  # not given: the default
-    ctx = make_context(features, dataset, shots=[hp.shots], seeds=[hp.seed], num_threads=torch.get_num_threads(),
-                       device=device, model=model, pretrained=pretrained, protocol=protocol, targets=names)
+    ctx = make_context(features, dataset, shots=[hp.shots], seeds=[hp.seed], model=model, pretrained=pretrained,
+                       protocol=protocol, targets=names)
+    import torch  # here: every check above answers without it
+
+    ctx = dataclasses.replace(ctx, device="cuda" if torch.cuda.is_available() else "cpu",
+                              num_threads=torch.get_num_threads())
     hp = hp.resolved([ctx.store_shots] if ctx.store_shots > 0 else [16])
     if protocol != BASE_TO_NEW:
         from pipelines.trial.targets import check_class_specific

@@ -71,9 +71,8 @@ def tune_cmd(features, model, pretrained, dataset, protocol, source, targets, sp
              gpus_per_trial, cpus_per_trial, max_concurrent, population, max_failures, ray_address, storage, resume, mlflow_uri,
              experiment):
     """Tune DePT trials with Ray Tune over cached features; every trial tracked in MLflow."""
-    from pipelines.tune.runner import TuneInterrupted, TuneOptions, best_table, run_tune
-
     dataset, target_names = protocol_dataset(protocol, dataset, source, targets)
+    from pipelines.tune.runner import TuneInterrupted, TuneOptions, best_table, run_tune
     opts = TuneOptions(
         features=features, model=model, pretrained=pretrained, dataset=dataset, space=space, experiment=experiment,
         num_samples=num_samples,

@@ -19,6 +19,8 @@ from pipelines.secrets import mask_uri
 def zero_shot_cmd(features, model, pretrained, dataset, template, mlflow_uri, experiment):
     """Zero-shot CLIP on cached features (the dataset's template, ITM head only, nothing trained): prints test
     base / new / HM and logs one MLflow run (role zero-shot) per dataset."""
+    import dataclasses
+
     from pipelines.tracking.client import Tracker, check_tracking_uri, default_tracking_uri
     from pipelines.trial.context import make_context
     from pipelines.trial.zero_shot import log_zero_shot_run, template_for, zero_shot_from_context
@@ -35,12 +37,13 @@ def zero_shot_cmd(features, model, pretrained, dataset, template, mlflow_uri, ex
             raise click.BadParameter(f"no complete featurized datasets under {features}", param_hint="--features")
     else:
         datasets = [dataset]
+    # Every dataset's store is checked before the first is scored, and before torch loads.
+    contexts = [make_context(features, name, shots=[None], seeds=[], model=model, pretrained=pretrained,
+                             who="zero-shot") for name in datasets]
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    # Every dataset's store is checked before the first is scored.
-    contexts = [make_context(features, name, shots=[None], seeds=[], device=device, model=model,
-                             pretrained=pretrained, who="zero-shot") for name in datasets]
+    contexts = [dataclasses.replace(ctx, device=device) for ctx in contexts]
     tracker = Tracker(uri, experiment)
     for ctx in contexts:
         result = zero_shot_from_context(ctx, template=template, device=device)

@@ -8,6 +8,7 @@ import datetime as _dt
 import logging
 import os
 
+from dept.weights import is_local_checkpoint
 from pipelines.featurize.encode import encode
 from pipelines.featurize.plan import (
     DatasetPlan,
@@ -59,14 +60,14 @@ def _finalize(plan: DatasetPlan, cfg: FeaturizeConfig) -> Manifest:
 
 def featurize(cfg: FeaturizeConfig) -> FeaturizeResult:
     """Featurize the datasets of ``cfg`` into ``cfg.out``; idempotent and resumable (see :mod:`pipelines.featurize.encode`)."""
-    from dept.clip import is_local_checkpoint, load_clip
-
     cfg.validate()
     pretrained = cfg.pretrained
     if is_local_checkpoint(pretrained):
         # Ray workers do not share the driver's working directory: pass them an absolute path.
         pretrained = os.path.abspath(os.path.expanduser(str(pretrained)))
     splits_list = load_splits(cfg)  # DatasetError (one line) for unknown names, missing roots/files/images
+    from dept.clip import load_clip  # here: torch loads once the datasets are found (their errors answer at once)
+
     # The driver needs the model's identity, feature size and transform settings; the image tower is not kept.
     clip = load_clip(cfg.model, pretrained, text_only=True)
     model_url = model_store_url(cfg.out, clip.model_name, clip.weights_id)

@@ -9,10 +9,10 @@ import json
 import logging
 import posixpath
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from pipelines.store.layout import (
     FEWSHOT,
@@ -28,6 +28,9 @@ from pipelines.store.layout import (
     url_to_filesystem,
 )
 from pipelines.store.manifest import Manifest, content_fingerprint
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +217,9 @@ class DatasetStore:
         """One selection as tensors. ``split="train"``/``"val"`` with ``seed`` -> that seed's few-shot draw
         (``shots`` defaults to the stored one); ``"test"`` -> every test image. ``classes`` selects base / new /
         all classes (base = first ceil(n/2) sorted labels) and relabels them 0..m-1."""
+        # torch here: listing, checking and opening a store (every command's setup) need none; selections are tensors.
+        import torch
+
         m = self.manifest
         rows = self.split_rows(split)
         wanted = self.image_ids(split, seed=seed, shots=shots)

@@ -9,6 +9,7 @@ import os
 import posixpath
 from dataclasses import dataclass
 
+from dept.weights import ASSET_DIR, RANDOM_INIT_SEED, SHIPPED_TAG, file_sha256, is_local_checkpoint, is_none
 from pipelines.store.layout import (
     LEGACY_MANIFEST,
     MANIFEST,
@@ -68,8 +69,6 @@ def model_folders(root: str) -> list[ModelFolder]:
 def weights_id_of(model: str, pretrained: str | None) -> str | None:
     """The weights id featurize records for (model, pretrained), without building the model; None when it cannot
     be known here (a checkpoint path that does not exist on this machine)."""
-    from dept.clip import ASSET_DIR, RANDOM_INIT_SEED, SHIPPED_TAG, file_sha256, is_local_checkpoint, is_none
-
     if is_none(pretrained):
         return f"random-init:{RANDOM_INIT_SEED}"
     if pretrained == SHIPPED_TAG or is_local_checkpoint(pretrained):

@@ -22,8 +22,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
-#: The prompt methods: the registry's names (read when needed).
+#: The prompt methods: the registry (loads torch: read when a trial is built) and its names (read without torch).
 METHODS_REF = "dept.methods:METHODS"
+METHOD_NAMES_REF = "dept.methods:method_names"
 
 
 def dept_value(ref: str) -> Any:
@@ -67,7 +68,7 @@ class Setting:
     high_open: bool = False
     space_low: float | None = None  # a tighter low bound in search spaces
     allowed: tuple | str | None = None  # values, or "module:Name" of dept (a registry or a Literal)
-    registry: bool = False  # ``allowed`` names a registry (loads torch): its names are known only at run time
+    registry: bool = False  # ``allowed`` names the method registry: checked by its names, not listed in help
     nullable: bool = False  # null / None is a valid value (besides "not given")
     none_means: str = ""  # what None means (help text), when None is the default
     none_label: str | None = None  # the MLflow param value of None
@@ -80,6 +81,8 @@ class Setting:
     def choices(self) -> tuple | None:
         if self.allowed is None or isinstance(self.allowed, tuple):
             return self.allowed
+        if self.registry:
+            return dept_value(METHOD_NAMES_REF)()  # the registry's names, without loading it
         return _choices(dept_value(self.allowed))
 
     def type_name(self) -> str:
@@ -168,8 +171,8 @@ class Setting:
         return text + (", or null" if space and self.nullable and text else "")
 
     def choice_text(self) -> str:
-        """The allowed values for help texts, without loading torch; "" when there are none or they are only known
-        at run time (the method registry)."""
+        """The allowed values for help texts; "" when there are none or for the method registry (a method registered
+        at run time is valid too)."""
         if self.allowed is None or self.registry:
             return ""
         return ", ".join(map(fmt, self.choices()))
@@ -317,10 +320,9 @@ def method_names() -> tuple[str, ...]:
 
 
 def method_class(name: str) -> type:
-    registry = dept_value(METHODS_REF)
-    if name not in registry:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(registry)}")
-    return registry[name]
+    if name not in method_names():  # checked before the registry (torch) is loaded
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(method_names())}")
+    return dept_value(METHODS_REF)[name]
 
 
 # -- the train command's options -------------------------------------------------------------------------------

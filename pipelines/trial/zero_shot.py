@@ -20,10 +20,7 @@ import time
 from dataclasses import dataclass
 
 from dept.datasets import zero_shot_template
-from dept.evaluate import evaluate_zero_shot
 from dept.protocols import BASE_TO_NEW
-from dept.transfer import TransferResult
-from dept.zero_shot import zero_shot_classifier
 from pipelines.store import DatasetStore
 from pipelines.tracking.client import Tracker, metric_at, param_value
 from pipelines.tracking.vocabulary import FINAL_TAG, PARENT_TAG, ROLE_ZERO_SHOT, is_transfer_test_metric
@@ -62,6 +59,9 @@ def template_for(dataset: str, template: str | None = None) -> str:
 
 def zero_shot_from_context(ctx: TrialContext, *, template: str | None = None, device: str = "cpu") -> ZeroShotResult:
     """Zero-shot base / new / HM of ``ctx``'s dataset from its feature store (test and every stored val image)."""
+    # torch here: the command's checks (template, store, context) answer before it loads.
+    from dept.evaluate import evaluate_zero_shot
+
     chosen = template_for(ctx.dataset, template)
     # Not from the trials' per-process cache: the tune driver should not keep a text tower after this call.
     clip = text_tower(ctx, device=device, keep=False)
@@ -83,6 +83,9 @@ def zero_shot_from_context(ctx: TrialContext, *, template: str | None = None, de
 def _transfer_zero_shot(ctx: TrialContext, clip, store, template: str) -> ZeroShotResult:
     """The transfer protocols' zero-shot row: accuracy over all classes of the source (test and val images) and of
     each target (its own classes and template), the trials' names (``test_acc``, ``test_acc/<target>``, ...)."""
+    from dept.transfer import TransferResult
+    from dept.zero_shot import zero_shot_classifier
+
     def acc(fs, chosen: str) -> float:  # over all of the dataset's classes
         return zero_shot_classifier(clip, fs.classnames, chosen).accuracy(fs.features, fs.labels)
 

@@ -35,11 +35,7 @@ from pipelines.secrets import mask_uri
 from pipelines.store import list_datasets, read_manifest, resolve_features
 from pipelines.tracking.client import POPULATION_TAG, Tracker, check_tracking_uri, default_tracking_uri
 from pipelines.tracking.summary import finish_parent, rank_configs, write_parent_summary
-from pipelines.tracking.trial_logger import MlflowTrialLogger
-from pipelines.trial.population import default_population, registry_name, start_registry
 from pipelines.trial.targets import ProtocolError, check_class_specific
-from pipelines.trial.trainable import tune_trainable
-from pipelines.trial.zero_shot import ensure_zero_shot_run
 
 log = logging.getLogger(__name__)
 
@@ -353,9 +349,13 @@ def _init_ray(address: str | None) -> bool:
 
 def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPlan,
                  signals: StopSignals) -> DatasetOutcome:
+    # Ray, torch and the Tune callback load here, once every argument has been checked: setup errors answer at once.
     from ray import tune
 
-
+    from pipelines.tracking.trial_logger import MlflowTrialLogger
+    from pipelines.trial.population import default_population, registry_name, start_registry
+    from pipelines.trial.trainable import tune_trainable
+    from pipelines.trial.zero_shot import ensure_zero_shot_run
 
     population = opts.population or default_population(opts.gpus_per_trial)
     key = f"{opts.experiment}/{experiment_name(plan.dataset, plan.context.protocol)}"

@@ -141,3 +141,13 @@ def test_miniature_table_reports_hm_of_means_and_per_seed_spread(tmp_path):
     assert "| disjoint | zero-shot | - | 55.2 | 67.0 | 60.6 | - |" in out
     # HM of the means 2*75*55/130 = 63.5; the per-seed HMs 61.5 and 64.6 average 63.1 (std 2.2).
     assert "| disjoint | CoOp+DePT | 2 | 75.0 +- 7.1 | 55.0 +- 7.1 | 63.5 | 63.1 +- 2.2 |" in out
+
+
+@pytest.mark.slow
+def test_cli_startup_bench_times_every_command(bench_on_path):
+    from cli_startup import COMMANDS
+
+    out = run_script("bench/cli_startup.py", "--runs", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(COMMANDS), out
+    assert all(float(r.split("|")[4]) > 0 for r in rows), out
