@@ -78,8 +78,8 @@ def loop_main(argv: list[str]) -> None:
     args = ap.parse_args(argv)
 
     from pipelines.trial.context import make_context
-    from pipelines.tune.spaces import load_space
     from pipelines.trial.plan import run_trial
+    from pipelines.tune.spaces import load_space
 
     space = load_space(args.space)
     searched = [p.name for p in space.params.values() if p.kind != "fixed"]
@@ -142,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--classes >= 2, --shots, --epochs, --trials, --rounds >= 1")
 
     sys.path.insert(0, str(REPO))
+    from benchlib import machine_line
+
     from dept.clip import save_random_checkpoint
     from dept.datasets.demo import write_demo_dataset
-
-    from benchlib import machine_line
 
     ray_args = ["--ray-address", args.ray_address] if args.ray_address else []
     print(f"# {' '.join(sys.argv)}")

@@ -23,7 +23,13 @@ import torch
 from torch import nn
 
 from dept.weights import (  # noqa: F401  (re-exported: what a pretrained value names)
-    ASSET_DIR, RANDOM_INIT_SEED, SHIPPED_TAG, file_sha256, is_local_checkpoint, is_none, shipped_models,
+    ASSET_DIR,
+    RANDOM_INIT_SEED,
+    SHIPPED_TAG,
+    file_sha256,
+    is_local_checkpoint,
+    is_none,
+    shipped_models,
 )
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ from torch import nn
 
 from dept.config import DePTConfig, FusionMode, applied_dept  # noqa: F401  (the head's config, re-exported)
 
+
 class ChannelwiseTransform(nn.Module):
     """cwT: a learned per-channel scale and shift, identity at init."""
 

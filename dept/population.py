@@ -41,11 +41,11 @@ from typing import Callable, Iterable, Literal
 import torch
 import torch.nn.functional as F
 
+from dept.config import TrainConfig
 from dept.head import stacked_training_logits
 from dept.learner import DePTLearner
-from dept.state import learned_state_dict
-from dept.config import TrainConfig
 from dept.schedule import EpochStats, TrainResume, check_training_data, epoch_views
+from dept.state import learned_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from pipelines.metrics import harmonic_mean, is_number
 from pipelines.tracking.vocabulary import COMPLETED, param_value
 
 
-
 @dataclass(frozen=True)
 class SeedRun:
     """One run of one configuration and seed, as the rule needs it."""

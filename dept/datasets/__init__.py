@@ -3,10 +3,10 @@
 demo dataset (:mod:`dept.datasets.demo`)."""
 from __future__ import annotations
 
-from .demo import write_demo_dataset
-from .fewshot import base_new_split, draw_few_shot, subset
 from dept.protocols import BASE_TO_NEW, CROSS_DATASET, DEFAULT_SOURCE, DOMAIN_GENERALIZATION, PROTOCOLS
 
+from .demo import write_demo_dataset
+from .fewshot import base_new_split, draw_few_shot, subset
 from .registry import (
     DEFAULT_KGCOOP_TEMPLATE,
     DEFAULT_TEMPLATE,

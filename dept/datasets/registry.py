@@ -15,13 +15,13 @@ from dept.protocols import BASE_TO_NEW, CROSS_DATASET, DEFAULT_SOURCE, DOMAIN_GE
 
 from . import readers
 from .types import (
-    TRANSFER_FILE,
-    TargetOf,
     DEFAULT_KGCOOP_TEMPLATE,
     DEFAULT_TEMPLATE,
+    TRANSFER_FILE,
     DatasetError,
     DatasetSpec,
     DatasetSplits,
+    TargetOf,
     frozen_mapping,
 )
 

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from dept.scores import harmonic_mean
 from dept.miniature.render import Shift, render, sample_downstream_scenes
 from dept.miniature.world import COLOUR_NAMES, SHAPES, Composition, composition_index
+from dept.scores import harmonic_mean
 
 if TYPE_CHECKING:
     from dept.clip import LoadedClip

@@ -22,15 +22,26 @@ from pathlib import Path
 import numpy as np
 
 from dept.datasets.types import TRANSFER_FILE
-from dept.protocols import CROSS_DATASET, DOMAIN_GENERALIZATION
 from dept.miniature.downstream import (
-    PARTS, DownstreamConfig, MiniatureError, class_grid, check_folder, class_split, draw_class_images, write_class_images,
+    PARTS,
+    DownstreamConfig,
+    MiniatureError,
+    check_folder,
+    class_grid,
+    class_split,
+    draw_class_images,
+    write_class_images,
     write_marker,
 )
 from dept.miniature.render import (
-    render, sample_downstream_scenes, sample_hard_scenes, sample_rendition_scenes, sample_sketch_scenes,
+    render,
+    sample_downstream_scenes,
+    sample_hard_scenes,
+    sample_rendition_scenes,
+    sample_sketch_scenes,
 )
 from dept.miniature.world import SHAPES, Composition, composition_index
+from dept.protocols import CROSS_DATASET, DOMAIN_GENERALIZATION
 
 log = logging.getLogger(__name__)
 

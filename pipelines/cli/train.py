@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from pipelines.cli._common import check_out, feature_store_options, protocol_dataset, protocol_options, write_atomic
 from dept.protocols import BASE_TO_NEW
+from pipelines.cli._common import check_out, feature_store_options, protocol_dataset, protocol_options, write_atomic
 from pipelines.trial.settings import click_options
 
 
@@ -27,8 +27,8 @@ def train_cmd(features, model, pretrained, dataset, protocol, source, targets, m
     from dataclasses import asdict
 
     from pipelines.trial.context import make_context
-    from pipelines.trial.settings import Hyperparameters
     from pipelines.trial.plan import STATE_FILE, run_trial
+    from pipelines.trial.settings import Hyperparameters
 
     dataset, names = protocol_dataset(protocol, dataset, source, targets)
     out_path = check_out(out)

@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field
 
 from dept.config import CROP_SCALE
+from dept.datasets import dataset_names, draw_few_shot, load_custom_dataset, load_dataset, locate
+from dept.weights import file_sha256
 from pipelines.store import (
     MANIFEST,
     SPLITS,
@@ -142,8 +144,6 @@ class FeaturizeResult:
 
 
 def load_splits(cfg: FeaturizeConfig) -> list:
-    from dept.datasets import dataset_names, load_custom_dataset, load_dataset, locate
-
     names: list[str] = []
     for name in cfg.datasets:
         if name.lower() != "all":
@@ -181,8 +181,7 @@ def _unique(items: list, name: str, split: str) -> list:
 
 
 def _header(cfg: FeaturizeConfig, splits, clip, images: dict[str, int], fewshot_sha256: str) -> Manifest:
-    from dept.clip import file_sha256
-    from dept.transforms import describe_test_transform, describe_train_view
+    from dept.transforms import describe_test_transform, describe_train_view  # here: torchvision, for the header only
 
     header = Manifest(
         format=STORE_FORMAT,
@@ -218,8 +217,6 @@ def _header(cfg: FeaturizeConfig, splits, clip, images: dict[str, int], fewshot_
 
 
 def plan_dataset(cfg: FeaturizeConfig, index: int, splits, clip, model_url: str) -> DatasetPlan:
-    from dept.datasets import draw_few_shot
-
     name = splits.name
     per_split = {s: _unique(getattr(splits, s), name, s) for s in SPLITS}
     draws: dict[str, dict[str, list[str]]] = {}

@@ -27,7 +27,6 @@ import logging
 import statistics
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Iterable
 
 from dept.protocols import BASE_TO_NEW

@@ -28,8 +28,15 @@ from typing import Iterable
 from dept.protocols import CROSS_DATASET, DEFAULT_SOURCE, DOMAIN_GENERALIZATION, TRANSFER_PROTOCOLS
 from pipelines.report.formats import cell_number, csv_number, tex_escape, tex_number
 from pipelines.report.table import (
-    PAPER_METHOD_NAMES, ZERO_SHOT_LABEL, ReportError, RunInfo, one_per_config_and_seed, method_label, rank_cell,
-    protocol_runs, run_info,
+    PAPER_METHOD_NAMES,
+    ZERO_SHOT_LABEL,
+    ReportError,
+    RunInfo,
+    method_label,
+    one_per_config_and_seed,
+    protocol_runs,
+    rank_cell,
+    run_info,
 )
 from pipelines.secrets import mask_uri
 from pipelines.tracking.client import TARGET_METRIC_PREFIX, TRANSFER_TEST_METRICS

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from dept.datasets import TargetOf
 from pipelines.store.layout import STORE_FORMAT, StoreError, sha256_json
 
 #: Manifest keys that are bookkeeping, not content: excluded from the fingerprint.
@@ -110,8 +111,6 @@ class Manifest:
 
     def target(self):
         """This dataset's transfer role as a ``dept.datasets.TargetOf``, or None."""
-        from dept.datasets import TargetOf
-
         t = self.target_of
         if not t:
             return None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from dept.datasets import DatasetSplits, Item, base_new_split, draw_few_shot
 from pipelines.store.layout import (
     FEWSHOT,
     LEGACY_MANIFEST,
@@ -72,8 +73,6 @@ class SplitRows:
 
 
 def class_subset(num_classes: int, classes: str) -> list[int]:
-    from dept.datasets import base_new_split
-
     if classes == "all":
         return list(range(num_classes))
     base, new = base_new_split(num_classes)
@@ -200,8 +199,6 @@ class DatasetStore:
         )
 
     def _redraw(self, split: str, shots: int, seed: int) -> list[str]:
-        from dept.datasets import DatasetSplits, Item, draw_few_shot
-
         def items(s: str) -> list[Item]:
             rows = self.split_rows(s)
             return [Item(i, int(lab), self.manifest.classnames[int(lab)])

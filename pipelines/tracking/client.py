@@ -17,20 +17,20 @@ from urllib.parse import urlparse
 
 from dept.protocols import BASE_TO_NEW
 from pipelines.metrics import is_number
+from pipelines.secrets import mask_uri, split_basic_auth
 from pipelines.tracking.vocabulary import (  # noqa: F401  (the run vocabulary, re-exported for the client's users)
     COMPLETED,
-    PROTOCOL_TAG,
-    param_value,
     CONFIG_FILE,
     DEFAULT_DB,
     EPOCH_METRICS,
     FINAL_METRICS,
     FINAL_TAG,
-    NODE_IDS_TAG,
     NODE_ID_TAG,
+    NODE_IDS_TAG,
     PARENT_TAG,
     POPULATION_SIZE_TAG,
     POPULATION_TAG,
+    PROTOCOL_TAG,
     ROLE_PARENT,
     ROLE_TRAIN,
     ROLE_TRIAL,
@@ -45,6 +45,7 @@ from pipelines.tracking.vocabulary import (  # noqa: F401  (the run vocabulary, 
     TRANSFER_TEST_METRICS,
     TRIAL_ID_TAG,
     is_transfer_test_metric,
+    param_value,
     sweep_key,
 )
 
@@ -61,8 +62,6 @@ def default_tracking_uri() -> str:
 
 def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
     """Fail fast, in one line, when ``uri`` cannot be reached; called before Ray starts."""
-    from pipelines.secrets import mask_uri, split_basic_auth
-
     parsed = urlparse(uri)
     shown = mask_uri(uri)
     if parsed.scheme in ("http", "https"):
@@ -104,8 +103,6 @@ def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
 def require_store(uri: str) -> None:
     """For commands that only read (``ui``, ``export``): a SQLite store must exist (else MLflow would create an
     empty one), then :func:`check_tracking_uri`."""
-    from pipelines.secrets import mask_uri
-
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).expanduser().is_file():
         raise TrackingError(f"no MLflow store at {mask_uri(uri)} (nothing tracked there yet)")
     check_tracking_uri(uri)
@@ -178,8 +175,6 @@ def runs_url(base: str, experiment_id: str) -> str:
 
 def run_config(hp, tags: dict[str, Any]) -> dict:
     """config.json: what the learned state was trained with and on (no credentials)."""
-    from pipelines.secrets import mask_uri
-
     features = {k: tags[k] for k in ("dataset", "backbone", "pretrained", "weights_id", "feature_fingerprint",
                                      "objective") if k in tags}
     features["features_url"] = mask_uri(str(tags.get("features_url", "")))
@@ -207,8 +202,6 @@ def log_feature_store_input(tracker: "Tracker", run_id: str, tags: dict[str, Any
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
 
-    from pipelines.secrets import mask_uri
-
     with warnings.catch_warnings():  # a local path resolves as two equal sources; MLflow warns and takes one
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(mask_uri(str(tags["features_url"])))
@@ -223,8 +216,6 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str):
         from mlflow import MlflowClient
-
-        from pipelines.secrets import mask_uri
 
         self.uri = uri
         self.experiment_name = experiment
@@ -340,8 +331,6 @@ def epoch_metrics(result: dict, ts: int | None = None) -> list:
 def log_train_run(tracker: Tracker, hp, tags: dict[str, str], history: list[dict], final: dict,
                   state_path: Path | None) -> str:
     """``dept-pipeline train``: one top-level run holding the same names as a Tune child run."""
-    from pipelines.secrets import mask_uri
-
     tracker.set_up_ui()
     tags = {**tags, "role": ROLE_TRAIN, "method": hp.method, "dept": param_value(hp.dept), "seed": str(hp.seed),
             "seeds": str(hp.seed), "shots": str(hp.shots), STATUS_TAG: COMPLETED}

@@ -7,10 +7,11 @@ import logging
 import re
 import tempfile
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
+from pipelines.secrets import mask_uri
 from pipelines.tracking.client import (
     FINAL_TAG,
     NODE_ID_TAG,
@@ -126,8 +127,6 @@ class MlflowTrialLogger(_ray_callback_base()):
             "tune.experiment_path": self.experiment_path,
             PARENT_TAG: self.parent_run_id,
         }
-        from pipelines.secrets import mask_uri
-
         # Paths and URLs as shown anywhere: without credentials.
         for key in ("tune.experiment_path", "features_url"):
             tags[key] = mask_uri(str(tags[key]))

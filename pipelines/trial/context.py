@@ -9,8 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dept.weights import is_local_checkpoint
 from dept.protocols import BASE_TO_NEW
+from dept.weights import is_local_checkpoint
 from pipelines.store import read_manifest, resolve_features, weights_id_of
 from pipelines.tracking.vocabulary import PROTOCOL_TAG
 from pipelines.trial.settings import Hyperparameters, seed_of

@@ -22,12 +22,9 @@ weights 0, 0.05, ..., 1, re-scored from the two stored logit matrices without re
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 

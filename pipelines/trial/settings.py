@@ -9,9 +9,9 @@ with :func:`setting` (type from the annotation; default, range, allowed values, 
 - the settings table of ``tune_spaces/README.md`` (:func:`write_readme_table`).
 
 Defaults belong to the method library: a default written ``"dept.config:DePTConfig.loss_weight"`` is read from
-there, and ``per_method`` / ``option`` defaults from the trial's method (``dept.methods.METHODS``). This module
-imports no ``dept`` (torch: ~10 s on a small CPU) until a value is needed, so building the CLI stays fast; help
-texts read dept's literal defaults from its source instead.
+there (``dept.config`` is torch-free, so help texts read it at once), and ``per_method`` / ``option`` defaults
+from the trial's method (``dept.methods.METHODS``: loads torch, read only when a trial is built; a method name is
+checked against ``dept.methods.method_names`` without it).
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from dept.config import DePTConfig, TrainConfig, applied_dept
 
 #: The prompt methods: the registry (loads torch: read when a trial is built) and its names (read without torch).
 METHODS_REF = "dept.methods:METHODS"
@@ -259,15 +261,11 @@ class Hyperparameters:
 
     def train_config(self):
         """``dept.TrainConfig`` from the settings of its field names (resolve first)."""
-        from dept.config import TrainConfig
-
         return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)
                               if f.name in SETTINGS})
 
     def dept_config(self):
         """``dept.DePTConfig`` from the settings of its field names; None without DePT."""
-        from dept.config import DePTConfig
-
         if not self.dept:
             return None
         return DePTConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DePTConfig)})
@@ -275,8 +273,6 @@ class Hyperparameters:
     def applied_dept(self) -> dict[str, Any]:
         """What the trial really applies (``dept.applied_dept``): ``dept_effective`` and the loss / fusion
         weights in effect; DePT at loss weight 0 is the plain method: false, 0, 0."""
-        from dept.config import applied_dept
-
         return applied_dept(self.dept_config())
 
     def as_params(self) -> dict[str, Any]:

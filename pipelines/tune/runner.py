@@ -29,13 +29,13 @@ import yaml
 from dept.protocols import BASE_TO_NEW, PROTOCOLS
 from pipelines.paths import HolderLock, LockHeld, check_writable_folder
 from pipelines.ray_runtime import ensure_ray
-from pipelines.trial.context import TrialContext, TrialSetupError, make_context
-from pipelines.tune.spaces import SearchSpace, load_space
 from pipelines.secrets import mask_uri
 from pipelines.store import list_datasets, read_manifest, resolve_features
 from pipelines.tracking.client import POPULATION_TAG, Tracker, check_tracking_uri, default_tracking_uri
 from pipelines.tracking.summary import finish_parent, rank_configs, write_parent_summary
+from pipelines.trial.context import TrialContext, TrialSetupError, make_context
 from pipelines.trial.targets import ProtocolError, check_class_specific
+from pipelines.tune.spaces import SearchSpace, load_space
 
 log = logging.getLogger(__name__)
 

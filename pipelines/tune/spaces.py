@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.trial.settings import REPEAT_INDEX_KEY, SETTINGS, Setting, default_of, method_names, seed_of
+from pipelines.trial.settings import SETTINGS, Setting, default_of, method_names, seed_of
 
 log = logging.getLogger(__name__)
 

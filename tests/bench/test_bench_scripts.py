@@ -55,8 +55,8 @@ def test_trial_cost_bench_runs():
 def test_trial_cost_online_and_cached_learners_differ_only_in_text_path(bench_on_path):
     """(a) must run the full 77-token path and (b) the project's default (shared prefix) on the same learner."""
     import torch
-
     import trial_cost
+
     from dept import load_clip
 
     clip = load_clip("dept-tiny-vit", None)
@@ -106,9 +106,8 @@ def test_gpu_shell_script_syntax():
 
 @pytest.mark.slow
 def test_featurize_throughput_bench_runs(ray_cluster, bench_on_path, capsys):
-    import ray
-
     import featurize_throughput
+    import ray
 
     assert featurize_throughput.main(["--model", "dept-tiny-vit", "--images", "16", "--classes", "4",
                                       "--batch-size", "8", "--image-side", "40", "--bare-batches", "1",

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dept import DePTConfig, TrainConfig, build_learner, evaluate_base_new, load_clip, load_state, save_state, train
-from dept.datasets import dataset_names, get_spec, kgcoop_template, zero_shot_template
 from dept.config import applied_dept
+from dept.datasets import dataset_names, get_spec, kgcoop_template, zero_shot_template
 from dept.methods.kgcoop import DEPT_KGCOOP_WEIGHT, ORIGINAL_KGCOOP_WEIGHT, KgCoOpOptions
 from tests.conftest import TINY_MODEL
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from dept import DePTConfig, TrainConfig, build_learner, train
-from dept.state import learned_state_dict
 from dept.schedule import TrainResume
+from dept.state import learned_state_dict
 from tests.dept.conftest import BASE, clustered_features
 
 

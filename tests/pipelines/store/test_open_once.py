@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from pipelines.store import StoreError, model_store_url, open_store, read_features, read_manifest
-from pipelines.trial.settings import Hyperparameters
 from pipelines.trial.context import TrialContext
 from pipelines.trial.plan import read_trial_data
+from pipelines.trial.settings import Hyperparameters
 from tests.pipelines.store.toy_store import IDENTITY, OPENS, make_store
 
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from pipelines.tune.runner import LOCK_FILE
 from pipelines.trial.context import EPOCH_PAUSE_ENV
+from pipelines.tune.runner import LOCK_FILE
 from tests.pipelines.tune.test_tune import _driver, invoke, tune_args
 
 

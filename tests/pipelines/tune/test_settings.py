@@ -11,7 +11,13 @@ import click
 import pytest
 
 from pipelines.trial.settings import (
-    SETTINGS, Hyperparameters, default_of, dept_value, fmt, method_names, readme_block,
+    SETTINGS,
+    Hyperparameters,
+    default_of,
+    dept_value,
+    fmt,
+    method_names,
+    readme_block,
 )
 from pipelines.tune.spaces import SpaceError, parse_space
 from tests.conftest import REPO

@@ -105,8 +105,8 @@ def test_pseudo_new_objective_never_reads_new_classes_for_selection(demo_store, 
     images are never read, and the test metrics come from a model retrained on every base class."""
     import pipelines.store as store
     from pipelines.trial.context import make_context
-    from pipelines.trial.settings import Hyperparameters
     from pipelines.trial.plan import pseudo_new_split, run_trial
+    from pipelines.trial.settings import Hyperparameters
 
     reads = []
     real = store.DatasetStore.features

@@ -19,7 +19,11 @@ from click.testing import CliRunner
 
 from pipelines.cli import main
 from pipelines.tracking.client import (
-    EPOCH_METRICS, FINAL_METRICS, SWEEP_METRIC_CURVES, SWEEP_METRIC_WEIGHTS, sweep_key,
+    EPOCH_METRICS,
+    FINAL_METRICS,
+    SWEEP_METRIC_CURVES,
+    SWEEP_METRIC_WEIGHTS,
+    sweep_key,
 )
 from pipelines.trial.context import EPOCH_PAUSE_ENV, FAIL_ONCE_ENV
 from tests.conftest import REPO
