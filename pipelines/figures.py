@@ -21,10 +21,17 @@ from pathlib import Path
 
 from pipelines.metrics import is_number
 from pipelines.selection import SeedRun, config_key, method_label, one_per_seed, rank, winner
-from pipelines.tracking.vocabulary import COMPLETED, ROLE_ZERO_SHOT
+from pipelines.tracking.vocabulary import (
+    COMPLETED,
+    ROLE_TAG,
+    ROLE_ZERO_SHOT,
+    TEST_BASE_ACC,
+    TEST_HM,
+    TEST_NEW_ACC,
+)
 
 WIDTH_IN, DPI = 8.0, 100  # 800 px
-TEST_KEYS = ("test_base_acc", "test_new_acc", "test_hm", "test_acc", "test_target_avg")  # base-to-new; transfer
+TEST_KEYS = (TEST_BASE_ACC, TEST_NEW_ACC, TEST_HM, "test_acc", "test_target_avg")  # base-to-new; transfer
 _SWEEP_METRIC = re.compile(r"^(?P<curve>.+)_sweep/fw(?P<weight>\d+(?:\.\d+)?)$")  # tracking.client.sweep_key
 _COLOURS = {"coop": "tab:blue", "cocoop": "tab:orange", "kgcoop": "tab:green"}
 
@@ -83,7 +90,7 @@ def parent_figures(tracker, parent_run_id: str, records, best, workdir: Path, *,
     """The parent run's figures (written to ``workdir``); ``best``: the winning ``ConfigSummary`` or None. The
     zero-shot point is the parent's zero-shot child run, when there is one."""
     zero_shot = next((r.data.metrics for r in tracker.children(parent_run_id)
-                      if r.data.tags.get("role") == ROLE_ZERO_SHOT), None)
+                      if r.data.tags.get(ROLE_TAG) == ROLE_ZERO_SHOT), None)
     best_key = config_key(best.trials[0].hp) if best is not None else None
     figures = make_figures(points_from_records(records, metric), dataset=dataset, mode=mode, best=best_key,
                            zero_shot=zero_shot)
@@ -115,7 +122,7 @@ def make_figures(points: list[TrialPoint], *, dataset: str, mode: str = "max", b
     done = [r.source for r in one_per_seed(_seed_runs(points)) if r.source.completed and r.source.test]
     if not done:
         return {}
-    if not any("test_base_acc" in p.test for p in done):  # the transfer protocols: source against targets
+    if not any(TEST_BASE_ACC in p.test for p in done):  # the transfer protocols: source against targets
         return {"source_vs_targets.png": _scatter_figure(done, dataset, zero_shot, TRANSFER_AXES)}
     figures = {"base_new_hm_vs_loss_weight.png": _loss_weight_figure(points, dataset, mode)}
     best_points = _winning_points([p for p in points if best is None or p.config == best], mode)
@@ -140,7 +147,7 @@ def save_figures(figures: dict, outdir: Path) -> list[Path]:
 def _loss_weight_figure(points, dataset, mode):
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(WIDTH_IN, 4.2), layout="constrained")
-    panels = (("test_base_acc", "base (fused head)"), ("test_new_acc", "new (ITM head)"), ("test_hm", "HM"))
+    panels = ((TEST_BASE_ACC, "base (fused head)"), (TEST_NEW_ACC, "new (ITM head)"), (TEST_HM, "HM"))
     by_series: dict[tuple[str, bool], list[TrialPoint]] = {}
     for p in points:
         by_series.setdefault((p.method, p.dept), []).append(p)
@@ -183,7 +190,7 @@ def _sweep_figure(best_points, dataset):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.5), layout="constrained")
     p0 = best_points[0]
-    curves = [("test_base_acc", "test base (fused head)", "tab:blue", "-"), ("test_hm", "test HM", "tab:green", "-")]
+    curves = [(TEST_BASE_ACC, "test base (fused head)", "tab:blue", "-"), (TEST_HM, "test HM", "tab:green", "-")]
     curves += [(c, f"{c.split('_')[0]} HM (selection)", "tab:purple", "--")
                for c in sorted(p0.sweep) if c.endswith("_hm") and not c.startswith("test")]
     for curve, label, colour, style in curves:
@@ -197,7 +204,7 @@ def _sweep_figure(best_points, dataset):
             stds = [statistics.stdev(s[w] for s in per_seed) for w in weights]
             ax.fill_between(weights, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                             color=colour, alpha=0.15, linewidth=0)
-    new = statistics.fmean(p.test["test_new_acc"] for p in best_points if "test_new_acc" in p.test)
+    new = statistics.fmean(p.test[TEST_NEW_ACC] for p in best_points if TEST_NEW_ACC in p.test)
     ax.axhline(new, color="tab:orange", linestyle=":", label="test new (ITM head; no fusion)")
     ax.axvline(p0.fusion_weight, color="0.4", linewidth=1)
     ax.annotate(f"trained at {p0.fusion_weight:.2f}", xy=(p0.fusion_weight, 0.98), xycoords=("data", "axes fraction"),
@@ -215,7 +222,7 @@ def _sweep_figure(best_points, dataset):
 
 
 #: (x metric, y metric, x label, y label) of the scatter figure.
-BASE_NEW_AXES = ("test_base_acc", "test_new_acc", "test base accuracy (%)", "test new accuracy (%)")
+BASE_NEW_AXES = (TEST_BASE_ACC, TEST_NEW_ACC, "test base accuracy (%)", "test new accuracy (%)")
 TRANSFER_AXES = ("test_acc", "test_target_avg", "test accuracy on the source (%)", "test accuracy, mean over targets (%)")
 
 
@@ -286,9 +293,9 @@ def _seed_stats(outcome) -> dict[str, tuple[float, float]]:
         v = outcome.std(key)
         return 0.0 if math.isnan(v) else v
 
-    return {"test_base_acc": (outcome.mean("test_base_acc"), spread("test_base_acc")),
-            "test_new_acc": (outcome.mean("test_new_acc"), spread("test_new_acc")),
-            "test_hm": (outcome.test_hm(), spread("test_hm"))}
+    return {TEST_BASE_ACC: (outcome.mean(TEST_BASE_ACC), spread(TEST_BASE_ACC)),
+            TEST_NEW_ACC: (outcome.mean(TEST_NEW_ACC), spread(TEST_NEW_ACC)),
+            TEST_HM: (outcome.test_hm(), spread(TEST_HM))}
 
 
 def _series_order(method: str, dept: bool) -> tuple:

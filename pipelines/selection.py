@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from pipelines.metrics import harmonic_mean, is_number
-from pipelines.tracking.vocabulary import COMPLETED, param_value
+from pipelines.tracking.vocabulary import COMPLETED, TEST_BASE_ACC, TEST_NEW_ACC, param_value
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class ConfigOutcome:
 
     def test_hm(self) -> float:
         """HM of the seed-averaged test base and new (the paper's convention), not the mean of HMs."""
-        return harmonic_mean(self.mean("test_base_acc"), self.mean("test_new_acc"))
+        return harmonic_mean(self.mean(TEST_BASE_ACC), self.mean(TEST_NEW_ACC))
 
     def seeds_text(self) -> str:
         """"2" when complete, else "1/2 incomplete" (completed seeds / expected)."""

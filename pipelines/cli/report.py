@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from dept.protocols import BASE_TO_NEW
 from pipelines.cli._common import PROTOCOL_CHOICE, check_out, write_atomic
 from pipelines.secrets import mask_uri
 
@@ -15,7 +16,7 @@ from pipelines.secrets import mask_uri
               help="Default: sqlite:///mlflow.db in the working folder.")
 @click.option("--experiment", default="dept", show_default=True)
 @click.option("--protocol", type=PROTOCOL_CHOICE,
-              default="base-to-new", show_default=True,
+              default=BASE_TO_NEW, show_default=True,
               help="Which of the paper's tables: base-to-new, or the runs tagged with a transfer protocol (source "
                    "and targets, as the paper's Tables 2 and 3).")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default="md", show_default=True,
@@ -26,7 +27,6 @@ from pipelines.secrets import mask_uri
               help="Also save each dataset's (each source's) figures as PNGs under DIR/<dataset>/ (created).")
 def report_cmd(mlflow_uri, experiment, protocol, fmt, out, plots):
     """The paper-style table of an MLflow experiment's runs of one protocol, beside the published numbers."""
-    from dept.protocols import BASE_TO_NEW
     from pipelines.report.make import make_report
     from pipelines.report.table import ReportError
     from pipelines.tracking.client import check_tracking_uri, default_tracking_uri

@@ -30,10 +30,20 @@ import torch
 from tqdm import tqdm
 
 from dept.clip import file_sha256
-from dept.miniature import MODEL_NAME, MiniatureError, PairStream, Tokens, build_probe, contrastive_loss, encode_text, to_model_input
+from dept.miniature import (
+    MODEL_NAME,
+    MiniatureError,
+    PairStream,
+    Tokens,
+    build_probe,
+    contrastive_loss,
+    encode_text,
+    to_model_input,
+)
 from dept.miniature.model import MAX_LOGIT_SCALE, image_mean_std
 from dept.miniature.world import HELD_OUT, all_compositions, composition_index
 from pipelines.tracking.client import Tracker, check_tracking_uri, default_tracking_uri
+from pipelines.tracking.vocabulary import ROLE_TAG
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +154,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     n_params = sum(p.numel() for p in model.parameters())
 
     tracker = Tracker(uri, config.experiment)
-    run_id = tracker.create_run(f"{config.model} seed={config.seed}", {"role": ROLE_MINIATURE_PRETRAIN})
+    run_id = tracker.create_run(f"{config.model} seed={config.seed}", {ROLE_TAG: ROLE_MINIATURE_PRETRAIN})
 
     def log_metrics(values: dict[str, float], step: int) -> None:
         tracker.log_values(run_id, values, step)

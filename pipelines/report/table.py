@@ -33,7 +33,17 @@ from dept.protocols import BASE_TO_NEW
 from pipelines.metrics import harmonic_mean
 from pipelines.secrets import mask_uri
 from pipelines.selection import COMPLETED, PAPER_METHOD_NAMES, SeedRun, method_label, one_per_seed, rank
-from pipelines.tracking.vocabulary import PROTOCOL_TAG, ROLE_TRAIN, ROLE_TRIAL, ROLE_ZERO_SHOT, STATUS_TAG
+from pipelines.tracking.vocabulary import (
+    PROTOCOL_TAG,
+    ROLE_TAG,
+    ROLE_TRAIN,
+    ROLE_TRIAL,
+    ROLE_ZERO_SHOT,
+    STATUS_TAG,
+    TEST_BASE_ACC,
+    TEST_NEW_ACC,
+    VAL_HM,
+)
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +150,7 @@ def _dataset_order(name: str) -> tuple:
 
 
 #: The test metrics a finished base-to-new run has.
-BASE_TO_NEW_TEST_KEYS = ("test_base_acc", "test_new_acc")
+BASE_TO_NEW_TEST_KEYS = (TEST_BASE_ACC, TEST_NEW_ACC)
 
 
 def run_protocol(tags: dict) -> str:
@@ -168,12 +178,12 @@ def search_experiment(uri: str, experiment: str) -> list:
     return runs
 
 
-def run_info(run, test_keys: Iterable[str], default_metric: str = "val_hm") -> RunInfo | None:
+def run_info(run, test_keys: Iterable[str], default_metric: str = VAL_HM) -> RunInfo | None:
     """A zero-shot, trial or train run as the report needs it (None for other runs, and for an unfinished
     zero-shot one); ``test_keys``: the metrics a completed run must have."""
     tags, params = run.data.tags, run.data.params
     has_test = all(k in run.data.metrics for k in test_keys)
-    if tags.get("role") == ROLE_ZERO_SHOT:
+    if tags.get(ROLE_TAG) == ROLE_ZERO_SHOT:
         if run.info.status == "FINISHED" and has_test:
             return RunInfo(
                 run_id=run.info.run_id, dataset=tags.get("dataset", "?"), method=ZERO_SHOT_METHOD, dept=False,
@@ -181,7 +191,7 @@ def run_info(run, test_keys: Iterable[str], default_metric: str = "val_hm") -> R
                 zero_shot=True, start_time=run.info.start_time or 0,
             )
         return None
-    if tags.get("role") not in (ROLE_TRIAL, ROLE_TRAIN) or not tags.get(STATUS_TAG):
+    if tags.get(ROLE_TAG) not in (ROLE_TRIAL, ROLE_TRAIN) or not tags.get(STATUS_TAG):
         return None
     # Every trial run, failed and unfinished ones too: a configuration with a seed that did not complete is
     # incomplete, not scored on its other seeds (pipelines.selection).
@@ -252,7 +262,7 @@ def _zero_shot_block(runs: list[RunInfo], paper: dict) -> Block | None:
         return None
     block = Block(ZERO_SHOT_METHOD, False, zero_shot=True)
     for dataset, r in newest.items():
-        base, new = r.metrics["test_base_acc"], r.metrics["test_new_acc"]
+        base, new = r.metrics[TEST_BASE_ACC], r.metrics[TEST_NEW_ACC]
         block.rows.append(Row(dataset, ZERO_SHOT_METHOD, False, 0, base, float("nan"), new, float("nan"),
                               harmonic_mean(base, new), paper=paper.get((dataset, *PAPER_ZERO_SHOT)), zero_shot=True))
     return block
@@ -280,8 +290,8 @@ def build_report(runs: Iterable[RunInfo], paper: dict | None = None) -> list[Blo
         if not top.completed():
             continue  # nothing of this cell has test numbers
         variant = "dept" if dept else "baseline"
-        row = Row(dataset, method, dept, len(top.completed()), top.mean("test_base_acc"), top.std("test_base_acc"),
-                  top.mean("test_new_acc"), top.std("test_new_acc"), top.test_hm(), metric, top.mean(metric),
+        row = Row(dataset, method, dept, len(top.completed()), top.mean(TEST_BASE_ACC), top.std(TEST_BASE_ACC),
+                  top.mean(TEST_NEW_ACC), top.std(TEST_NEW_ACC), top.test_hm(), metric, top.mean(metric),
                   len(ranked), paper.get((dataset, PAPER_METHOD_NAMES.get(method, method), variant)),
                   complete=top.complete, seeds_expected=len(top.seeds))
         if not row.complete:  # the spread of a subset of seeds is not shown

@@ -40,6 +40,7 @@ from pipelines.report.table import (
 )
 from pipelines.secrets import mask_uri
 from pipelines.tracking.client import TARGET_METRIC_PREFIX, TRANSFER_TEST_METRICS
+from pipelines.tracking.vocabulary import VAL_ACC
 
 PAPER_SOURCE = DEFAULT_SOURCE
 #: The paper's targets in its tables' column order.
@@ -52,7 +53,7 @@ TITLES = {CROSS_DATASET: "Cross-dataset", DOMAIN_GENERALIZATION: "Domain-general
 #: What transfer runs log (pipelines.tracking.client names them).
 SOURCE_METRIC = TRANSFER_TEST_METRICS[0]
 TARGET_PREFIX = TARGET_METRIC_PREFIX
-SELECTION_METRIC = "val_acc"
+SELECTION_METRIC = VAL_ACC
 #: The ``dataset`` of the paper's average rows in the CSV.
 TARGET_AVERAGE = "target average"
 MISSING = "—"

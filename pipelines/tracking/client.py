@@ -32,6 +32,7 @@ from pipelines.tracking.vocabulary import (  # noqa: F401  (the run vocabulary, 
     POPULATION_TAG,
     PROTOCOL_TAG,
     ROLE_PARENT,
+    ROLE_TAG,
     ROLE_TRAIN,
     ROLE_TRIAL,
     ROLE_ZERO_SHOT,
@@ -42,8 +43,13 @@ from pipelines.tracking.vocabulary import (  # noqa: F401  (the run vocabulary, 
     SWEEP_METRIC_CURVES,
     SWEEP_METRIC_WEIGHTS,
     TARGET_METRIC_PREFIX,
+    TEST_BASE_ACC,
+    TEST_HM,
+    TEST_NEW_ACC,
     TRANSFER_TEST_METRICS,
     TRIAL_ID_TAG,
+    VAL_ACC,
+    VAL_HM,
     is_transfer_test_metric,
     param_value,
     sweep_key,
@@ -146,11 +152,11 @@ VIEW_PARAMS = ("method", "dept_effective", "loss_weight", "fusion_weight", "lr",
 VIEW_TAGS = (STATUS_TAG, "dataset")
 
 
-def view_state(metric: str = "val_hm") -> dict:
+def view_state(metric: str = VAL_HM) -> dict:
     """The runs-table state of the saved view (the UI's own field names)."""
     base = metric.rsplit("_", 1)[0]  # val_hm -> val, pseudo_hm -> pseudo
-    metrics = (metric, f"{base}_base_acc", f"{base}_new_acc", "test_base_acc", "test_new_acc", "test_hm")
-    if metric == "val_acc":  # the transfer protocols: source accuracy and the target average
+    metrics = (metric, f"{base}_base_acc", f"{base}_new_acc", TEST_BASE_ACC, TEST_NEW_ACC, TEST_HM)
+    if metric == VAL_ACC:  # the transfer protocols: source accuracy and the target average
         metrics = (metric, "test_acc", "test_target_avg")
     columns = ([f"params.`{k}`" for k in VIEW_PARAMS] + [f"tags.`{k}`" for k in VIEW_TAGS]
                + [f"metrics.`{k}`" for k in dict.fromkeys(metrics)] + ["attributes.`Dataset`"])
@@ -259,13 +265,13 @@ class Tracker:
         return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
 
     def create_parent(self, dataset: str, tags: dict[str, str], name: str) -> str:
-        self.set_up_ui(tags.get("selection_metric", "val_hm"))
-        run_id = self.create_run(name, {**tags, "role": ROLE_PARENT, "dataset": dataset})
+        self.set_up_ui(tags.get("selection_metric", VAL_HM))
+        run_id = self.create_run(name, {**tags, ROLE_TAG: ROLE_PARENT, "dataset": dataset})
         if tags.get("features_url"):
             log_feature_store_input(self, run_id, {**tags, "dataset": dataset})
         return run_id
 
-    def set_up_ui(self, metric: str = "val_hm") -> None:
+    def set_up_ui(self, metric: str = VAL_HM) -> None:
         """Make the UI open this experiment on its training runs, in the saved view sorted on ``metric``."""
         now = int(time.time() * 1000)
         envelope = {"name": f"DePT trials by {metric}", "createdAt": now, "updatedAt": now,
@@ -332,7 +338,7 @@ def log_train_run(tracker: Tracker, hp, tags: dict[str, str], history: list[dict
                   state_path: Path | None) -> str:
     """``dept-pipeline train``: one top-level run holding the same names as a Tune child run."""
     tracker.set_up_ui()
-    tags = {**tags, "role": ROLE_TRAIN, "method": hp.method, "dept": param_value(hp.dept), "seed": str(hp.seed),
+    tags = {**tags, ROLE_TAG: ROLE_TRAIN, "method": hp.method, "dept": param_value(hp.dept), "seed": str(hp.seed),
             "seeds": str(hp.seed), "shots": str(hp.shots), STATUS_TAG: COMPLETED}
     if "features_url" in tags:
         tags["features_url"] = mask_uri(str(tags["features_url"]))

@@ -12,7 +12,19 @@ from typing import TYPE_CHECKING, Any, Iterable
 from pipelines.figures import parent_figures
 from pipelines.selection import ConfigOutcome, SeedRun, config_key, rank, winner
 from pipelines.tracking.client import STATE_NAMES, Tracker, is_transfer_test_metric, metric_at, param_value
-from pipelines.tracking.vocabulary import COMPLETED, STOPPED_EARLY
+from pipelines.tracking.vocabulary import (
+    COMPLETED,
+    PSEUDO_BASE_ACC,
+    PSEUDO_HM,
+    PSEUDO_NEW_ACC,
+    STOPPED_EARLY,
+    TEST_BASE_ACC,
+    TEST_HM,
+    TEST_NEW_ACC,
+    VAL_BASE_ACC,
+    VAL_HM,
+    VAL_NEW_ACC,
+)
 
 if TYPE_CHECKING:
     from pipelines.tracking.trial_logger import TrialRecord
@@ -84,8 +96,8 @@ def results_rows(records: Iterable[TrialRecord], metric: str) -> list[dict]:
                "epochs_done": r.result.get("epoch", 0), "failures": r.failures,
                "node_id": r.result.get("node_id", "")}
         row.update(r.hp.as_params())
-        for key in (metric, "val_base_acc", "val_new_acc", "val_hm", "pseudo_base_acc", "pseudo_new_acc",
-                    "pseudo_hm", "test_base_acc", "test_new_acc", "test_hm", *transfer_keys(r.result)):
+        for key in (metric, VAL_BASE_ACC, VAL_NEW_ACC, VAL_HM, PSEUDO_BASE_ACC, PSEUDO_NEW_ACC,
+                    PSEUDO_HM, TEST_BASE_ACC, TEST_NEW_ACC, TEST_HM, *transfer_keys(r.result)):
             if key in r.result and key not in row:
                 row[key] = r.result[key]
         rows.append(row)
@@ -123,8 +135,8 @@ def write_parent_summary(tracker: Tracker, parent_run_id: str, records: list[Tri
         tags.update({f"best.{k}": param_value(v) for k, v in best.params.items()})
         ts = int(time.time() * 1000)
         metrics = [metric_at(f"best_{metric}", best.mean(metric), 0, ts)]
-        means = {"test_base_acc": best.mean("test_base_acc"), "test_new_acc": best.mean("test_new_acc"),
-                 "test_hm": best.test_hm(), **{k: best.mean(k) for k in transfer_keys(best_trial.result)}}
+        means = {TEST_BASE_ACC: best.mean(TEST_BASE_ACC), TEST_NEW_ACC: best.mean(TEST_NEW_ACC),
+                 TEST_HM: best.test_hm(), **{k: best.mean(k) for k in transfer_keys(best_trial.result)}}
         for key, value in means.items():
             if not math.isnan(value):
                 metrics.append(metric_at(f"best_{key}", value, 0, ts))

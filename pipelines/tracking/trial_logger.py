@@ -34,7 +34,7 @@ from pipelines.tracking.client import (
     quote_filter,
     run_name,
 )
-from pipelines.tracking.vocabulary import COMPLETED, STOPPED_EARLY
+from pipelines.tracking.vocabulary import COMPLETED, ROLE_TAG, STOPPED_EARLY, TEST_HM
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class MlflowTrialLogger(_ray_callback_base()):
     def _tags(self, hp, trial_id: str) -> dict[str, Any]:
         tags = {
             **self.context.tags(),
-            "role": ROLE_TRIAL,
+            ROLE_TAG: ROLE_TRIAL,
             "method": hp.method,
             "dept": hp.dept,
             "seed": hp.seed,
@@ -249,7 +249,7 @@ class MlflowTrialLogger(_ray_callback_base()):
         hp = self.context.hyperparameters(trial.config)
         res = trial.last_result
         what = (f"stopped after epoch {res.get('epoch')}" if status != COMPLETED
-                else f"test HM {res['test_hm']:.2f}" if "test_hm" in res
+                else f"test HM {res['test_hm']:.2f}" if TEST_HM in res
                 else f"test source {res.get('test_acc', float('nan')):.2f}, targets {res.get('test_target_avg', float('nan')):.2f}")
         log.info("%s %s: %s, %s %.2f", self.context.dataset, run_name(hp), what, self.metric,
                  trial.last_result.get(self.metric, float("nan")))
@@ -317,7 +317,7 @@ class MlflowTrialLogger(_ray_callback_base()):
             return
         for run in self.tracker.children(self.parent_run_id):
             trial_id = run.data.tags.get(TRIAL_ID_TAG)
-            if run.data.tags.get("role") != ROLE_TRIAL:
+            if run.data.tags.get(ROLE_TAG) != ROLE_TRIAL:
                 continue  # the parent's other children (the zero-shot run) are no trials
             if trial_id not in known:
                 log.warning("soft-deleting MLflow run %s: its Tune trial %s no longer exists (driver killed before "

@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 DEFAULT_DB = "mlflow.db"
+#: The tag saying what a run is: a parent, a trial, a ``train`` run, a zero-shot row.
+ROLE_TAG = "role"
 ROLE_PARENT, ROLE_TRIAL, ROLE_TRAIN = "parent", "trial", "train"
 #: CLIP zero-shot on a dataset (no training; ``pipelines.trial.zero_shot``), under the parent run when ``tune`` logs it.
 ROLE_ZERO_SHOT = "zero-shot"
@@ -20,17 +22,25 @@ NODE_IDS_TAG = "ray_node_ids"  # every node any attempt of the trial reported fr
 #: results carry the same keys (pipelines.trial.population).
 POPULATION_TAG, POPULATION_SIZE_TAG = "population", "population_size"
 
+#: The selection metrics: base-to-new on the few-shot val images (base accuracy with the fused head, new with the ITM
+#: head, their HM), the same under the pseudo-new objective, and the transfer protocols' source val accuracy.
+VAL_BASE_ACC, VAL_NEW_ACC, VAL_HM = "val_base_acc", "val_new_acc", "val_hm"
+PSEUDO_BASE_ACC, PSEUDO_NEW_ACC, PSEUDO_HM = "pseudo_base_acc", "pseudo_new_acc", "pseudo_hm"
+VAL_ACC = "val_acc"
+#: The test metrics of a base-to-new run, scored once at the end.
+TEST_BASE_ACC, TEST_NEW_ACC, TEST_HM = "test_base_acc", "test_new_acc", "test_hm"
+
 #: Reported keys logged once per epoch (step = epoch). Anything else a trial reports is not logged per epoch.
 EPOCH_METRICS = (
     "train_loss", "lr", "epoch_seconds",
-    "val_base_acc", "val_new_acc", "val_hm",
-    "pseudo_base_acc", "pseudo_new_acc", "pseudo_hm",
-    "val_acc",  # the transfer protocols: all source classes, source val images
+    VAL_BASE_ACC, VAL_NEW_ACC, VAL_HM,
+    PSEUDO_BASE_ACC, PSEUDO_NEW_ACC, PSEUDO_HM,
+    VAL_ACC,  # the transfer protocols: all source classes, source val images
 )
 #: Reported once, in the final report. The transfer protocols report ``test_acc`` (source), ``test_target_avg``
 #: and one ``test_acc/<target>`` per target (TARGET_METRIC_PREFIX).
 TRANSFER_TEST_METRICS = ("test_acc", "test_target_avg")
-FINAL_METRICS = ("test_base_acc", "test_new_acc", "test_hm", "train_seconds", *TRANSFER_TEST_METRICS)
+FINAL_METRICS = (TEST_BASE_ACC, TEST_NEW_ACC, TEST_HM, "train_seconds", *TRANSFER_TEST_METRICS)
 TARGET_METRIC_PREFIX = "test_acc/"
 
 

@@ -30,7 +30,7 @@ from typing import Callable
 
 from dept.protocols import BASE_TO_NEW
 from pipelines.store import open_store, open_target_store
-from pipelines.tracking.vocabulary import STATE_NAMES
+from pipelines.tracking.vocabulary import STATE_NAMES, TEST_BASE_ACC, TEST_HM, TEST_NEW_ACC, VAL_ACC
 from pipelines.trial.context import TrialContext
 from pipelines.trial.settings import Hyperparameters
 
@@ -199,9 +199,9 @@ def plan_trial(hp: Hyperparameters, ctx: TrialContext, clip) -> TrialPlan:
                                  data.test_new.labels, data.test_new.classnames)
         return {
             **last,
-            "test_base_acc": test.base_acc,
-            "test_new_acc": test.new_acc,
-            "test_hm": test.hm,
+            TEST_BASE_ACC: test.base_acc,
+            TEST_NEW_ACC: test.new_acc,
+            TEST_HM: test.hm,
             "sweep_fusion_weights": list(SWEEP_WEIGHTS),
             f"sweep_{prefix}_base_acc": [b for _, b, _ in sel_result.fusion_sweep(SWEEP_WEIGHTS)],
             f"sweep_{prefix}_hm": [h for _, _, h in sel_result.fusion_sweep(SWEEP_WEIGHTS)],
@@ -304,7 +304,7 @@ def _plan_transfer_trial(hp: Hyperparameters, ctx: TrialContext, clip) -> TrialP
              hp.method, hp.seed, len(fs_train.labels), len(fs_train.classnames), len(targets))
 
     def validate(learner) -> dict:
-        return {"val_acc": source_accuracy(learner, fs_val.features, fs_val.labels)}
+        return {VAL_ACC: source_accuracy(learner, fs_val.features, fs_val.labels)}
 
     def finish(last: dict, tested) -> dict:
         if not last:  # epochs 0: the untrained prompts' selection metric, as epoch 0

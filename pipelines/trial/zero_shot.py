@@ -23,7 +23,20 @@ from dept.datasets import zero_shot_template
 from dept.protocols import BASE_TO_NEW
 from pipelines.store import DatasetStore
 from pipelines.tracking.client import Tracker, metric_at, param_value
-from pipelines.tracking.vocabulary import FINAL_TAG, PARENT_TAG, ROLE_ZERO_SHOT, is_transfer_test_metric
+from pipelines.tracking.vocabulary import (
+    FINAL_TAG,
+    PARENT_TAG,
+    ROLE_TAG,
+    ROLE_ZERO_SHOT,
+    TEST_BASE_ACC,
+    TEST_HM,
+    TEST_NEW_ACC,
+    VAL_ACC,
+    VAL_BASE_ACC,
+    VAL_HM,
+    VAL_NEW_ACC,
+    is_transfer_test_metric,
+)
 from pipelines.trial.context import TrialContext, make_context
 from pipelines.trial.plan import text_tower
 
@@ -32,7 +45,7 @@ log = logging.getLogger(__name__)
 #: The ``method`` tag of a zero-shot run (the report names it "CLIP (zero-shot)").
 ZERO_SHOT_METHOD = "clip"
 RUN_NAME = "CLIP zero-shot"
-METRICS = ("test_base_acc", "test_new_acc", "test_hm", "val_base_acc", "val_new_acc", "val_hm")
+METRICS = (TEST_BASE_ACC, TEST_NEW_ACC, TEST_HM, VAL_BASE_ACC, VAL_NEW_ACC, VAL_HM)
 
 
 @dataclass(frozen=True)
@@ -96,7 +109,7 @@ def _transfer_zero_shot(ctx: TrialContext, clip, store, template: str) -> ZeroSh
         fs = DatasetStore.open(ctx.features_url, t.dataset, expected_identity=clip.identity).features("test")
         targets[t.dataset] = acc(fs, template_for(t.dataset))
         images[f"test_{t.dataset}"] = len(fs.labels)
-    metrics = {**TransferResult(acc(test, template), targets).metrics(), "val_acc": acc(val, template)}
+    metrics = {**TransferResult(acc(test, template), targets).metrics(), VAL_ACC: acc(val, template)}
     return ZeroShotResult(ctx.dataset, template, metrics, images, ctx.tags())
 
 
@@ -121,7 +134,7 @@ def run_params(result: ZeroShotResult) -> dict[str, object]:
 def log_zero_shot_run(tracker: Tracker, result: ZeroShotResult, *, parent_run_id: str | None = None) -> str:
     """One finished MLflow run holding ``result`` (a child of ``parent_run_id`` when given)."""
     # No trial_status tag: it is no trial (filters on that tag find trials and train runs only).
-    tags = {**result.tags, "role": ROLE_ZERO_SHOT, "method": ZERO_SHOT_METHOD, "dept": param_value(False),
+    tags = {**result.tags, ROLE_TAG: ROLE_ZERO_SHOT, "method": ZERO_SHOT_METHOD, "dept": param_value(False),
             "template": result.template, **{f"images_{k}": str(v) for k, v in result.images.items()}}
     if parent_run_id is not None:
         tags[PARENT_TAG] = parent_run_id
@@ -151,7 +164,7 @@ def ensure_zero_shot_run(tracker: Tracker, parent_run_id: str, ctx: TrialContext
     existing = find_zero_shot_run(tracker, parent_run_id)
     if existing is not None:
         return {k: v for k, v in existing.data.metrics.items()
-                if k in METRICS or k == "val_acc" or is_transfer_test_metric(k)}
+                if k in METRICS or k == VAL_ACC or is_transfer_test_metric(k)}
     result = zero_shot_from_context(ctx, device="cpu")
     log_zero_shot_run(tracker, result, parent_run_id=parent_run_id)
     return result.metrics

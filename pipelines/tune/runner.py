@@ -33,6 +33,7 @@ from pipelines.secrets import mask_uri
 from pipelines.store import list_datasets, read_manifest, resolve_features
 from pipelines.tracking.client import POPULATION_TAG, Tracker, check_tracking_uri, default_tracking_uri
 from pipelines.tracking.summary import finish_parent, rank_configs, write_parent_summary
+from pipelines.tracking.vocabulary import TEST_BASE_ACC, TEST_NEW_ACC
 from pipelines.trial.context import TrialContext, TrialSetupError, make_context
 from pipelines.trial.targets import ProtocolError, check_class_specific
 from pipelines.tune.spaces import SearchSpace, load_space
@@ -542,7 +543,7 @@ def best_table(outcomes: list[DatasetOutcome], metric: str, mode: str = "max", p
             continue
         p = b.params
         numbers = ([b.mean("test_acc"), b.mean("test_target_avg")] if transfer else
-                   [b.mean("test_base_acc"), b.mean("test_new_acc"), b.test_hm()])
+                   [b.mean(TEST_BASE_ACC), b.mean(TEST_NEW_ACC), b.test_hm()])
         rows.append([
             o.dataset, str(p["method"]), "yes" if p["dept_effective"] else "no", f"{p['loss_weight']:.2f}",
             f"{p['fusion_weight']:.2f}", f"{p['lr']:.2e}", b.seeds_text(), f"{b.mean(metric):.2f}",

@@ -46,6 +46,16 @@ from typing import Any
 
 import yaml
 
+from dept.protocols import BASE_TO_NEW
+from pipelines.tracking.vocabulary import (
+    PSEUDO_BASE_ACC,
+    PSEUDO_HM,
+    PSEUDO_NEW_ACC,
+    VAL_ACC,
+    VAL_BASE_ACC,
+    VAL_HM,
+    VAL_NEW_ACC,
+)
 from pipelines.trial.settings import SETTINGS, Setting, default_of, method_names, seed_of
 
 log = logging.getLogger(__name__)
@@ -57,13 +67,13 @@ SEARCHERS = ("random", "optuna")
 
 #: Metrics a trial reports that may drive selection, per objective. Test metrics are never among them.
 SELECTABLE_METRICS = {
-    "val": ("val_hm", "val_base_acc", "val_new_acc", "train_loss"),
-    "pseudo-new": ("pseudo_hm", "pseudo_base_acc", "pseudo_new_acc", "train_loss"),
+    "val": (VAL_HM, VAL_BASE_ACC, VAL_NEW_ACC, "train_loss"),
+    "pseudo-new": (PSEUDO_HM, PSEUDO_BASE_ACC, PSEUDO_NEW_ACC, "train_loss"),
     # the transfer protocols (cross-dataset, domain generalisation): accuracy over all source classes on the
     # source's few-shot val images; targets are never looked at while selecting
-    "source-val": ("val_acc", "train_loss"),
+    "source-val": (VAL_ACC, "train_loss"),
 }
-DEFAULT_METRIC = {"val": "val_hm", "pseudo-new": "pseudo_hm", "source-val": "val_acc"}
+DEFAULT_METRIC = {"val": VAL_HM, "pseudo-new": PSEUDO_HM, "source-val": VAL_ACC}
 #: The objective of the transfer protocols (set by ``--protocol``, not chosen in a space file).
 TRANSFER_OBJECTIVE = "source-val"
 
@@ -112,7 +122,7 @@ class SearchSpace:
     num_samples: int = 1
     objective: str = "val"
     pseudo_new_fraction: float = 1.0 / 3.0
-    metric: str = "val_hm"
+    metric: str = VAL_HM
     mode: str = "max"
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     searcher: SearcherSpec = field(default_factory=SearcherSpec)
@@ -148,16 +158,16 @@ class SearchSpace:
     # -- overrides from the command line --------------------------------------------------------------------
     def with_overrides(
         self, *, methods: list[str] | None = None, num_samples: int | None = None, objective: str | None = None,
-        protocol: str = "base-to-new",
+        protocol: str = BASE_TO_NEW,
     ) -> "SearchSpace":
         space = self
-        if protocol != "base-to-new":
+        if protocol != BASE_TO_NEW:
             # Trials train on every source class: no new classes to select on. The space's base-to-new metric
             # becomes the source's validation accuracy (train_loss stays train_loss).
             if objective == "pseudo-new" or (objective is None and space.objective == "pseudo-new"):
                 raise SpaceError(f"--protocol {protocol}: objective pseudo-new is for base-to-new only (trials "
                                  "train on every source class); use --objective val")
-            metric = space.metric if space.metric in SELECTABLE_METRICS[TRANSFER_OBJECTIVE] else "val_acc"
+            metric = space.metric if space.metric in SELECTABLE_METRICS[TRANSFER_OBJECTIVE] else VAL_ACC
             space = dataclasses.replace(space, objective=TRANSFER_OBJECTIVE, metric=metric)
             objective = None
         if methods:
@@ -177,9 +187,9 @@ class SearchSpace:
             # The metric names differ per objective; carry the same quantity over.
             metric = space.metric
             if metric not in SELECTABLE_METRICS[objective]:
-                metric = {"val_hm": "pseudo_hm", "val_base_acc": "pseudo_base_acc", "val_new_acc": "pseudo_new_acc",
-                          "pseudo_hm": "val_hm", "pseudo_base_acc": "val_base_acc",
-                          "pseudo_new_acc": "val_new_acc"}[metric]
+                metric = {VAL_HM: PSEUDO_HM, VAL_BASE_ACC: PSEUDO_BASE_ACC, VAL_NEW_ACC: PSEUDO_NEW_ACC,
+                          PSEUDO_HM: VAL_HM, PSEUDO_BASE_ACC: VAL_BASE_ACC,
+                          PSEUDO_NEW_ACC: VAL_NEW_ACC}[metric]
             space = dataclasses.replace(space, objective=objective, metric=metric)
         space.validate()
         return space
