@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pipelines.metrics import is_number
 from pipelines.selection import SeedRun, config_key, method_label, one_per_seed, rank, winner
-from pipelines.tracking.vocabulary import (
+from pipelines.vocabulary import (
     COMPLETED,
     ROLE_TAG,
     ROLE_ZERO_SHOT,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from pipelines.metrics import harmonic_mean, is_number
-from pipelines.tracking.vocabulary import COMPLETED, TEST_BASE_ACC, TEST_NEW_ACC, param_value
+from pipelines.vocabulary import COMPLETED, TEST_BASE_ACC, TEST_NEW_ACC, param_value
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from dept.miniature import (
 from dept.miniature.model import MAX_LOGIT_SCALE, image_mean_std
 from dept.miniature.world import HELD_OUT, all_compositions, composition_index
 from pipelines.tracking.client import Tracker, check_tracking_uri, default_tracking_uri
-from pipelines.tracking.vocabulary import ROLE_TAG
+from pipelines.vocabulary import ROLE_TAG
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from dept.protocols import BASE_TO_NEW
 from pipelines.metrics import harmonic_mean
 from pipelines.secrets import mask_uri
 from pipelines.selection import COMPLETED, PAPER_METHOD_NAMES, SeedRun, method_label, one_per_seed, rank
-from pipelines.tracking.vocabulary import (
+from pipelines.vocabulary import (
     PROTOCOL_TAG,
     ROLE_TAG,
     ROLE_TRAIN,

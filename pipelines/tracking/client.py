@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 from dept.protocols import BASE_TO_NEW
 from pipelines.metrics import is_number
 from pipelines.secrets import mask_uri, split_basic_auth
-from pipelines.tracking.vocabulary import (  # noqa: F401  (the run vocabulary, re-exported for the client's users)
+from pipelines.vocabulary import (  # noqa: F401  (the run vocabulary, re-exported for the client's users)
     COMPLETED,
     CONFIG_FILE,
     DEFAULT_DB,

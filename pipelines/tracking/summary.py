@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from pipelines.figures import parent_figures
 from pipelines.selection import ConfigOutcome, SeedRun, config_key, rank, winner
 from pipelines.tracking.client import STATE_NAMES, Tracker, is_transfer_test_metric, metric_at, param_value
-from pipelines.tracking.vocabulary import (
+from pipelines.vocabulary import (
     COMPLETED,
     PSEUDO_BASE_ACC,
     PSEUDO_HM,

@@ -34,7 +34,7 @@ from pipelines.tracking.client import (
     quote_filter,
     run_name,
 )
-from pipelines.tracking.vocabulary import COMPLETED, ROLE_TAG, STOPPED_EARLY, TEST_HM
+from pipelines.vocabulary import COMPLETED, ROLE_TAG, STOPPED_EARLY, TEST_HM
 
 log = logging.getLogger(__name__)
 

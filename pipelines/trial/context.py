@@ -12,9 +12,9 @@ from pathlib import Path
 from dept.protocols import BASE_TO_NEW
 from dept.weights import is_local_checkpoint
 from pipelines.store import read_manifest, resolve_features, weights_id_of
-from pipelines.tracking.vocabulary import PROTOCOL_TAG
 from pipelines.trial.settings import Hyperparameters, seed_of
 from pipelines.trial.targets import ProtocolError, TargetContext, find_targets
+from pipelines.vocabulary import PROTOCOL_TAG
 
 #: Test hook (documented, used by tests/pipelines/tune/test_tune.py): a folder; when set in the *driver's* environment, every
 #: trial raises once after its first epoch report (a marker file per trial id records the first attempt), so

@@ -30,9 +30,9 @@ from typing import Callable
 
 from dept.protocols import BASE_TO_NEW
 from pipelines.store import open_store, open_target_store
-from pipelines.tracking.vocabulary import STATE_NAMES, TEST_BASE_ACC, TEST_HM, TEST_NEW_ACC, VAL_ACC
 from pipelines.trial.context import TrialContext
 from pipelines.trial.settings import Hyperparameters
+from pipelines.vocabulary import STATE_NAMES, TEST_BASE_ACC, TEST_HM, TEST_NEW_ACC, VAL_ACC
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.tracking.vocabulary import POPULATION_SIZE_TAG, POPULATION_TAG
 from pipelines.trial.plan import STATE_FILE, epoch_reporter, plan_trial, text_tower
+from pipelines.vocabulary import POPULATION_SIZE_TAG, POPULATION_TAG
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from pipelines.tracking.vocabulary import NODE_ID_KEY, RESUMED_KEY
 from pipelines.trial.context import FAIL_ONCE_ENV, TrialContext
 from pipelines.trial.plan import FINAL_FILE, HYPERPARAMETERS_FILE, RESUME_FILE, InjectedFailure, run_trial
 from pipelines.trial.population import run_member
+from pipelines.vocabulary import NODE_ID_KEY, RESUMED_KEY
 
 log = logging.getLogger(__name__)
 

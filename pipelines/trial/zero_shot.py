@@ -23,7 +23,9 @@ from dept.datasets import zero_shot_template
 from dept.protocols import BASE_TO_NEW
 from pipelines.store import DatasetStore
 from pipelines.tracking.client import Tracker, metric_at, param_value
-from pipelines.tracking.vocabulary import (
+from pipelines.trial.context import TrialContext, make_context
+from pipelines.trial.plan import text_tower
+from pipelines.vocabulary import (
     FINAL_TAG,
     PARENT_TAG,
     ROLE_TAG,
@@ -37,8 +39,6 @@ from pipelines.tracking.vocabulary import (
     VAL_NEW_ACC,
     is_transfer_test_metric,
 )
-from pipelines.trial.context import TrialContext, make_context
-from pipelines.trial.plan import text_tower
 
 log = logging.getLogger(__name__)
 

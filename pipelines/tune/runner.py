@@ -33,10 +33,10 @@ from pipelines.secrets import mask_uri
 from pipelines.store import list_datasets, read_manifest, resolve_features
 from pipelines.tracking.client import POPULATION_TAG, Tracker, check_tracking_uri, default_tracking_uri
 from pipelines.tracking.summary import finish_parent, rank_configs, write_parent_summary
-from pipelines.tracking.vocabulary import TEST_BASE_ACC, TEST_NEW_ACC
 from pipelines.trial.context import TrialContext, TrialSetupError, make_context
 from pipelines.trial.targets import ProtocolError, check_class_specific
 from pipelines.tune.spaces import SearchSpace, load_space
+from pipelines.vocabulary import TEST_BASE_ACC, TEST_NEW_ACC
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,8 @@ from typing import Any
 import yaml
 
 from dept.protocols import BASE_TO_NEW
-from pipelines.tracking.vocabulary import (
+from pipelines.trial.settings import SETTINGS, Setting, default_of, method_names, seed_of
+from pipelines.vocabulary import (
     PSEUDO_BASE_ACC,
     PSEUDO_HM,
     PSEUDO_NEW_ACC,
@@ -56,7 +57,6 @@ from pipelines.tracking.vocabulary import (
     VAL_HM,
     VAL_NEW_ACC,
 )
-from pipelines.trial.settings import SETTINGS, Setting, default_of, method_names, seed_of
 
 log = logging.getLogger(__name__)
 

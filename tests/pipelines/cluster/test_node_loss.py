@@ -21,8 +21,8 @@ from dept.clip import file_sha256
 from dept.datasets import write_demo_dataset
 from pipelines.featurize.encode import ENCODE_PAUSE_ENV
 from pipelines.store import MANIFEST, SHARD_META_KEY, model_store_url, read_manifest
-from pipelines.tracking.vocabulary import NODE_ID_KEY, RESUMED_KEY
 from pipelines.trial.context import EPOCH_PAUSE_ENV
+from pipelines.vocabulary import NODE_ID_KEY, RESUMED_KEY
 from tests.conftest import REPO, TINY_MODEL
 from tests.pipelines.tune.test_tune import runs_of, tune_args
 
