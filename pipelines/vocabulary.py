@@ -75,7 +75,10 @@ NODE_ID_KEY = "node_id"
 #: Reported with every result: the epoch this attempt started after (0: from scratch; > 0: a retry that resumed).
 RESUMED_KEY = "resumed_after_epoch"
 #: A trial's end state, as the ``trial_status`` tag says it.
-COMPLETED, STOPPED_EARLY = "completed", "stopped_early"
+COMPLETED, STOPPED_EARLY, FAILED = "completed", "stopped_early", "error"
+#: In a trial's last result: why it failed for good (a non-finite loss, a configuration error; ``error`` tag of its
+#: run). Such a trial ends without a retry: retrying cannot change it.
+FAILED_KEY = "trial_failed"
 
 
 #: How a value is written as an MLflow param or tag (and read back to compare configurations).

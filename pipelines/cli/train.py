@@ -27,7 +27,7 @@ def train_cmd(features, model, pretrained, dataset, protocol, source, targets, m
     from dataclasses import asdict
 
     from pipelines.trial.context import make_context
-    from pipelines.trial.plan import STATE_FILE, run_trial
+    from pipelines.trial.plan import STATE_FILE, check_finite, run_trial
     from pipelines.trial.settings import Hyperparameters
 
     dataset, names = protocol_dataset(protocol, dataset, source, targets)
@@ -53,7 +53,12 @@ def train_cmd(features, model, pretrained, dataset, protocol, source, targets, m
         tracker = Tracker(mlflow_uri, experiment)
     history: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="dept-train-") as tmp:
-        final = run_trial(hp, ctx, on_epoch=history.append, state_dir=tmp)
+        def on_epoch(metrics: dict) -> None:
+            check_finite(metrics)  # a diverged run stops at that epoch, in one line
+            history.append(metrics)
+
+        final = run_trial(hp, ctx, on_epoch=on_epoch, state_dir=tmp)
+        check_finite(final)
         run_id = None
         if tracker is not None:
             from pipelines.tracking.client import log_train_run

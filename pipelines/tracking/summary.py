@@ -14,6 +14,7 @@ from pipelines.selection import ConfigOutcome, SeedRun, config_key, rank, winner
 from pipelines.tracking.client import STATE_NAMES, Tracker, is_transfer_test_metric, metric_at, param_value
 from pipelines.vocabulary import (
     COMPLETED,
+    FAILED,
     PSEUDO_BASE_ACC,
     PSEUDO_HM,
     PSEUDO_NEW_ACC,
@@ -125,7 +126,7 @@ def write_parent_summary(tracker: Tracker, parent_run_id: str, records: list[Tri
     client.log_artifact(parent_run_id, str(csv_path))
     client.log_artifact(parent_run_id, str(workdir / "space.yaml"))
 
-    counts = {s: sum(1 for r in records if r.status == s) for s in (COMPLETED, STOPPED_EARLY, "error")}
+    counts = {s: sum(1 for r in records if r.status == s) for s in (COMPLETED, STOPPED_EARLY, FAILED)}
     tags: dict[str, Any] = {f"trials_{k}": v for k, v in counts.items()}
     if best is not None:
         # MLflow params are write-once: they hold the best configuration of the first summary, written only at the

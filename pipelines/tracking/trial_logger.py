@@ -34,7 +34,7 @@ from pipelines.tracking.client import (
     quote_filter,
     run_name,
 )
-from pipelines.vocabulary import COMPLETED, ROLE_TAG, STOPPED_EARLY, TEST_HM
+from pipelines.vocabulary import COMPLETED, FAILED, FAILED_KEY, ROLE_TAG, STOPPED_EARLY, TEST_HM
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class MlflowTrialLogger(_ray_callback_base()):
                     path.write_text(error.traceback)
                     self.tracker.client.log_artifact(run_id, str(path))
         self.tracker.set_tags(run_id, tags)
-        self.tracker.client.set_terminated(run_id, "FAILED" if status == "error" else "FINISHED")
+        self.tracker.client.set_terminated(run_id, "FAILED" if status == FAILED else "FINISHED")
 
     # -- Tune hooks -----------------------------------------------------------------------------------------
     def setup(self, **info):
@@ -242,13 +242,15 @@ class MlflowTrialLogger(_ray_callback_base()):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._ended(trial)
-        status = COMPLETED if trial.last_result.get("final") else STOPPED_EARLY
+        status = end_status(trial.last_result)
         if status == COMPLETED:
             self.keep_learned_state(trial)
-        self.finish(trial.trial_id, trial.config, status, failures=trial.run_metadata.num_failures)
+        self.finish(trial.trial_id, trial.config, status, failed_for_good(trial.last_result),
+                    failures=trial.run_metadata.num_failures)
         hp = self.context.hyperparameters(trial.config)
         res = trial.last_result
-        what = (f"stopped after epoch {res.get('epoch')}" if status != COMPLETED
+        what = (f"failed after epoch {res.get('epoch')}: {res[FAILED_KEY]}" if status == FAILED
+                else f"stopped after epoch {res.get('epoch')}" if status != COMPLETED
                 else f"test HM {res['test_hm']:.2f}" if TEST_HM in res
                 else f"test source {res.get('test_acc', float('nan')):.2f}, targets {res.get('test_target_avg', float('nan')):.2f}")
         log.info("%s %s: %s, %s %.2f", self.context.dataset, run_name(hp), what, self.metric,
@@ -264,7 +266,7 @@ class MlflowTrialLogger(_ray_callback_base()):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._ended(trial)
         error = trial_error(trial)
-        self.finish(trial.trial_id, trial.config, "error", error, failures=trial.run_metadata.num_failures)
+        self.finish(trial.trial_id, trial.config, FAILED, error, failures=trial.run_metadata.num_failures)
         log.error("%s trial %s failed for good: %s", self.context.dataset, trial.trial_id, error.summary)
 
     def on_experiment_end(self, trials, **info):
@@ -288,21 +290,16 @@ class MlflowTrialLogger(_ray_callback_base()):
             if trial.status not in ("TERMINATED", "ERROR"):
                 continue  # interrupted: it runs again on --resume
             result = dict(trial.last_result or {})
-            if trial.status == "ERROR":
-                status = "error"
-            elif result.get("final"):
-                status = COMPLETED
-            else:
-                status = STOPPED_EARLY
-            if result.get("epoch") is not None or status == "error":
+            status = FAILED if trial.status == "ERROR" else end_status(result)
+            error = trial_error(trial) if trial.status == "ERROR" else failed_for_good(result)
+            if result.get("epoch") is not None or status == FAILED:
                 if result.get("epoch") is not None:
                     self.log_result(trial.trial_id, trial.config, result)
                 if status == COMPLETED:
                     self.keep_learned_state(trial)  # a driver killed before it did
                 run = self.tracker.client.get_run(self.run_for(trial.trial_id, trial.config))
                 if run.info.status == "RUNNING" or run.data.tags.get(STATUS_TAG) != status:
-                    self.finish(trial.trial_id, trial.config, status, trial_error(trial) if status == "error" else None,
-                                failures=trial.run_metadata.num_failures)
+                    self.finish(trial.trial_id, trial.config, status, error, failures=trial.run_metadata.num_failures)
             self.records[trial.trial_id] = TrialRecord(
                 trial_id=trial.trial_id,
                 run_id=self._runs.get(trial.trial_id),
@@ -310,7 +307,7 @@ class MlflowTrialLogger(_ray_callback_base()):
                 status=status,
                 result=result,
                 checkpoint=trial.checkpoint if status == COMPLETED else None,
-                error=trial_error(trial).summary if status == "error" else "",
+                error=error.summary if error is not None else "",
                 failures=trial.run_metadata.num_failures,
             )
         if not self.complete:
@@ -323,6 +320,20 @@ class MlflowTrialLogger(_ray_callback_base()):
                 log.warning("soft-deleting MLflow run %s: its Tune trial %s no longer exists (driver killed before "
                             "Tune saved it; the trial ran again under a new id)", run.info.run_id, trial_id)
                 self.tracker.client.delete_run(run.info.run_id)
+
+
+def end_status(result: dict) -> str:
+    """How a trial that Tune ended (not by an error) ended: failed for good (its own report says why), completed
+    (its final result), or stopped early by the scheduler."""
+    if result.get(FAILED_KEY):
+        return FAILED
+    return COMPLETED if result.get("final") else STOPPED_EARLY
+
+
+def failed_for_good(result: dict) -> "TrialError | None":
+    """The error of a trial that reported its own failure (no traceback: the reason is the whole story)."""
+    reason = result.get(FAILED_KEY)
+    return TrialError(str(reason)[:ERROR_TAG_CHARS], "") if reason else None
 
 
 @dataclass(frozen=True)

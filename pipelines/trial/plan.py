@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,22 @@ STATE_FILE, HYPERPARAMETERS_FILE, FINAL_FILE = STATE_NAMES
 #: An epoch checkpoint's training state (dept.schedule.TrainResume); the final checkpoint holds the two files above and
 #: hyperparameters.json instead.
 RESUME_FILE = "resume.pt"
+
+
+class TrialFailed(ValueError):
+    """The trial cannot succeed however often it is retried: its loss is no longer finite (one line, like every
+    user-caused error: a lower lr is the remedy). ``metrics``: the epoch's."""
+
+    def __init__(self, reason: str, metrics: dict):
+        super().__init__(reason)
+        self.metrics = metrics
+
+
+def check_finite(metrics: dict) -> None:
+    """A diverged trial stops at the epoch its training loss left the numbers (its accuracies would be chance)."""
+    loss = metrics.get("train_loss")
+    if loss is not None and not math.isfinite(loss):
+        raise TrialFailed(f"train_loss is {loss} after epoch {metrics.get('epoch')} (diverged: lower the lr)", metrics)
 
 
 class InjectedFailure(RuntimeError):

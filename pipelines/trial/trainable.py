@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -17,11 +18,27 @@ import ray
 from ray import tune
 
 from pipelines.trial.context import FAIL_ONCE_ENV, TrialContext
-from pipelines.trial.plan import FINAL_FILE, HYPERPARAMETERS_FILE, RESUME_FILE, InjectedFailure, run_trial
+from pipelines.trial.plan import (
+    FINAL_FILE,
+    HYPERPARAMETERS_FILE,
+    RESUME_FILE,
+    InjectedFailure,
+    TrialFailed,
+    check_finite,
+    run_trial,
+)
 from pipelines.trial.population import run_member
-from pipelines.vocabulary import NODE_ID_KEY, RESUMED_KEY
+from pipelines.vocabulary import EPOCH_METRICS, FAILED_KEY, NODE_ID_KEY, RESUMED_KEY
 
 log = logging.getLogger(__name__)
+
+
+def failure_result(reason: str, metrics: dict) -> dict:
+    """The last result of a trial that failed for good: the epoch's metrics (a failure in the last epoch's final
+    result drops its test numbers), the reason, every per-epoch key (NaN where unknown: Tune and its scheduler
+    expect the selection metric in every result)."""
+    epoch = {k: v for k, v in metrics.items() if k in EPOCH_METRICS or k == "epoch"}  # no test numbers: not scored
+    return {**{k: math.nan for k in EPOCH_METRICS}, "epoch": 0, **epoch, FAILED_KEY: reason}
 
 
 def tune_trainable(config: dict, context: TrialContext) -> None:
@@ -52,6 +69,7 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
     node_id = ray.get_runtime_context().get_node_id()
 
     def on_checkpoint(metrics: dict, state) -> None:
+        check_finite(metrics)
         if context.epoch_pause_s > 0:
             time.sleep(context.epoch_pause_s)
         # Every epoch's report carries the state to resume from: a retry repeats no finished epoch.
@@ -70,13 +88,24 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
             raise InjectedFailure(f"test hook {FAIL_ONCE_ENV}: first attempt of trial {trial_id} fails on purpose")
 
     def report_final(final: dict, folder: str) -> None:
+        check_finite(final)
         final = {**final, NODE_ID_KEY: node_id, RESUMED_KEY: start_epoch}
         (Path(folder) / FINAL_FILE).write_text(json.dumps(final))
         (Path(folder) / HYPERPARAMETERS_FILE).write_text(json.dumps(asdict(hp), indent=1))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    if context.population > 1:
-        run_member(config, context, trial_id, resume, on_checkpoint, report_final)
-        return
-    with tempfile.TemporaryDirectory(prefix="dept-trial-") as tmp:
-        report_final(run_trial(hp, context, on_checkpoint=on_checkpoint, resume=resume, state_dir=tmp), tmp)
+    try:
+        if context.population > 1:
+            run_member(config, context, trial_id, resume, on_checkpoint, report_final)
+            return
+        with tempfile.TemporaryDirectory(prefix="dept-trial-") as tmp:
+            report_final(run_trial(hp, context, on_checkpoint=on_checkpoint, resume=resume, state_dir=tmp), tmp)
+    except ValueError as e:  # TrialFailed too
+        # A diverged trial or a configuration error (a ValueError: the trial's setup refused it) is the same on every
+        # attempt: the trial ends here, failed, with its reason, instead of being retried.
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not isinstance(e, TrialFailed):
+            reason = f"{type(e).__name__}: {reason}"
+        log.error("trial %s failed for good: %s", trial_id, reason)
+        metrics = e.metrics if isinstance(e, TrialFailed) else {}
+        tune.report({**failure_result(reason, metrics), NODE_ID_KEY: node_id, RESUMED_KEY: start_epoch})

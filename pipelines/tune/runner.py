@@ -31,12 +31,12 @@ from pipelines.paths import HolderLock, LockHeld, check_writable_folder
 from pipelines.ray_runtime import ensure_ray
 from pipelines.secrets import mask_uri
 from pipelines.store import list_datasets, read_manifest, resolve_features
-from pipelines.tracking.client import POPULATION_TAG, Tracker, check_tracking_uri, default_tracking_uri
+from pipelines.tracking.client import POPULATION_TAG, Tracker, check_tracking_uri, default_tracking_uri, run_name
 from pipelines.tracking.summary import finish_parent, rank_configs, write_parent_summary
 from pipelines.trial.context import TrialContext, TrialSetupError, make_context
 from pipelines.trial.targets import ProtocolError, check_class_specific
 from pipelines.tune.spaces import SearchSpace, load_space
-from pipelines.vocabulary import TEST_BASE_ACC, TEST_NEW_ACC
+from pipelines.vocabulary import COMPLETED, FAILED, STOPPED_EARLY, TEST_BASE_ACC, TEST_NEW_ACC
 
 log = logging.getLogger(__name__)
 
@@ -503,7 +503,7 @@ def _run_plans(opts, progress, signals, space, uri, tracker, plans) -> list[Data
             best = outcome.best
             best_txt = (f"best {space.metric} {best.mean(space.metric):.2f} over {len(best.completed())} seed(s)"
                         if best is not None else "no configuration completed all its seeds"
-                        if outcome.count("completed") else "no trial completed")
+                        if outcome.count(COMPLETED) else "no trial completed")
             zs = outcome.zero_shot
             if zs and "test_acc" in zs:
                 best_txt += f"; CLIP zero-shot source {zs['test_acc']:.2f} targets {zs.get('test_target_avg', math.nan):.2f}"
@@ -511,8 +511,12 @@ def _run_plans(opts, progress, signals, space, uri, tracker, plans) -> list[Data
                 best_txt += (f"; CLIP zero-shot test base {zs['test_base_acc']:.2f} new {zs['test_new_acc']:.2f} "
                              f"HM {zs['test_hm']:.2f}")
             progress(f"[{i}/{len(plans)}] {plan.dataset}: done in {outcome.seconds:.0f}s — "
-                     f"{outcome.count('completed')} completed, {outcome.count('stopped_early')} stopped early, "
-                     f"{outcome.count('error')} failed; {best_txt}")
+                     f"{outcome.count(COMPLETED)} completed, {outcome.count(STOPPED_EARLY)} stopped early, "
+                     f"{outcome.count(FAILED)} failed; {best_txt}")
+            for record in outcome.records:  # each failure in one line: what, and why
+                if record.status == FAILED:
+                    progress(f"[{i}/{len(plans)}] {plan.dataset}: failed: {run_name(record.hp)} "
+                             f"(trial {record.trial_id}): {record.error or 'no error recorded'}")
     finally:
         if started_ray:
             import ray
@@ -534,7 +538,7 @@ def best_table(outcomes: list[DatasetOutcome], metric: str, mode: str = "max", p
               "trials (done/stopped/failed)"]
     rows = []
     for o in outcomes:
-        counts = f"{o.count('completed')}/{o.count('stopped_early')}/{o.count('error')}"
+        counts = f"{o.count(COMPLETED)}/{o.count(STOPPED_EARLY)}/{o.count(FAILED)}"
         b = o.best
         if b is None:
             b = next(iter(rank_configs(o.records, metric, mode)), None)
