@@ -35,7 +35,7 @@ from pipelines.tracking.client import POPULATION_TAG, Tracker, check_tracking_ur
 from pipelines.tracking.summary import finish_parent, rank_configs, write_parent_summary
 from pipelines.trial.context import TrialContext, TrialSetupError, make_context
 from pipelines.trial.targets import ProtocolError, check_class_specific
-from pipelines.tune.spaces import SearchSpace, load_space
+from pipelines.tune.spaces import SearchSpace, load_space, space_changes
 from pipelines.vocabulary import COMPLETED, FAILED, STOPPED_EARLY, TEST_BASE_ACC, TEST_NEW_ACC
 
 log = logging.getLogger(__name__)
@@ -325,6 +325,7 @@ def _plans(opts: TuneOptions, space: SearchSpace, uri: str, root: str, datasets:
                     f"--resume: dataset {d} was tuned with space {tags.get('space')!r} selecting on "
                     f"{tags.get('selection_metric')!r}; resume with the same --space and --objective"
                 )
+            check_same_space(tracker, parent, tags, space, d)
         if parent is not None and not restorable[d] and not aborted_start:
             # Starting afresh under the old parent would mix two Tune experiments in one MLflow run.
             raise TuneSetupError(f"--resume: MLflow run {parent} of dataset {d} exists, but there is no Tune "
@@ -334,6 +335,30 @@ def _plans(opts: TuneOptions, space: SearchSpace, uri: str, root: str, datasets:
                      d, parent)
         plans.append(DatasetPlan(d, contexts[d], path, restorable[d] and opts.resume, parent))
     return tracker, plans
+
+
+SPACE_DIGEST_TAG = "space_sha256"
+SPACE_ARTIFACT = "space.yaml"
+
+
+def check_same_space(tracker, parent: str, tags: dict, space: SearchSpace, dataset: str) -> None:
+    """``--resume`` runs the space that ran: a space file edited since (same name) is refused in one line naming what
+    changed (read from the parent's ``space.yaml``, logged when it was created)."""
+    recorded = tags.get(SPACE_DIGEST_TAG)
+    if recorded is None or recorded == space.digest():
+        return  # the same; or a parent from before the digest was recorded: nothing to compare with
+    changed = ["?"]
+    with tempfile.TemporaryDirectory(prefix="dept-space-") as tmp:
+        try:
+            # MLflow's progress bar would be the refusal's extra lines
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+            path = tracker.client.download_artifacts(parent, SPACE_ARTIFACT, tmp)
+            changed = space_changes(yaml.safe_load(Path(path).read_text()) or {}, space.as_dict()) or ["?"]
+        except Exception as e:  # noqa: BLE001  (the refusal stands; only its detail is missing)
+            log.debug("could not read %s of run %s: %s", SPACE_ARTIFACT, parent, e)
+    raise TuneSetupError(f"--resume: space {space.name!r} changed since dataset {dataset} was tuned "
+                         f"({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}); resume with the space "
+                         "as it was, or tune the new one under another --experiment")
 
 
 def _init_ray(address: str | None) -> bool:
@@ -368,10 +393,14 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
             plan.dataset,
             {**ctx.tags(), "space": space.name, "selection_metric": space.metric, "selection_mode": space.mode,
              "tune.experiment_path": mask_uri(plan.experiment_path), "num_trials": str(space.num_trials()),
-             "features_url": mask_uri(ctx.features_url), "population": str(population)},
+             "features_url": mask_uri(ctx.features_url), "population": str(population),
+             SPACE_DIGEST_TAG: space.digest()},
             name=(f"{plan.dataset} ({space.name})" if ctx.protocol == BASE_TO_NEW
                   else f"{plan.dataset} -> {ctx.protocol} ({space.name})"),
         )
+        with tempfile.TemporaryDirectory(prefix="dept-space-") as tmp:  # what runs, recorded before it runs
+            (Path(tmp) / SPACE_ARTIFACT).write_text(yaml.safe_dump(space.as_dict(), sort_keys=False))
+            tracker.client.log_artifact(parent, str(Path(tmp) / SPACE_ARTIFACT))
     else:
         tracker.client.update_run(parent, status="RUNNING")
         tracker.set_up_ui(space.metric)  # an experiment made by an older version gets the current view too

@@ -38,6 +38,8 @@ Any malformed file is refused before anything runs, with one line naming the fil
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -307,6 +309,27 @@ class SearchSpace:
         if self.objective == "pseudo-new":
             out["pseudo_new_fraction"] = self.pseudo_new_fraction
         return out
+
+    def digest(self) -> str:
+        """sha256 of what the space runs (:meth:`as_dict` without its description): a parent run records it, and
+        ``--resume`` refuses a space that no longer says the same."""
+        what = {k: v for k, v in self.as_dict().items() if k != "description"}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def space_changes(before: dict, after: dict) -> list[str]:
+    """The keys (``params.lr``, ``seeds``, ...) whose values differ between two :meth:`SearchSpace.as_dict`\ s."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and k in ("params", "scheduler", "searcher"):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(before), flat(after)
+    return sorted(k for k in set(a) | set(b) if k != "description" and a.get(k) != b.get(k))
 
 
 def _spec_dict(spec: SchedulerSpec | SearcherSpec) -> dict:
