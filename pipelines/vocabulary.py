@@ -79,6 +79,7 @@ COMPLETED, STOPPED_EARLY, FAILED = "completed", "stopped_early", "error"
 #: In a trial's last result: why it failed for good (a non-finite loss, a configuration error; ``error`` tag of its
 #: run). Such a trial ends without a retry: retrying cannot change it.
 FAILED_KEY = "trial_failed"
+FAILED_TRACEBACK_KEY = "trial_failed_traceback"  # where it was raised (the run's error.txt)
 
 
 #: How a value is written as an MLflow param or tag (and read back to compare configurations).

@@ -34,7 +34,7 @@ from pipelines.tracking.client import (
     quote_filter,
     run_name,
 )
-from pipelines.vocabulary import COMPLETED, FAILED, FAILED_KEY, ROLE_TAG, STOPPED_EARLY, TEST_HM
+from pipelines.vocabulary import COMPLETED, FAILED, FAILED_KEY, FAILED_TRACEBACK_KEY, ROLE_TAG, STOPPED_EARLY, TEST_HM
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ def end_status(result: dict) -> str:
 def failed_for_good(result: dict) -> "TrialError | None":
     """The error of a trial that reported its own failure (no traceback: the reason is the whole story)."""
     reason = result.get(FAILED_KEY)
-    return TrialError(str(reason)[:ERROR_TAG_CHARS], "") if reason else None
+    return TrialError(str(reason)[:ERROR_TAG_CHARS], str(result.get(FAILED_TRACEBACK_KEY) or "")) if reason else None
 
 
 @dataclass(frozen=True)

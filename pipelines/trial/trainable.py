@@ -11,6 +11,7 @@ import math
 import os
 import tempfile
 import time
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from pipelines.trial.plan import (
     run_trial,
 )
 from pipelines.trial.population import run_member
-from pipelines.vocabulary import EPOCH_METRICS, FAILED_KEY, NODE_ID_KEY, RESUMED_KEY
+from pipelines.vocabulary import EPOCH_METRICS, FAILED_KEY, FAILED_TRACEBACK_KEY, NODE_ID_KEY, RESUMED_KEY
 
 log = logging.getLogger(__name__)
 
@@ -108,4 +109,5 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
             reason = f"{type(e).__name__}: {reason}"
         log.error("trial %s failed for good: %s", trial_id, reason)
         metrics = e.metrics if isinstance(e, TrialFailed) else {}
-        tune.report({**failure_result(reason, metrics), NODE_ID_KEY: node_id, RESUMED_KEY: start_epoch})
+        tune.report({**failure_result(reason, metrics), FAILED_TRACEBACK_KEY: traceback.format_exc(),
+                     NODE_ID_KEY: node_id, RESUMED_KEY: start_epoch})
