@@ -1,6 +1,6 @@
 """Offline checks of infra/: Ray's own cluster-config validation, the KubeRay manifests, the MLflow server
 deployment, the project Dockerfile, no literal credentials, and that every `dept-pipeline` command and
-option named in infra/ or the root README exists in the CLI (so renaming an option breaks this test, not a
+option named in infra/, the root README or docs/ exists in the CLI (so renaming an option breaks this test, not a
 lab's cluster run)."""
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ DOCKERFILE = INFRA / "Dockerfile"
 YAML_FILES = sorted(p for p in INFRA.rglob("*") if p.suffix in (".yaml", ".yml"))
 # A filled-in infra/mlflow/.env is git-ignored local configuration, not part of the repository.
 TEXT_FILES = sorted(p for p in INFRA.rglob("*") if p.is_file() and p.name != ".env")
+# The root README's longer pages (cluster use, protocols, the UI, ...): their commands are checked as the README's.
+DOC_PAGES = sorted((REPO / "docs").glob("*.md"))
 
 
 def _load_one(path: Path) -> dict:
@@ -463,7 +465,7 @@ def _yaml_strings(node) -> list[str]:
 
 
 def _documented_invocations(commands: set[str]) -> list[tuple[str, str, list[str]]]:
-    sources = TEXT_FILES + ([REPO / "README.md"] if (REPO / "README.md").is_file() else [])
+    sources = TEXT_FILES + ([REPO / "README.md"] if (REPO / "README.md").is_file() else []) + DOC_PAGES
     found = []
     for path in sources:
         text = path.read_text(errors="replace")
@@ -502,8 +504,13 @@ def _cli():
 
 
 def _option_names(command) -> set[str]:
-    return {o for p in command.params for o in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ()))
-            if o.startswith("--")} | {"--help"}
+    names = {o for p in command.params for o in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ()))
+             if o.startswith("--")} | {"--help"}
+    # A group (`dept-pipeline miniature data --suite ...`): find_invocations does not read the subcommand's
+    # name, so an option counts when one of the group's subcommands has it.
+    for sub in getattr(command, "commands", {}).values():
+        names |= _option_names(sub)
+    return names
 
 
 def test_every_documented_cli_option_exists():
@@ -557,9 +564,11 @@ def _job_submissions(path: Path) -> list[str]:
 
 
 def test_readme_submits_the_jobs_as_infra_does_with_no_runtime_env():
-    """The root README's cluster commands are infra/README.md's; neither passes a runtime_env (Ray writes it into
-    the session logs: credentials reach the jobs through the environment the cluster's Ray was started with)."""
-    readme, infra = _job_submissions(REPO / "README.md"), _job_submissions(INFRA / "README.md")
+    """The cluster commands of the root README and its docs/ pages (docs/cluster.md) are infra/README.md's; none
+    passes a runtime_env (Ray writes it into the session logs: credentials reach the jobs through the environment
+    the cluster's Ray was started with)."""
+    readme = [c for page in [REPO / "README.md", *DOC_PAGES] for c in _job_submissions(page)]
+    infra = _job_submissions(INFRA / "README.md")
     assert {"featurize", "tune"} <= {c.split()[5] for c in readme}, readme
     assert set(readme) <= set(infra), set(readme) - set(infra)
     assert not [c for c in readme + infra if "--runtime-env" in c]
