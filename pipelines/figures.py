@@ -32,7 +32,7 @@ from pipelines.vocabulary import (
 
 WIDTH_IN, DPI = 8.0, 100  # 800 px
 TEST_KEYS = (TEST_BASE_ACC, TEST_NEW_ACC, TEST_HM, "test_acc", "test_target_avg")  # base-to-new; transfer
-_SWEEP_METRIC = re.compile(r"^(?P<curve>.+)_sweep/fw(?P<weight>\d+(?:\.\d+)?)$")  # tracking.client.sweep_key
+_SWEEP_METRIC = re.compile(r"^(?P<curve>.+)_sweep/fw(?P<weight>\d+(?:\.\d+)?)$")  # pipelines.vocabulary.sweep_key
 _COLOURS = {"coop": "tab:blue", "cocoop": "tab:orange", "kgcoop": "tab:green"}
 
 

@@ -16,7 +16,7 @@ def export_run(uri: str, run_id: str, out: Path) -> list[Path]:
     from mlflow.exceptions import MlflowException
 
     from pipelines.secrets import mask_uri
-    from pipelines.tracking.client import STATE_ARTIFACTS, STATE_NAMES
+    from pipelines.vocabulary import STATE_ARTIFACTS, STATE_NAMES
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise click.BadParameter(f"{out} exists and is not an empty folder", param_hint="--out")

@@ -39,8 +39,7 @@ from pipelines.report.table import (
     run_info,
 )
 from pipelines.secrets import mask_uri
-from pipelines.tracking.client import TARGET_METRIC_PREFIX, TRANSFER_TEST_METRICS
-from pipelines.vocabulary import VAL_ACC
+from pipelines.vocabulary import TARGET_METRIC_PREFIX, TRANSFER_TEST_METRICS, VAL_ACC
 
 PAPER_SOURCE = DEFAULT_SOURCE
 #: The paper's targets in its tables' column order.

@@ -15,7 +15,7 @@ Layout in MLflow:
   shots, backbone, pretrained, feature_fingerprint, ...), metrics per epoch with ``step = epoch`` (``train_loss``,
   ``lr``, ``val_base_acc``, ``val_new_acc``, ``val_hm`` — or ``pseudo_*`` under the pseudo-new objective), the test
   metrics once (``test_base_acc``, ``test_new_acc``, ``test_hm``) and the fusion-weight sweep's HM as one metric
-  per weight (``test_hm_sweep/fw0.70``, ``val_hm_sweep/fw0.70``; ``client.sweep_key``).
+  per weight (``test_hm_sweep/fw0.70``, ``val_hm_sweep/fw0.70``; ``pipelines.vocabulary.sweep_key``).
   A completed trial (and a ``train`` run) keeps ``learned_state/`` (learned state, hyperparameters.json,
   final.json, config.json: ``dept-pipeline export``); every run has the feature store as its dataset input.
 - the transfer protocols (``tune --protocol cross-dataset | domain-generalization``, tag ``protocol``; base-to-new

@@ -18,24 +18,18 @@ from urllib.parse import urlparse
 from dept.protocols import BASE_TO_NEW
 from pipelines.metrics import is_number
 from pipelines.secrets import mask_uri, split_basic_auth
-from pipelines.vocabulary import (  # noqa: F401  (the run vocabulary, re-exported for the client's users)
+from pipelines.vocabulary import (
     COMPLETED,
     CONFIG_FILE,
     DEFAULT_DB,
     EPOCH_METRICS,
     FINAL_METRICS,
     FINAL_TAG,
-    NODE_ID_TAG,
-    NODE_IDS_TAG,
     PARENT_TAG,
-    POPULATION_SIZE_TAG,
-    POPULATION_TAG,
     PROTOCOL_TAG,
     ROLE_PARENT,
     ROLE_TAG,
     ROLE_TRAIN,
-    ROLE_TRIAL,
-    ROLE_ZERO_SHOT,
     STATE_ARTIFACTS,
     STATE_NAMES,
     STATE_TAG,
@@ -46,11 +40,8 @@ from pipelines.vocabulary import (  # noqa: F401  (the run vocabulary, re-export
     TEST_BASE_ACC,
     TEST_HM,
     TEST_NEW_ACC,
-    TRANSFER_TEST_METRICS,
-    TRIAL_ID_TAG,
     VAL_ACC,
     VAL_HM,
-    is_transfer_test_metric,
     param_value,
     sweep_key,
 )

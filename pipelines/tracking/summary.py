@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from pipelines.figures import parent_figures
 from pipelines.selection import ConfigOutcome, SeedRun, config_key, rank, winner
-from pipelines.tracking.client import STATE_NAMES, Tracker, is_transfer_test_metric, metric_at, param_value
+from pipelines.tracking.client import Tracker, metric_at
 from pipelines.vocabulary import (
     COMPLETED,
     FAILED,
     PSEUDO_BASE_ACC,
     PSEUDO_HM,
     PSEUDO_NEW_ACC,
+    STATE_NAMES,
     STOPPED_EARLY,
     TEST_BASE_ACC,
     TEST_HM,
@@ -25,6 +26,8 @@ from pipelines.vocabulary import (
     VAL_BASE_ACC,
     VAL_HM,
     VAL_NEW_ACC,
+    is_transfer_test_metric,
+    param_value,
 )
 
 if TYPE_CHECKING:

@@ -13,28 +13,36 @@ from typing import Any, Iterable
 
 from pipelines.secrets import mask_uri
 from pipelines.tracking.client import (
-    FINAL_TAG,
-    NODE_ID_TAG,
-    NODE_IDS_TAG,
-    PARENT_TAG,
-    POPULATION_SIZE_TAG,
-    POPULATION_TAG,
-    ROLE_TRIAL,
-    STATE_NAMES,
-    STATE_TAG,
-    STATUS_TAG,
-    TRIAL_ID_TAG,
     Tracker,
     TrackingError,
     epoch_metrics,
     final_metrics,
     log_feature_store_input,
     log_learned_state,
-    param_value,
     quote_filter,
     run_name,
 )
-from pipelines.vocabulary import COMPLETED, FAILED, FAILED_KEY, FAILED_TRACEBACK_KEY, ROLE_TAG, STOPPED_EARLY, TEST_HM
+from pipelines.vocabulary import (
+    COMPLETED,
+    FAILED,
+    FAILED_KEY,
+    FAILED_TRACEBACK_KEY,
+    FINAL_TAG,
+    NODE_ID_TAG,
+    NODE_IDS_TAG,
+    PARENT_TAG,
+    POPULATION_SIZE_TAG,
+    POPULATION_TAG,
+    ROLE_TAG,
+    ROLE_TRIAL,
+    STATE_NAMES,
+    STATE_TAG,
+    STATUS_TAG,
+    STOPPED_EARLY,
+    TEST_HM,
+    TRIAL_ID_TAG,
+    param_value,
+)
 
 log = logging.getLogger(__name__)
 

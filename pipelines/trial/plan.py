@@ -38,7 +38,7 @@ from pipelines.vocabulary import STATE_NAMES, TEST_BASE_ACC, TEST_HM, TEST_NEW_A
 log = logging.getLogger(__name__)
 
 
-#: Fusion weights of the post-training sweep (MLflow gets the HM at every 0.1: tracking.client.sweep_key).
+#: Fusion weights of the post-training sweep (MLflow gets the HM at every 0.1: pipelines.vocabulary.sweep_key).
 SWEEP_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(21))
 #: The final checkpoint's files, named once where the driver logs them as the run's learned_state/ artifacts.
 STATE_FILE, HYPERPARAMETERS_FILE, FINAL_FILE = STATE_NAMES

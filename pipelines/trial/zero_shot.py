@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from dept.datasets import zero_shot_template
 from dept.protocols import BASE_TO_NEW
 from pipelines.store import DatasetStore
-from pipelines.tracking.client import Tracker, metric_at, param_value
+from pipelines.tracking.client import Tracker, metric_at
 from pipelines.trial.context import TrialContext, make_context
 from pipelines.trial.plan import text_tower
 from pipelines.vocabulary import (
@@ -38,6 +38,7 @@ from pipelines.vocabulary import (
     VAL_HM,
     VAL_NEW_ACC,
     is_transfer_test_metric,
+    param_value,
 )
 
 log = logging.getLogger(__name__)

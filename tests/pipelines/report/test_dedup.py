@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from pipelines.cli import main
 from pipelines.report.table import collect_runs
-from pipelines.tracking.client import ROLE_TRIAL, STATUS_TAG
+from pipelines.vocabulary import ROLE_TRIAL, STATUS_TAG
 
 
 @pytest.mark.slow  # a new SQLite store's migrations: ~45 s on the shared machine

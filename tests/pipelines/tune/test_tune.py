@@ -18,14 +18,8 @@ import yaml
 from click.testing import CliRunner
 
 from pipelines.cli import main
-from pipelines.tracking.client import (
-    EPOCH_METRICS,
-    FINAL_METRICS,
-    SWEEP_METRIC_CURVES,
-    SWEEP_METRIC_WEIGHTS,
-    sweep_key,
-)
 from pipelines.trial.context import EPOCH_PAUSE_ENV, FAIL_ONCE_ENV
+from pipelines.vocabulary import EPOCH_METRICS, FINAL_METRICS, SWEEP_METRIC_CURVES, SWEEP_METRIC_WEIGHTS, sweep_key
 from tests.conftest import REPO
 from tests.mlflow_server import mlflow_server as serve_mlflow
 
