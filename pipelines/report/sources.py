@@ -31,10 +31,14 @@ CLIP_ROWS_NOTE = ("CLIP (zero-shot) paper rows: CoCoOp's numbers (CoCoOp CVPR 20
 TransferKey = tuple[str, str, str, str]
 
 
-def read_paper_csv(name: str) -> list[dict[str, str]]:
-    """The rows of ``pipelines/data/<name>``, ``source`` stripped ("" where the CSV has no such column)."""
-    text = resources.files("pipelines").joinpath(f"data/{name}").read_text()
+def parse_paper_csv(text: str) -> list[dict[str, str]]:
+    """A CSV of published numbers as rows, ``source`` stripped ("" where the CSV has no such column)."""
     return [{**row, SOURCE_COLUMN: (row.get(SOURCE_COLUMN) or "").strip()} for row in csv.DictReader(io.StringIO(text))]
+
+
+def read_paper_csv(name: str) -> list[dict[str, str]]:
+    """The rows of ``pipelines/data/<name>`` (:func:`parse_paper_csv`)."""
+    return parse_paper_csv(resources.files("pipelines").joinpath(f"data/{name}").read_text())
 
 
 def _transfer_key(row: dict[str, str]) -> TransferKey:
