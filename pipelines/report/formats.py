@@ -6,6 +6,7 @@ import csv
 import io
 import math
 
+from pipelines.report.sources import base_to_new_notes
 from pipelines.report.table import ZERO_SHOT_LABEL, Block, Row
 
 
@@ -67,15 +68,17 @@ def format_markdown(blocks: list[Block], *, experiment: str = "") -> str:
     if any(not r.complete for b in blocks for r in b.rows):
         lines.append("Seeds marked incomplete (completed / expected): no configuration of that cell has every seed "
                      "completed, so none is selected; shown is the leading one's mean over its completed seeds.")
+    lines.extend(base_to_new_notes(blocks))
     lines.extend(f"- {n}" for n in notes)
     return "\n".join(lines) + "\n"
 
 
 #: ``row``: ``dataset`` (one dataset's result; the zero-shot rows have method ``clip``), ``average`` (our average
 #: over the datasets shown) or ``paper_printed`` (the paper's printed 11-dataset average; paper columns only).
+#: ``paper_source``: where the paper columns come from (:mod:`pipelines.report.sources`).
 CSV_COLUMNS = ("row", "dataset", "method", "dept", "seeds", "base", "base_std", "new", "new_std", "hm",
                "selection_metric", "selection_value", "configs_compared", "hm_vs_zero_shot", "paper_base", "paper_new",
-               "paper_hm", "note")
+               "paper_hm", "note", "paper_source")
 
 
 def csv_number(x: float | None) -> object:
@@ -106,13 +109,13 @@ def format_csv(blocks: list[Block]) -> str:
                 "configs_compared": r.configs_compared if r is not block.average and not block.zero_shot else "",
                 "hm_vs_zero_shot": csv_number(r.vs_zero_shot),
                 "paper_base": csv_number(p.base) if p else "", "paper_new": csv_number(p.new) if p else "",
-                "paper_hm": csv_number(p.hm) if p else "", "note": note,
+                "paper_hm": csv_number(p.hm) if p else "", "note": note, "paper_source": p.source if p else "",
             })
         if block.paper_printed is not None:
             pp = block.paper_printed
             writer.writerow({"row": "paper_printed", "dataset": "Average (paper printed, 11 datasets)", "method": block.method,
                              "dept": str(block.dept).lower(), "paper_base": pp.base, "paper_new": pp.new,
-                             "paper_hm": pp.hm, "note": "as printed in the paper"})
+                             "paper_hm": pp.hm, "note": "as printed in the paper", "paper_source": pp.source})
     return buf.getvalue()
 
 
@@ -137,6 +140,7 @@ def format_latex(blocks: list[Block], *, experiment: str = "") -> str:
     lines = [f"% Base-to-new results of MLflow experiment {experiment}" if experiment else "% Base-to-new results",
              "% test accuracy (%), mean $\\pm$ std over seeds, HM of the means; average rows: HM of averaged base "
              "and new",
+             *(f"% {n}" for n in base_to_new_notes(blocks)),
              "% requires \\usepackage{booktabs}",
              "\\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", "\\toprule",
              " & ".join(header) + " \\\\", "\\midrule"]

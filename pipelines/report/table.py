@@ -18,19 +18,18 @@ The table opens, as the paper's do, with CLIP's zero-shot row per dataset (the r
 ``tune`` logs under each parent and ``dept-pipeline zero-shot`` logs on its own; nothing is selected: the newest per
 dataset), beside the paper's CLIP numbers (``method`` CLIP, ``variant`` zero-shot in the CSV: ViT-B/16 with
 hand-crafted prompts, from CoCoOp's Table 1 (Zhou et al., CVPR 2022), the row DePT's comparisons start from).
+Each published row carries its ``source`` (:mod:`pipelines.report.sources`); the formats name them under the table.
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import statistics
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Iterable
 
 from dept.protocols import BASE_TO_NEW
 from pipelines.metrics import harmonic_mean
+from pipelines.report.sources import PAPER_RESULTS, SOURCE_COLUMN, joined, read_paper_csv
 from pipelines.secrets import mask_uri
 from pipelines.selection import COMPLETED, PAPER_METHOD_NAMES, SeedRun, method_label, one_per_seed, rank
 from pipelines.vocabulary import (
@@ -67,18 +66,16 @@ class PaperRow:
     base: float
     new: float
     hm: float
+    # where the numbers come from (the CSV's ``source``; joined for a recomputed row); not part of the numbers' equality
+    source: str = field(default="", compare=False)
 
 
 def load_paper_results() -> dict[tuple[str, str, str], PaperRow]:
-    """(dataset, method, variant) -> published base / new / HM; variant is ``baseline``, ``dept``, or
+    """(dataset, method, variant) -> published base / new / HM and source; variant is ``baseline``, ``dept``, or
     ``zero-shot`` (method CLIP)."""
-    text = resources.files("pipelines").joinpath("data/paper_results.csv").read_text()
-    out = {}
-    for row in csv.DictReader(io.StringIO(text)):
-        out[(row["dataset"], row["method"], row["variant"])] = PaperRow(
-            float(row["base"]), float(row["new"]), float(row["hm"])
-        )
-    return out
+    return {(row["dataset"], row["method"], row["variant"]):
+            PaperRow(float(row["base"]), float(row["new"]), float(row["hm"]), row[SOURCE_COLUMN])
+            for row in read_paper_csv(PAPER_RESULTS)}
 
 
 @dataclass
@@ -316,7 +313,7 @@ def build_report(runs: Iterable[RunInfo], paper: dict | None = None) -> list[Blo
         if ours_in_paper and len(ours_in_paper) == len(block.rows):
             pb = statistics.fmean(p.base for p in ours_in_paper)
             pn = statistics.fmean(p.new for p in ours_in_paper)
-            block.paper_average = PaperRow(pb, pn, harmonic_mean(pb, pn))
+            block.paper_average = PaperRow(pb, pn, harmonic_mean(pb, pn), joined(p.source for p in ours_in_paper))
         block.paper_printed = paper.get(("Average", name, variant))
         all_rows = [paper.get((d, name, variant)) for d in PAPER_DATASETS]
         if all(all_rows):

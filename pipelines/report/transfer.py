@@ -13,7 +13,9 @@ Published numbers (``pipelines/data/paper_transfer_results.csv``) hold only what
 domain generalisation no "target average" rows are stored; :func:`load_paper_transfer` computes them when reading,
 as the mean of a method's four targets. A row's paper cells are shown only for the paper's source (ImageNet); the
 paper average beside ours is the printed one when our targets are the paper's, else the mean of the paper's
-per-target numbers over our targets when it gives all of them, else none ("—").
+per-target numbers over our targets when it gives all of them, else none ("—"). Each published number carries its
+source (:mod:`pipelines.report.sources`), named under the tables; a cell of the published tables this copy lacks
+(``paper_numbers_not_found.csv``) shows ``?``, not "—".
 """
 from __future__ import annotations
 
@@ -22,11 +24,20 @@ import io
 import math
 import statistics
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Iterable
 
 from dept.protocols import CROSS_DATASET, DEFAULT_SOURCE, DOMAIN_GENERALIZATION, TRANSFER_PROTOCOLS
 from pipelines.report.formats import cell_number, csv_number, tex_escape, tex_number
+from pipelines.report.sources import (
+    NOT_FOUND_MARK,
+    NOT_FOUND_NOTE,
+    PAPER_TRANSFER_RESULTS,
+    joined,
+    not_found,
+    read_paper_csv,
+    source_note,
+    transfer_sources,
+)
 from pipelines.report.table import (
     PAPER_METHOD_NAMES,
     ZERO_SHOT_LABEL,
@@ -62,9 +73,8 @@ def load_paper_transfer() -> dict[tuple[str, str, str, str], float]:
     """(protocol, method, variant, dataset) -> published accuracy; variant ``base`` or ``DePT``. The
     domain-generalisation target averages are computed here from the four targets (the CSV stores what is
     printed only)."""
-    text = resources.files("pipelines").joinpath("data/paper_transfer_results.csv").read_text()
     out = {(r["protocol"], r["method"], r["variant"], r["dataset"]): float(r["acc"])
-           for r in csv.DictReader(io.StringIO(text))}
+           for r in read_paper_csv(PAPER_TRANSFER_RESULTS)}
     dg = PAPER_TARGETS[DOMAIN_GENERALIZATION]
     for protocol, method, variant in {k[:3] for k in out if k[0] == DOMAIN_GENERALIZATION}:
         accs = [out.get((protocol, method, variant, t)) for t in dg]
@@ -78,6 +88,8 @@ class Cell:
     mean: float
     std: float = float("nan")
     paper: float | None = None
+    paper_source: str = ""  # where ``paper`` comes from
+    paper_not_found: str = ""  # a published number this copy lacks: where it was looked for
 
 
 @dataclass
@@ -150,22 +162,40 @@ def _average(cells: dict[str, Cell], targets: list[str]) -> float:
     return statistics.fmean(vals) if vals and len(vals) == len(targets) else float("nan")
 
 
-def _add_paper(row: TransferRow, table: TransferTable, paper: dict) -> None:
+def _add_paper(row: TransferRow, table: TransferTable, paper: dict, sources: dict, missing: dict) -> None:
     if row.zero_shot or table.source != PAPER_SOURCE:
         return
     key = (table.protocol, PAPER_METHOD_NAMES.get(row.method, row.method), "DePT" if row.dept else "base")
-    row.source.paper = paper.get((*key, PAPER_SOURCE))
+
+    def fill(cell: Cell, dataset: str) -> None:
+        cell.paper = paper.get((*key, dataset))
+        cell.paper_source = sources.get((*key, dataset), "") if cell.paper is not None else ""
+        cell.paper_not_found = missing.get((*key, dataset), "") if cell.paper is None else ""
+
+    fill(row.source, PAPER_SOURCE)
     for t, cell in row.targets.items():
-        cell.paper = paper.get((*key, t))
+        fill(cell, t)
     if set(table.targets) == set(PAPER_TARGETS[table.protocol]):
         row.average.paper = paper.get((*key, TARGET_AVERAGE))
     else:
         ps = [paper.get((*key, t)) for t in table.targets]
         row.average.paper = statistics.fmean(ps) if ps and all(p is not None for p in ps) else None
+    # the average's source: its targets' (and the printed average's); not found when a number it needs is and the
+    # paper has every target of the table (an average over a target the paper lacks is never published)
+    over = [(*key, t) for t in (*table.targets, TARGET_AVERAGE)]
+    if row.average.paper is not None:
+        row.average.paper_source = joined(sources.get(k, "") for k in over)
+    elif set(table.targets) <= set(PAPER_TARGETS[table.protocol]):
+        row.average.paper_not_found = joined(missing.get(k, "") for k in over)
 
 
-def build_transfer_report(runs: Iterable[RunInfo], protocol: str, paper: dict | None = None) -> list[TransferTable]:
+def build_transfer_report(runs: Iterable[RunInfo], protocol: str, paper: dict | None = None,
+                          sources: dict | None = None, missing: dict | None = None) -> list[TransferTable]:
+    """``paper``, ``sources``, ``missing``: the published numbers, their sources and the published cells this copy
+    lacks (default: the package's CSVs, :mod:`pipelines.report.sources`)."""
     paper = load_paper_transfer() if paper is None else paper
+    sources = transfer_sources() if sources is None else sources
+    missing = not_found() if missing is None else missing
     by_source: dict[str, list[RunInfo]] = {}
     for r in runs:
         by_source.setdefault(r.dataset, []).append(r)
@@ -204,25 +234,35 @@ def build_transfer_report(runs: Iterable[RunInfo], protocol: str, paper: dict | 
                 seeds=len(top.completed()), seeds_expected=len(top.seeds), complete=top.complete,
                 selection_metric=metric, selection_value=top.mean(metric), configs_compared=len(ranked)))
         for row in table.rows:
-            _add_paper(row, table, paper)
+            _add_paper(row, table, paper, sources, missing)
         tables.append(table)
     return tables
 
 
 # -- formats -------------------------------------------------------------------------------------------------
-def _paper_cells(r: "TransferRow", table: "TransferTable") -> list | None:
-    """The row's published numbers (source, each target, average), or None when the paper gives none of them (a
-    source other than the paper's, CLIP zero-shot): no row of dashes then."""
-    theirs = [r.source.paper] + [r.targets[t].paper if t in r.targets else None for t in table.targets]
-    theirs.append(r.average.paper)
-    return None if all(p is None for p in theirs) else theirs
+def _paper_cells(r: "TransferRow", table: "TransferTable") -> list[Cell] | None:
+    """The row's cells (source, each target, average) as its paper row shows them, or None when the paper gives none
+    of them (a source other than the paper's, CLIP zero-shot): no row of dashes then."""
+    theirs = [r.source] + [r.targets.get(t, Cell(float("nan"))) for t in table.targets] + [r.average]
+    return None if all(c.paper is None and not c.paper_not_found for c in theirs) else theirs
+
+
+def _paper_text(c: Cell, number) -> str:
+    """A paper cell: ``number(value)`` (its "—" for none), or the mark of a published number this copy lacks."""
+    return NOT_FOUND_MARK if c.paper is None and c.paper_not_found else number(c.paper)
 
 
 def _notes(tables: list[TransferTable]) -> list[str]:
     notes = ["Average: the mean over the targets of the per-target means over seeds (— when a row lacks a "
-             "target). Paper rows: the published numbers for source ImageNet (Koorye/DePT, CVPR 2024); their "
+             "target). Paper rows: the published numbers for source ImageNet; their "
              "average is the printed one when the targets are the paper's, else the mean of its per-target numbers "
              "over the targets shown; — where the paper gives none."]
+    cells = [(f"{r.label} (paper)", c) for t in tables for r in t.rows for c in (_paper_cells(r, t) or ())]
+    note = source_note((label, c.paper_source) for label, c in cells)
+    if note:
+        notes.append(note)
+    if any(c.paper is None and c.paper_not_found for _, c in cells):
+        notes.append(NOT_FOUND_NOTE)
     if any(r.zero_shot for t in tables for r in t.rows):
         notes.append(f"{ZERO_SHOT_LABEL}: the frozen model with hand-crafted prompts, nothing trained (no seeds).")
     if any(not r.complete for t in tables for r in t.rows):
@@ -251,8 +291,8 @@ def format_transfer_markdown(tables: list[TransferTable], *, experiment: str = "
             lines.append(f"| {r.label} | {seeds} | " + " | ".join(ours) + " |")
             theirs = _paper_cells(r, table)
             if theirs is not None:
-                lines.append(f"| {r.label} (paper) | | " + " | ".join(cell_number(p, missing=MISSING) for p in theirs)
-                             + " |")
+                lines.append(f"| {r.label} (paper) | | " + " | ".join(
+                    _paper_text(c, lambda p: cell_number(p, missing=MISSING)) for c in theirs) + " |")
         lines.append("")
     lines += _notes(tables)
     return "\n".join(lines) + "\n"
@@ -260,7 +300,7 @@ def format_transfer_markdown(tables: list[TransferTable], *, experiment: str = "
 
 #: One line per cell; ``row``: ``source`` (the source's test accuracy), ``target`` or ``average``.
 TRANSFER_CSV_COLUMNS = ("row", "protocol", "source", "method", "dept", "seeds", "dataset", "acc", "acc_std",
-                        "paper_acc", "selection_metric", "selection_value", "configs_compared", "note")
+                        "paper_acc", "selection_metric", "selection_value", "configs_compared", "note", "paper_source")
 
 
 def format_transfer_csv(tables: list[TransferTable], *, experiment: str = "") -> str:
@@ -284,6 +324,8 @@ def format_transfer_csv(tables: list[TransferTable], *, experiment: str = "") ->
                     "selection_metric": r.selection_metric, "selection_value": csv_number(r.selection_value),
                     "configs_compared": "" if r.zero_shot else r.configs_compared,
                     "note": "mean over the targets of the per-target means" if kind == "average" and not note else note,
+                    "paper_source": c.paper_source or (f"not found (looked for in {c.paper_not_found})"
+                                                       if c.paper_not_found else ""),
                 })
     return buf.getvalue()
 
@@ -303,8 +345,8 @@ def format_transfer_latex(tables: list[TransferTable], *, experiment: str = "") 
             theirs = _paper_cells(r, table)
             lines.append(" & ".join(ours) + " \\\\")
             if theirs is not None:
-                lines.append(" & ".join([f"\\textit{{{tex_escape(r.label)} (paper)}}", ""] + [tex_number(p) for p in theirs])
-                             + " \\\\")
+                lines.append(" & ".join([f"\\textit{{{tex_escape(r.label)} (paper)}}", ""]
+                                        + [_paper_text(c, tex_number) for c in theirs]) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
 
