@@ -18,6 +18,24 @@ FLIP_P = 0.5
 
 FusionMode = Literal["logits", "probs"]
 
+#: Training precision: "fp32", or "bf16" (bf16 autocast for the training forward; parameters, gradients and SGD
+#: stay fp32: master weights). "auto" resolves by device: bf16 on a GPU, fp32 on CPU (where bf16 matmuls are
+#: rarely faster). Scoring (validation, test, the fusion sweep) always runs in fp32.
+Precision = Literal["fp32", "bf16"]
+PRECISIONS = ("auto", "fp32", "bf16")
+#: ``torch.compile`` modes a training step may use ("reduce-overhead" adds CUDA graphs).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def resolve_precision(asked: str, device: str) -> Precision:
+    """The precision a training on ``device`` ("cpu", "cuda", "cuda:1", ...) runs at when ``asked`` for one of
+    :data:`PRECISIONS`."""
+    if asked not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {asked!r}")
+    if asked == "auto":
+        return "bf16" if device.startswith("cuda") else "fp32"
+    return asked  # type: ignore[return-value]
+
 
 @dataclass(frozen=True)
 class DePTConfig:

@@ -41,7 +41,7 @@ from typing import Callable, Iterable, Literal
 import torch
 import torch.nn.functional as F
 
-from dept.config import TrainConfig
+from dept.config import COMPILE_MODES, TrainConfig
 from dept.head import stacked_training_logits
 from dept.learner import DePTLearner
 from dept.schedule import EpochStats, TrainResume, check_training_data, epoch_views
@@ -56,10 +56,27 @@ MemberStatus = Literal["done", "stopped", "failed"]
 class PopulationOptions:
     amp: bool = False  # bf16 autocast for the forward; parameters, gradients and SGD stay fp32 (master weights)
     compile: str | None = None  # torch.compile mode for the loss ("default"; "reduce-overhead": CUDA graphs)
+    #: Bytes of activations one step may hold. None: on a GPU, a share of its free memory (MEMORY_SHARE); on CPU,
+    #: no limit. A population whose members' activations would not fit runs each step in chunks of members.
+    memory_budget_bytes: int | None = None
 
     def __post_init__(self):
-        if self.compile not in (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+        if self.compile not in (None, *COMPILE_MODES):
             raise ValueError(f"population compile mode {self.compile!r} is not a torch.compile mode")
+        if self.memory_budget_bytes is not None and self.memory_budget_bytes <= 0:
+            raise ValueError(f"population memory budget must be > 0 bytes, got {self.memory_budget_bytes}")
+
+    @classmethod
+    def for_precision(cls, precision: str, compile: str | None = None) -> "PopulationOptions":
+        """The options of a resolved precision ("fp32" / "bf16", :func:`dept.config.resolve_precision`)."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16 here (resolve 'auto' first), got {precision!r}")
+        return cls(amp=precision == "bf16", compile=compile)
+
+
+#: Share of a GPU's free memory a step's activations may take: the rest holds gradients, the optimizer's momentum,
+#: the allocator's slack and the fused kernels' workspace.
+MEMORY_SHARE = 0.6
 
 
 @dataclass
@@ -201,6 +218,10 @@ def train_population(
                               labels[: c0.batch_size].expand(len(learners), -1).to(device))
         loss_fn = torch.compile(population_losses, mode=options.compile)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if options.amp else contextlib.nullcontext()
+    chunk = members_per_step(learners, features, labels, c0.batch_size, options, device)
+    if chunk < len(learners):
+        log.info("population of %d: activations over the memory budget, each step runs in chunks of %d members",
+                 len(learners), chunk)
     results = [MemberResult() for _ in learners]
     live = list(range(len(learners)))  # neither stopped nor failed
     for m in learners:
@@ -222,11 +243,15 @@ def train_population(
             idx = order[:, i : i + c0.batch_size]  # [A, B]
             batch = features[idx, views.gather(1, idx)].to(device)
             members = [learners[p] for p in active]
-            with amp:
-                losses = loss_fn(members, batch, labels[idx].to(device))
+            targets = labels[idx].to(device)
             optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            values = losses.tolist()
+            values = []
+            # Members are independent, so chunks' backwards add up to the whole population's gradients.
+            for lo in range(0, len(active), chunk):
+                with amp:
+                    losses = loss_fn(members[lo : lo + chunk], batch[lo : lo + chunk], targets[lo : lo + chunk])
+                losses.sum().backward()
+                values += losses.tolist()
             bad = [j for j, v in enumerate(values) if not math.isfinite(v)] if nonfinite == "fail" else []
             for j in bad:  # failed: no update from this step on; the others' gradients are their own
                 p = active[j]
@@ -273,6 +298,52 @@ def train_population(
     for m in learners:
         m.eval()
     return results
+
+
+def activation_bytes(learners: list[DePTLearner], image_features: torch.Tensor, labels: torch.Tensor,
+                     amp: bool = False) -> int:
+    """Bytes of the activations autograd keeps for the backward of one batched step (:func:`batched_losses`) of
+    ``learners`` on ``image_features [P, B, D]``: the storages saved for backward, each counted once, parameters and
+    frozen weights left out (they are held anyway). Measured by running the forward, not estimated from shapes."""
+    held = {q.untyped_storage().data_ptr() for m in learners for q in m.parameters()}
+    held |= {q.untyped_storage().data_ptr() for q in learners[0].encoder.parameters()}
+    held |= {q.untyped_storage().data_ptr() for q in learners[0].encoder.buffers()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in held:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    device = image_features.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+        losses = batched_losses(learners, image_features, labels)
+    del losses
+    return sum(saved.values())
+
+
+def members_per_step(learners: list[DePTLearner], features: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                     options: PopulationOptions, device: torch.device) -> int:
+    """How many members one forward / backward may hold: all of them, unless their activations would exceed the
+    budget (:attr:`PopulationOptions.memory_budget_bytes`; on a GPU by default a share of its free memory).
+
+    The step's activations are a part shared by the members (the class names' tokens through the text tower) plus
+    a part per member; both are measured on probe steps of one and two members (:func:`activation_bytes`)."""
+    budget = options.memory_budget_bytes
+    if budget is None and device.type == "cuda":
+        budget = int(torch.cuda.mem_get_info(device)[0] * MEMORY_SHARE)
+    if budget is None or len(learners) == 1:
+        return len(learners)
+    one, two = (activation_bytes(learners[:p], features[:batch_size, 0].to(device).expand(p, -1, -1),
+                                 labels[:batch_size].to(device).expand(p, -1), options.amp) for p in (1, 2))
+    per_member = max(1, two - one)
+    fits = (budget - (one - per_member)) // per_member
+    if fits < 1:
+        log.warning("population: one member's activations (%.1f MB) exceed the memory budget (%.1f MB); training "
+                    "one member per step", one / 2**20, budget / 2**20)
+    return int(max(1, min(len(learners), fits)))
 
 
 def check_resume(resume: list[TrainResume | None] | None, configs: list[TrainConfig]) -> list[TrainResume | None]:

@@ -19,7 +19,7 @@ import torch
 
 from dept.config import TrainConfig
 from dept.learner import DePTLearner
-from dept.population import train_population
+from dept.population import PopulationOptions, train_population
 from dept.schedule import EpochStats, TrainResume
 
 log = logging.getLogger(__name__)
@@ -35,12 +35,14 @@ def train(
     validate: Callable[[DePTLearner], dict[str, float]] | None = None,
     resume: TrainResume | None = None,
     resumable: bool = False,
+    options: PopulationOptions = PopulationOptions(),
 ) -> list[EpochStats]:
     """Train on ``features`` ``[N, V, D]`` (view 0 = test transform, 1.. = augmented views) or ``[N, D]``,
     with ``labels`` ``[N]`` in 0..K-1 over ``learner.base_classnames``. Same seed, same numbers.
 
     ``resumable``: every epoch's stats carry the :class:`TrainResume` to continue from (a copy). ``resume``: load
     one into ``learner`` (built as for the first attempt) and run the remaining epochs; the history holds those.
+    ``options``: bf16 autocast (``amp``) and ``torch.compile`` for the step, as for a population.
 
     This is :func:`dept.population.train_population` with one member (one training loop for both); a non-finite
     loss does not stop it (the population would mark the member failed): every epoch runs and reports its loss."""
@@ -53,6 +55,6 @@ def train(
     [result] = train_population(
         [learner], features, labels, [config], on_epoch=epoch_done,
         validate=None if validate is None else (lambda _, m: validate(m)),
-        resume=[resume], resumable=resumable, nonfinite="continue",
+        resume=[resume], resumable=resumable, options=options, nonfinite="continue",
     )
     return result.history

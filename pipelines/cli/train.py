@@ -8,6 +8,7 @@ import click
 
 from dept.protocols import BASE_TO_NEW
 from pipelines.cli._common import check_out, feature_store_options, protocol_dataset, protocol_options, write_atomic
+from pipelines.cli._compute import compute_options
 from pipelines.trial.settings import click_options
 
 
@@ -16,16 +17,19 @@ from pipelines.trial.settings import click_options
 @click.option("--dataset", default=None, help="Dataset name in the store (base-to-new).")
 @protocol_options
 @click_options  # every trial setting: pipelines.trial.settings
+@compute_options
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
               help="Log this run to MLflow (e.g. sqlite:///mlflow.db, http://host:5000).")
 @click.option("--experiment", default="dept", show_default=True, help="MLflow experiment (with --mlflow-uri).")
 @click.option("--out", default=None, help="Write the results as JSON to this file.")
-def train_cmd(features, model, pretrained, dataset, protocol, source, targets, mlflow_uri, experiment, out, **settings):
+def train_cmd(features, model, pretrained, dataset, protocol, source, targets, precision, compile_mode, mlflow_uri,
+              experiment, out, **settings):
     """Train and evaluate one configuration on cached features (no Tune): prints test base / new / HM."""
     import dataclasses
     import tempfile
     from dataclasses import asdict
 
+    from dept.config import resolve_precision
     from pipelines.trial.context import make_context
     from pipelines.trial.plan import STATE_FILE, check_finite, run_trial
     from pipelines.trial.settings import Hyperparameters
@@ -42,8 +46,9 @@ def train_cmd(features, model, pretrained, dataset, protocol, source, targets, m
                        protocol=protocol, targets=names)
     import torch  # here: every check above answers without it
 
-    ctx = dataclasses.replace(ctx, device="cuda" if torch.cuda.is_available() else "cpu",
-                              num_threads=torch.get_num_threads())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ctx = dataclasses.replace(ctx, device=device, num_threads=torch.get_num_threads(),
+                              precision=resolve_precision(precision, device), compile=compile_mode)
     hp = hp.resolved([ctx.store_shots] if ctx.store_shots > 0 else [16])
     if protocol != BASE_TO_NEW:
         from pipelines.trial.targets import check_class_specific

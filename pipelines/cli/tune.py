@@ -8,6 +8,7 @@ import sys
 import click
 
 from pipelines.cli._common import METHOD_CHOICE, feature_store_options, protocol_dataset, protocol_options
+from pipelines.cli._compute import compute_options
 
 
 def resume_command() -> str:
@@ -59,6 +60,7 @@ def _space_help() -> str:
 @click.option("--population", default="auto", show_default=True, callback=lambda c, p, v: parse_population(v),
               help="Train up to this many same-shape trials as one batched step (each still its own Tune trial and "
                    "MLflow run); auto: 1 on CPU, 8 with --gpus-per-trial.")
+@compute_options
 @click.option("--max-failures", type=click.IntRange(min=0), default=2, show_default=True, help="Retries of a failed trial.")
 @click.option("--ray-address", default=None,
               help="Ray cluster to join (default: $RAY_ADDRESS, as `ray job submit` sets it; else a new local Ray).")
@@ -68,8 +70,8 @@ def _space_help() -> str:
               help="Default: sqlite:///mlflow.db in the working folder.")
 @click.option("--experiment", default="dept", show_default=True, help="MLflow experiment and Tune folder name.")
 def tune_cmd(features, model, pretrained, dataset, protocol, source, targets, space, methods, objective, num_samples,
-             gpus_per_trial, cpus_per_trial, max_concurrent, population, max_failures, ray_address, storage, resume, mlflow_uri,
-             experiment):
+             gpus_per_trial, cpus_per_trial, max_concurrent, population, precision, compile_mode, max_failures,
+             ray_address, storage, resume, mlflow_uri, experiment):
     """Tune DePT trials with Ray Tune over cached features; every trial tracked in MLflow."""
     dataset, target_names = protocol_dataset(protocol, dataset, source, targets)
     from pipelines.tune.runner import TuneInterrupted, TuneOptions, best_table, run_tune
@@ -79,6 +81,7 @@ def tune_cmd(features, model, pretrained, dataset, protocol, source, targets, sp
         methods=tuple(methods), objective=objective, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
         max_concurrent=max_concurrent, max_failures=max_failures, ray_address=ray_address, storage=storage,
         resume=resume, mlflow_uri=mlflow_uri, protocol=protocol, targets=target_names, population=population,
+        precision=precision, compile=compile_mode,
     )
     try:
         outcomes = run_tune(opts, progress=click.echo)

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dept.config import resolve_precision
 from dept.protocols import BASE_TO_NEW
 from dept.weights import is_local_checkpoint
 from pipelines.store import read_manifest, resolve_features, weights_id_of
@@ -45,6 +46,8 @@ class TrialContext:
     seeds: tuple[int, ...] = (1,)  # the space's seeds (Repeater index -> seed)
     num_threads: int = 1
     device: str = "cpu"  # "cuda" when the trial holds a GPU
+    precision: str = "fp32"  # the training step's, resolved for ``device`` (dept.config.resolve_precision)
+    compile: str | None = None  # torch.compile mode of the training step (dept.config.COMPILE_MODES)
     fail_once_dir: str | None = None  # test hook, see FAIL_ONCE_ENV
     epoch_pause_s: float = 0.0  # test hook, see EPOCH_PAUSE_ENV
     protocol: str = BASE_TO_NEW  # or cross-dataset / domain-generalization: ``dataset`` is then the source
@@ -67,6 +70,8 @@ class TrialContext:
             "features_url": self.features_url,
             "objective": self.objective,
             PROTOCOL_TAG: self.protocol,
+            "precision": self.precision,
+            **({"compile": self.compile} if self.compile else {}),
             **({"targets": ",".join(t.dataset for t in self.targets)} if self.protocol != BASE_TO_NEW else {}),
         }
 
@@ -81,6 +86,8 @@ def make_context(
     pseudo_new_fraction: float = 1.0 / 3.0,
     num_threads: int = 1,
     device: str = "cpu",
+    precision: str = "auto",
+    compile: str | None = None,
     who: str = "",
     model: str | None = None,
     pretrained: str | None = None,
@@ -89,7 +96,8 @@ def make_context(
 ) -> TrialContext:
     """The trial context of one dataset, after checking that the store can serve every trial asked for
     (``shots`` / ``seeds`` drawn, the model's checkpoint present, enough base classes). ``features``: a model
-    folder, or the store root with ``model`` / ``pretrained`` choosing the model folder."""
+    folder, or the store root with ``model`` / ``pretrained`` choosing the model folder. ``precision``: one of
+    ``dept.config.PRECISIONS``, resolved for ``device``."""
     # An absolute model folder: trials run in other processes (other machines).
     features = resolve_features(features, dataset=dataset, model=model, pretrained=pretrained)
     manifest = read_manifest(features, dataset)
@@ -140,6 +148,8 @@ def make_context(
         seeds=tuple(seeds),
         num_threads=num_threads,
         device=device,
+        precision=resolve_precision(precision, device),
+        compile=compile,
         fail_once_dir=os.environ.get(FAIL_ONCE_ENV) or None,
         epoch_pause_s=float(os.environ.get(EPOCH_PAUSE_ENV) or 0.0),
         protocol=protocol,

@@ -257,19 +257,20 @@ def run_trial(
     epochs before it are not reported again)."""
     import torch
 
-    from dept import save_state, train
+    from dept import PopulationOptions, save_state, train
 
     torch.set_num_threads(max(1, ctx.num_threads))
     started = time.perf_counter()
     plan = plan_trial(hp, ctx, text_tower(ctx))
+    options = PopulationOptions.for_precision(ctx.precision, ctx.compile)
     last: dict = {}
     train(plan.learner, plan.features, plan.labels, plan.train_config(),
           on_epoch=epoch_reporter(hp, last, on_epoch, on_checkpoint), validate=plan.validate, resume=resume,
-          resumable=on_checkpoint is not None)
+          resumable=on_checkpoint is not None, options=options)
     tested = plan.learner
     if plan.retrain is not None:
         tested, features, labels = plan.retrain()
-        train(tested, features, labels, plan.train_config())
+        train(tested, features, labels, plan.train_config(), options=options)
     final = {**plan.finish(last, tested), "train_seconds": time.perf_counter() - started}
     if state_dir is not None:
         save_state(tested, Path(state_dir) / STATE_FILE)

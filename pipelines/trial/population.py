@@ -151,7 +151,7 @@ class PopulationHost:
         # torch and dept here: the registry actor and a member's relay import this module and train nothing.
         import torch
 
-        from dept import save_state, train_population
+        from dept import PopulationOptions, save_state, train_population
         from dept.schedule import TrainResume
 
         ctx = self.context
@@ -175,17 +175,18 @@ class PopulationHost:
             return [p for p in members if ids[p] in gone]
 
         features, labels = plans[0].features, plans[0].labels  # one shape: the same training images
+        options = PopulationOptions.for_precision(ctx.precision, ctx.compile)  # on a GPU: a memory-fitted step
         log.info("population %s: %d members, %s", self.population_id, len(ids), ", ".join(ids))
         results = train_population([p.learner for p in plans], features, labels, [p.train_config() for p in plans],
                                    on_epoch=lambda p, stats: reporters[p](stats), after_epoch=after_epoch, validate=lambda p, m: plans[p].validate(m),
-                                   resume=resume, resumable=True, nonfinite="continue")
+                                   resume=resume, resumable=True, options=options, nonfinite="continue")
         done = [p for p, r in enumerate(results) if r.status == "done" and ids[p] not in self._gone]
         tested = {p: plans[p].learner for p in done}
         retrain = [p for p in done if plans[p].retrain is not None]
         if retrain:  # pseudo-new: the shipped models, retrained on every base class, as one population too
             again = {p: plans[p].retrain() for p in retrain}
             train_population([again[p][0] for p in retrain], again[retrain[0]][1], again[retrain[0]][2],
-                             [plans[p].train_config() for p in retrain], nonfinite="continue")
+                             [plans[p].train_config() for p in retrain], options=options, nonfinite="continue")
             tested.update({p: again[p][0] for p in retrain})
         seconds = time.perf_counter() - started
         for p in done:

@@ -177,6 +177,8 @@ class TuneOptions:
     protocol: str = BASE_TO_NEW  # cross-dataset / domain-generalization: ``dataset`` is the source
     targets: tuple[str, ...] = ()  # transfer protocols: these targets (default: every one featurized)
     population: int | None = None  # trials trained together (pipelines.trial.population); None: by device
+    precision: str = "auto"  # the training step's (dept.config.PRECISIONS): auto is bf16 with GPUs, fp32 without
+    compile: str | None = None  # torch.compile mode of the training step
 
 
 @dataclass
@@ -220,7 +222,8 @@ def _context(opts: TuneOptions, space: SearchSpace, dataset: str) -> TrialContex
     return make_context(
         opts.features, dataset, shots=space.shots_values(), seeds=list(space.seeds), objective=space.objective,
         pseudo_new_fraction=space.pseudo_new_fraction, num_threads=max(1, int(opts.cpus_per_trial)),
-        device="cuda" if opts.gpus_per_trial > 0 else "cpu", who=f"space {space.name}",
+        device="cuda" if opts.gpus_per_trial > 0 else "cpu", precision=opts.precision, compile=opts.compile,
+        who=f"space {space.name}",
         model=opts.model, pretrained=opts.pretrained, protocol=opts.protocol, targets=opts.targets,
     )
 

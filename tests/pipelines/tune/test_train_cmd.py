@@ -78,6 +78,28 @@ def test_train_without_dept_is_the_base_method_and_is_deterministic(demo_store, 
     assert outs[0]["test"] == outs[1]["test"] and outs[0]["val"] == outs[1]["val"]
 
 
+def test_train_precision_is_recorded_and_bf16_stays_near_fp32(demo_store, tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    docs = {}
+    for precision in ("auto", "bf16"):
+        out = tmp_path / f"{precision}.json"
+        result = invoke("train", "--features", demo_store, "--dataset", "demo", "--method", "coop", "--epochs", 2,
+                        "--n-ctx", 2, "--ctx-init", "", "--precision", precision, "--out", out, "--mlflow-uri", uri,
+                        "--experiment", "precision")
+        assert result.exit_code == 0, result.output
+        docs[precision] = json.loads(out.read_text())
+    assert docs["auto"]["features"]["precision"] == "fp32"  # auto on CPU
+    assert docs["bf16"]["features"]["precision"] == "bf16"
+    losses = {p: [h["train_loss"] for h in d["history"]] for p, d in docs.items()}
+    assert losses["auto"] != losses["bf16"]  # autocast was on
+    assert losses["bf16"] == pytest.approx(losses["auto"], rel=0.05)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("precision").experiment_id])
+    assert sorted(r.data.tags["precision"] for r in runs) == ["bf16", "fp32"]
+
+
 @pytest.mark.parametrize(
     "extra, expected",
     [
