@@ -7,15 +7,12 @@
 # Run from the repository root:  bench/gpu.sh [OUTDIR]        (figures: OUTDIR/gpu_bench.{md,json,log})
 # Dry run without a GPU:          PYTHON=.venv/bin/python bench/gpu.sh --cpu-dry-run   (tiny model, a minute)
 #
-# The device image has torch, timm, regex, pyarrow, fsspec, numpy, pillow but not open_clip; this script installs
-# open_clip_torch, ftfy and wcwidth from wheels in .whl/ (git-ignored through .git/info/exclude). Fetch them once,
-# on a machine with pip access, from the repository root (the device's Python is 3.12, x86-64):
-#   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4
-# and carry .whl with the run (device tool: carry [".whl"]), e.g.
-#   command: OUT=$OUT bench/gpu.sh "$OUT"      timeout_s: 540
+# The device image has torch, timm, regex, pyarrow, fsspec, numpy, pillow but not open_clip, Ray or MLflow; this
+# script installs open_clip_torch, ftfy and wcwidth from wheels in .whl/ (git-ignored). Two steps:
+#   bash bench/gpu.sh --prepare          here, with pip access: downloads the wheels for the device's Python 3.12
+#   device run, carry [".whl"]:          command: OUT=$OUT bench/gpu.sh "$OUT"      timeout_s: 540
+# Checked on a bare Python here (tests/bench/test_bench_scripts.py): PYTHONPATH=bench/bare makes open_clip, Ray
+# and MLflow unimportable except from the wheels' install folder ($DEPT_WHEEL_SITE, default /tmp/site).
 #
 # Trial populations (issue 16), a run of its own (about 5 minutes on an H200): bench/population.py at P = 1, 8, 32,
 # 64, ViT-B-16 text tower (random weights), CoOp+DePT, 50 base classes; the fp32 exactness check first, then fp32
@@ -26,14 +23,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"  # PYTHON=.venv/bin/python for a local dry run
+WHEELS="${DEPT_WHEELS:-.whl}"
+SITE="${DEPT_WHEEL_SITE:-/tmp/site}"
+# The wheels' versions: the ones this project is tested with (open_clip's pretrained names and tokenizer).
+WHEEL_PINS=(open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.5)
+
+if [[ "${1:-}" == "--prepare" ]]; then
+    mkdir -p "$WHEELS"
+    echo "downloading ${WHEEL_PINS[*]} into $WHEELS/ (about 2.4 MB) for the device's Python 3.12"
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --disable-pip-version-check -d "$WHEELS" "${WHEEL_PINS[@]}"
+    ls "$WHEELS"
+    echo "ready: carry [\"$WHEELS\"] with the device run of bench/gpu.sh"
+    exit 0
+fi
 
 if ! "$PY" -c "import open_clip" 2>/dev/null; then
-    if ! ls .whl/*.whl >/dev/null 2>&1; then
-        echo "open_clip is not installed and there are no wheels in .whl/ (see the comment at the top of $0)" >&2
+    if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+        echo "open_clip is not installed and there are no wheels in $WHEELS/: run bash bench/gpu.sh --prepare first" >&2
         exit 2
     fi
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --disable-pip-version-check \
+        --target "$SITE" "$WHEELS"/*.whl
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+    "$PY" -c "import open_clip" || { echo "open_clip does not import from $SITE" >&2; exit 2; }
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false

@@ -100,6 +100,26 @@ def test_population_bench_runs_and_checks_exactness_first(tmp_path):
     assert [r["members"] for r in doc["rows"]] == [1, 4]
 
 
+@pytest.mark.slow
+def test_gpu_script_prepares_its_wheels_and_runs_on_a_bare_python(tmp_path):
+    """bench/gpu.sh as the lease's bare image runs it: --prepare downloads the wheels (package registry), then the
+    dry run works with open_clip, Ray and MLflow importable only from the folder it installs the wheels into."""
+    wheels, site = tmp_path / "whl", tmp_path / "site"
+    env = {**os.environ, "PYTHON": sys.executable, "DEPT_WHEELS": str(wheels), "DEPT_WHEEL_SITE": str(site)}
+    prep = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--prepare"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert prep.returncode == 0, prep.stdout + prep.stderr
+    assert {w.name.split("-")[0] for w in wheels.glob("*.whl")} == {"open_clip_torch", "ftfy", "wcwidth"}
+    bare = {**env, "PYTHONPATH": str(BENCH / "bare")}
+    blocked = subprocess.run([sys.executable, "-c", "import ray"], env=bare, capture_output=True, text=True)
+    assert blocked.returncode != 0 and "bare GPU image" in blocked.stderr  # the check is real
+    for args in (["--cpu-dry-run"], ["--population", "--cpu-dry-run"]):
+        p = subprocess.run(["bash", str(BENCH / "gpu.sh"), *args], env=bare, capture_output=True, text=True,
+                           timeout=600)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert (site / "open_clip").is_dir()
+
+
 def test_gpu_shell_script_syntax():
     subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
 
