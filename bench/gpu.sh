@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
-# The benches on one CUDA GPU, in one go (well inside 8 minutes on an H200): text encoder full / truncated /
-# shared prefix at 20/50/100/500 classes, trial cost (online reference step vs cached features, 20 and 50 base
-# classes), each in fp32 and bf16 autocast with their numerical difference, the bare image-encoder rate and the
-# decode rate per CPU core. Drives dept/ directly: no Ray, no MLflow needed (bench/gpu_bench.py).
+# The whole GPU check of one lease, in one go, driving dept/ directly (no Ray, no MLflow on the device):
+#   1. trial populations (bench/population.py): the exactness check first (members vs dept.train alone, fp32),
+#      then trials/hour at P = 1 / 8 / 32 / 64, ViT-B-16 text tower (random weights), CoOp+DePT, 50 base classes,
+#      in fp32 and in bf16 autocast (fp32 master weights);
+#   2. bench/gpu_bench.py: text encoder full / truncated / shared prefix at 20/50/100/500 classes, the cached trial
+#      vs the reference online step (20 and 50 base classes), the bare image-encoder rate, decode per CPU core,
+#      each in fp32 and bf16 with their numerical difference.
+# Each part runs under its own time budget (a hard timeout); the parts sum to 540 s (inside 10 minutes with the
+# install), --quick to 220 s (P = 1 / 8, 50 and 500 classes, ViT-B-16 only: inside 4 minutes). The result is one
+# OUT/gpu_result.{json,md} (bench/gpu_report.py) that bench/RESULTS.md takes as it is; a part over its budget is
+# listed as timed out, the others still report.
 #
-# Run from the repository root:  bench/gpu.sh [OUTDIR]        (figures: OUTDIR/gpu_bench.{md,json,log})
-# Dry run without a GPU:          PYTHON=.venv/bin/python bench/gpu.sh --cpu-dry-run   (tiny model, a minute)
+#   bash bench/gpu.sh --prepare                       here, with pip access: the wheels the device lacks, into .whl/
+#   device run, carry [".whl"]:   OUT=$OUT bench/gpu.sh [--quick] "$OUT"     timeout_s: 600 (--quick: 270)
+#   dry run on this CPU:          PYTHON=.venv/bin/python bench/gpu.sh --cpu-dry-run [OUT]   (tiny model)
+#   populations only:             bench/gpu.sh --population "$OUT"; POP_COMPILE=reduce-overhead adds a compiled run
 #
 # The device image has torch, timm, regex, pyarrow, fsspec, numpy, pillow but not open_clip, Ray or MLflow; this
-# script installs open_clip_torch, ftfy and wcwidth from wheels in .whl/ (git-ignored). Two steps:
-#   bash bench/gpu.sh --prepare          here, with pip access: downloads the wheels for the device's Python 3.12
-#   device run, carry [".whl"]:          command: OUT=$OUT bench/gpu.sh "$OUT"      timeout_s: 540
-# Checked on a bare Python here (tests/bench/test_bench_scripts.py): PYTHONPATH=bench/bare makes open_clip, Ray
-# and MLflow unimportable except from the wheels' install folder ($DEPT_WHEEL_SITE, default /tmp/site).
-#
-# Trial populations (issue 16), a run of its own (about 5 minutes on an H200): bench/population.py at P = 1, 8, 32,
-# 64, ViT-B-16 text tower (random weights), CoOp+DePT, 50 base classes; the fp32 exactness check first, then fp32
-# and bf16 autocast (fp32 master weights). POP_COMPILE=reduce-overhead adds a run with the step under torch.compile
-# (CUDA graphs).
-#   command: OUT=$OUT bench/gpu.sh --population "$OUT"      timeout_s: 420
-#   dry run: PYTHON=.venv/bin/python bench/gpu.sh --population --cpu-dry-run
+# script installs open_clip_torch, ftfy and wcwidth from the wheels in .whl/ (git-ignored). Checked on a bare Python
+# here (tests/bench/test_bench_scripts.py): PYTHONPATH=bench/bare makes open_clip, Ray and MLflow unimportable except
+# from the wheels' install folder ($DEPT_WHEEL_SITE, default /tmp/site).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"  # PYTHON=.venv/bin/python for a local dry run
@@ -52,30 +52,52 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
-if [[ "${1:-}" == "--population" ]]; then
-    shift
-    if [[ "${1:-}" == "--cpu-dry-run" ]]; then
-        exec "$PY" bench/population.py --tiny
-    fi
-    out="${1:-${OUT:-bench/gpu-out}}"
-    mkdir -p "$out"
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$out/nvidia-smi.txt" || true
+# The parts, in order, each with its time budget (a hard timeout): exactness first (population.py checks members
+# against dept.train alone before it times anything), then trials/hour in fp32 and bf16, then the step costs.
+# Full: 540 s of parts + ~30 s install and start-up, inside 10 minutes; --quick: 220 s, inside 4 minutes.
+quick=0; dry=0; only_population=0; out=""
+for a in "$@"; do
+    case "$a" in
+        --quick) quick=1 ;;
+        --cpu-dry-run) dry=1 ;;
+        --population) only_population=1 ;;
+        *) out="$a" ;;
+    esac
+done
+out="${out:-${OUT:-bench/gpu-out}}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$out/nvidia-smi.txt" 2>&1 || true
+if [[ $dry == 1 ]]; then
+    pop=(bench/population.py --tiny)
+    bench=(bench/gpu_bench.py --device cpu --tiny)
+    budgets=(300 300 300)  # the CPU is slower than any GPU: the dry run checks the parts, not the budget
+elif [[ $quick == 1 ]]; then
+    pop=(bench/population.py --device cuda --clock wall --model ViT-B-16 --pretrained none --classes 50 --shots 8
+         --views 4 --seq-sample 2 --populations 1,8)
+    bench=(bench/gpu_bench.py --device cuda --quick)
+    budgets=(60 50 110)
+else
     pop=(bench/population.py --device cuda --clock wall --model ViT-B-16 --pretrained none --classes 50 --shots 8
          --views 4 --seq-sample 3)
-    timeout 150 "$PY" "${pop[@]}" --out "$out/fp32" 2>&1 | tee "$out/population_fp32.log" || echo "fp32 run failed ($?)"
-    timeout 150 "$PY" "${pop[@]}" --amp --exact-members 2 --exact-epochs 1 --out "$out/bf16" 2>&1 | tee "$out/population_bf16.log" || echo "bf16 run failed ($?)"
-    if [[ -n "${POP_COMPILE:-}" ]]; then
-        timeout 150 "$PY" "${pop[@]}" --amp --compile "$POP_COMPILE" --exact-members 2 --exact-epochs 1 --out "$out/compiled" \
-            2>&1 | tee "$out/population_compiled.log" || echo "compiled run failed ($?)"
-    fi
-    exit 0
+    bench=(bench/gpu_bench.py --device cuda)
+    budgets=(150 120 270)
 fi
-if [[ "${1:-}" == "--cpu-dry-run" ]]; then
-    exec "$PY" bench/gpu_bench.py --device cpu --tiny
+names=(population-fp32 population-bf16 gpu-bench)
+commands=("${pop[*]} --out $out/population_fp32"
+          "${pop[*]} --amp --exact-members 2 --exact-epochs 1 --out $out/population_bf16"
+          "${bench[*]} --out $out")
+[[ $only_population == 1 ]] && names=("${names[@]:0:2}")
+plan=(); rcs=()
+for i in "${!names[@]}"; do
+    echo "== ${names[$i]} (budget ${budgets[$i]} s)"
+    rc=0
+    # shellcheck disable=SC2086  # the command's words, split on purpose
+    timeout "${budgets[$i]}" "$PY" ${commands[$i]} >"$out/${names[$i]}.log" 2>&1 || rc=$?
+    tail -n 25 "$out/${names[$i]}.log"
+    plan+=("${names[$i]}:${budgets[$i]}"); rcs+=("$rc")
+done
+if [[ -n "${POP_COMPILE:-}" && $dry == 0 ]]; then  # extra, outside the plan: the step under torch.compile
+    timeout 150 "$PY" "${pop[@]}" --amp --compile "$POP_COMPILE" --exact-members 2 --exact-epochs 1 \
+        --out "$out/compiled" >"$out/population_compiled.log" 2>&1 || echo "compiled run failed ($?)"
 fi
-out="${1:-${OUT:-bench/gpu-out}}"
-mkdir -p "$out"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$out/nvidia-smi.txt" || true
-# 450 s: the whole script must end inside 8 minutes, leaving the pip install and start-up their share.
-set -o pipefail
-timeout 450 "$PY" bench/gpu_bench.py --device cuda --out "$out" 2>&1 | tee "$out/gpu_bench.log"
+IFS=,; exec "$PY" bench/gpu_report.py "$out" --plan "${plan[*]}" --rc "${rcs[*]}"

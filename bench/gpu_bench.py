@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="dry run: tiny model, tiny sizes")
     ap.add_argument("--out", default=None, help="folder for gpu_bench.json")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: text,trial,image,decode")
+    ap.add_argument("--quick", action="store_true",
+                    help="the 4-minute lease's subset: 50 and 500 classes, one trial size, ViT-B-16 only, no decode")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -229,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model, image_models = "ViT-B-16", ["ViT-B-16", "ViT-B-32"]
         text_counts, trial_counts, repeats, steps, img_batch, workers, decode_n = [20, 50, 100, 500], [20, 50], 5, 20, 256, 8, 64
+        if args.quick:
+            image_models, text_counts, trial_counts, repeats, steps = ["ViT-B-16"], [50, 500], [50], 3, 10
+            skip.add("decode")
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -243,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         header += f"; {torch.cuda.get_device_name(device)}"
     log(header)
-    result: dict = {"device": str(device), "tiny": args.tiny, "torch": torch.__version__, "model": model}
+    result: dict = {"device": str(device), "tiny": args.tiny, "quick": args.quick, "torch": torch.__version__,
+                    "model": model}
     clip = load_clip(model, None, device=device)
     if "text" not in skip:
         result["text"] = bench_text(clip, device, text_counts, repeats, 16, log)

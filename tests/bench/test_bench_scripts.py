@@ -113,11 +113,17 @@ def test_gpu_script_prepares_its_wheels_and_runs_on_a_bare_python(tmp_path):
     bare = {**env, "PYTHONPATH": str(BENCH / "bare")}
     blocked = subprocess.run([sys.executable, "-c", "import ray"], env=bare, capture_output=True, text=True)
     assert blocked.returncode != 0 and "bare GPU image" in blocked.stderr  # the check is real
-    for args in (["--cpu-dry-run"], ["--population", "--cpu-dry-run"]):
-        p = subprocess.run(["bash", str(BENCH / "gpu.sh"), *args], env=bare, capture_output=True, text=True,
-                           timeout=600)
-        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = tmp_path / "out"
+    p = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--cpu-dry-run", str(out)], env=bare, capture_output=True,
+                       text=True, timeout=1200)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert (site / "open_clip").is_dir()
+    # One result for the lease: every part, in plan order, with its own figures.
+    doc = json.loads((out / "gpu_result.json").read_text())
+    assert list(doc["parts"]) == ["population-fp32", "population-bf16", "gpu-bench"]
+    assert all(part["status"] == "ok" and part["result"] for part in doc["parts"].values())
+    assert doc["parts"]["population-fp32"]["result"]["exactness"]["accuracy_equal"]
+    assert "## gpu-bench" in (out / "gpu_result.md").read_text()
 
 
 def test_gpu_shell_script_syntax():
