@@ -93,7 +93,7 @@ def test_tune_summary_parent_run_and_report_name_the_same_winner(store, tmp_path
     assert best.mean("val_hm") == 65.0 and best_trial.trial_id == "a2"
     table = best_table([DatasetOutcome("demo", parent, "", records, best, best_trial)], "val_hm")
     (row,) = [line.split() for line in table.splitlines() if line.startswith("demo")]
-    assert row[1:8] == ["coop", "yes", "0.70", "0.70", "2.00e-03", "2", "65.00"] and row[8:10] == ["72.00", "52.00"]
+    assert row[1:7] == ["CoOp+DePT", "0.70", "0.70", "2.00e-03", "2", "65.00"] and row[7:9] == ["72.00", "52.00"]
 
     run = tracker.client.get_run(parent)
     assert run.data.metrics["best_val_hm"] == 65.0 and run.data.metrics["best_seeds"] == 2
