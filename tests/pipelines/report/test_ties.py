@@ -134,3 +134,62 @@ def test_the_report_marks_the_winner_and_shows_lr_and_loss_weight_in_every_forma
     assert {r["winner"] for r in table if r["row"] == "dataset"} == {"true", "false"}
     tex = format_latex(blocks, experiment="e")
     assert r"DTD & CoCoOp+DePT$^\star$ & 0.70 & 2.0e-03 & 1 &" in tex and "% winner DTD: CoCoOp+DePT" in tex
+
+
+SPACE = """
+description: two loss weights (0, the plain method, and 0.5) x two learning rates, two seeds, one epoch
+params:
+  method: coop
+  dept: true
+  loss_weight: {grid: [0.0, 0.5]}
+  lr: {grid: [2.0e-3, 1.0e-2]}
+  epochs: 1
+  warmup_epochs: 0
+  batch_size: 4
+  n_ctx: 2
+  ctx_init: ""
+seeds: [1, 2]
+num_samples: 1
+metric: val_hm
+mode: max
+scheduler: none
+searcher: {type: random, seed: 0}
+"""
+
+
+@pytest.mark.slow
+def test_tune_summary_and_report_name_the_same_winner_with_its_lr(demo_store, tmp_path):
+    import re
+
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+
+    (tmp_path / "space.yaml").write_text(SPACE)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tuned = CliRunner().invoke(main, [
+        "tune", "--features", demo_store, "--dataset", "all", "--space", str(tmp_path / "space.yaml"),
+        "--storage", str(tmp_path / "tune"), "--mlflow-uri", uri, "--experiment", "one"], catch_exceptions=False)
+    assert tuned.exit_code == 0, tuned.output
+    (summary,) = [line.split() for line in tuned.output.splitlines() if re.match(r"demo\s+CoOp", line)]
+    label, lw, lr = summary[1], float(summary[2]), float(summary[4])
+    summary_tie = [line for line in tuned.output.splitlines() if line.startswith("demo: tie on")]
+
+    reported = CliRunner().invoke(main, ["report", "--mlflow-uri", uri, "--experiment", "one"])
+    assert reported.exit_code == 0, reported.output
+    rows = [line for line in reported.output.splitlines() if line.startswith("| demo | ")]
+    labels = {line.split(" | ")[1].replace("**", "").replace(" (winner)", "") for line in rows}
+    assert {"CoOp", "CoOp+DePT"} <= labels  # loss weight 0 is the plain method's row, not a "+DePT" one
+    (marked,) = [line.split(" | ") for line in rows if "(winner)" in line]
+    assert marked[1] == f"**{label}** (winner)"  # the summary's winner is the row marked
+    assert float(marked[2]) == lw and float(marked[3]) == lr  # with its loss weight and lr shown
+    (line,) = [line for line in reported.output.splitlines() if line.startswith("- winner demo: ")]
+    assert line.startswith(f"- winner demo: {label}") and f"lr{lr:.1e}" in line
+    # A tie, where there is one, is shown by both and broken the same way.
+    assert bool(summary_tie) == ("tie on" in line)
+    if summary_tie:
+        assert summary_tie[0].removeprefix("demo: ") in line
+
+    csv_out = CliRunner().invoke(main, ["report", "--mlflow-uri", uri, "--experiment", "one", "--format", "csv"])
+    won = list(csv.DictReader(io.StringIO(csv_out.output)))
+    assert [float(r["lr"]) for r in won if r["winner"] == "true"] == [lr]
