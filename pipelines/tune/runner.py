@@ -560,7 +560,8 @@ def best_table(outcomes: list[DatasetOutcome], metric: str, mode: str = "max", p
     completed, best mean ``metric``; the parent run's ``best_*`` and ``report`` use the same rule), with its test
     numbers: base and new averaged over seeds, HM of those averages (the transfer protocols: the source's test
     accuracy and the mean over targets, averaged over seeds). A dataset without a complete configuration shows its
-    leading incomplete one, marked so in the seeds column."""
+    leading incomplete one, marked so in the seeds column. A winner that won an exact tie gets a line under the
+    table saying so and by which criterion of ``pipelines.selection.TIE_RULE``."""
 
     transfer = protocol != BASE_TO_NEW
     tests = ["source test", "target avg"] if transfer else ["test base", "test new", "test HM"]
