@@ -162,3 +162,12 @@ def test_transfer_trials_get_the_source_against_targets_scatter():
     assert drawn == sorted([(41.0, 31.0), (42.0, 32.0), (51.0, 31.0), (52.0, 32.0), (46.0, 60.0)])
     assert ax.get_xlabel() == "test accuracy on the source (%)" and "targets" in ax.get_ylabel()
     assert not ax.lines  # no iso-HM lines: HM means nothing here
+
+
+def test_a_plain_winner_has_no_sweep_so_the_best_configuration_with_dept_is_drawn_and_said(points):
+    plain = [point("coop", False, 0.0, "0.002", seed, 60, 62, val=99) for seed in (1, 2)]
+    for p in plain:  # the plain method has no CAT head: nothing to fuse, nothing swept
+        object.__setattr__(p, "sweep", {})
+    figs = make_figures([p for p in points if p.dept] + plain, dataset="DTD")
+    (ax,) = figs["fusion_weight_sweep.png"].axes
+    assert "the winner, CoOp, has no CAT head" in ax.get_title() and "CoOp+DePT λ=0.30" in ax.get_title()
