@@ -1,10 +1,11 @@
 """The figures of one dataset's trials, logged to its parent run (``plots/``) and saved by ``report --plots``:
 
-- ``base_new_hm_vs_loss_weight.png``: test base / new / HM against DePT's loss weight, one series per method with
-  DePT (per loss weight the configuration best on validation, mean over its seeds, bars: std) and the method
-  without DePT as a level line (band: std);
-- ``fusion_weight_sweep.png``: the best configuration's test base / new / HM and selection HM re-scored at every
-  fusion weight after training (x = fusion weight);
+- ``base_new_hm_vs_loss_weight.png``: test base / new / HM against DePT's loss weight, one curve per method (per
+  loss weight the configuration best on validation, mean over its seeds, bars: std) that starts at loss weight 0
+  from the plain method, also drawn as a level line (band: std); a run at loss weight 0 *is* the plain method;
+- ``fusion_weight_sweep.png``: the winner's test base / new / HM and selection HM re-scored at every fusion weight
+  after training (x = fusion weight); when the winner is a plain method (no CAT head, nothing to fuse), the best
+  configuration with DePT, and the title says so;
 - ``base_vs_new.png``: test base against new of every completed trial, iso-HM lines, CLIP zero-shot as a star.
 
 Points come from the tune driver's trial records (:func:`parent_figures`) or from MLflow runs
@@ -61,8 +62,10 @@ def points_from_records(records, metric: str) -> list[TrialPoint]:
         weights = res.get("sweep_fusion_weights") or []
         sweep = {k.removeprefix("sweep_"): dict(zip(weights, v)) for k, v in res.items()
                  if k.startswith("sweep_") and k != "sweep_fusion_weights" and v}
-        out.append(TrialPoint(r.hp.method, bool(r.hp.dept), config_key(r.hp), str(r.hp.seed), float(r.hp.loss_weight),
-                              float(r.hp.fusion_weight), r.status == COMPLETED, _num(res.get(metric)), 0,
+        applied = r.hp.applied_dept()  # DePT at loss weight 0 is the plain method: drawn and named as it
+        out.append(TrialPoint(r.hp.method, bool(applied["dept_effective"]), config_key(r.hp), str(r.hp.seed),
+                              float(applied["loss_weight_effective"]), float(r.hp.fusion_weight),
+                              r.status == COMPLETED, _num(res.get(metric)), 0,
                               {k: res[k] for k in TEST_KEYS if is_number(res.get(k))}, sweep))
     return out
 
@@ -126,8 +129,13 @@ def make_figures(points: list[TrialPoint], *, dataset: str, mode: str = "max", b
         return {"source_vs_targets.png": _scatter_figure(done, dataset, zero_shot, TRANSFER_AXES)}
     figures = {"base_new_hm_vs_loss_weight.png": _loss_weight_figure(points, dataset, mode)}
     best_points = _winning_points([p for p in points if best is None or p.config == best], mode)
+    winner_name = _label(best_points[0].method, best_points[0].dept) if best_points else ""
+    if best_points and not any(p.sweep for p in best_points):  # a plain method won: no CAT head to fuse
+        best_points = _winning_points([p for p in points if p.dept and p.sweep], mode)
+    else:
+        winner_name = ""
     if any(p.sweep for p in best_points):
-        figures["fusion_weight_sweep.png"] = _sweep_figure(best_points, dataset)
+        figures["fusion_weight_sweep.png"] = _sweep_figure(best_points, dataset, plain_winner=winner_name)
     figures["base_vs_new.png"] = _scatter_figure(done, dataset, zero_shot)
     return figures
 
@@ -151,12 +159,16 @@ def _loss_weight_figure(points, dataset, mode):
     by_series: dict[tuple[str, bool], list[TrialPoint]] = {}
     for p in points:
         by_series.setdefault((p.method, p.dept), []).append(p)
-    lws = sorted({p.loss_weight for p in points if p.dept and not math.isnan(p.loss_weight)}) or [0.0, 1.0]
-    span = (min(lws) - 0.05, max(lws) + 0.05)
+    lws = sorted({p.loss_weight for p in points if p.dept and not math.isnan(p.loss_weight)}) or [1.0]
+    span = (-0.05, max(lws) + 0.05)  # from loss weight 0: the plain method
+    plain = {method: _winner(series, mode) for (method, dept), series in by_series.items() if not dept}
     for (method, dept), series in sorted(by_series.items(), key=lambda kv: _series_order(*kv[0])):
         colour, label = _COLOURS.get(method), _label(method, dept)
         if dept:
             xs, stats = [], []
+            if plain.get(method) is not None:  # the curve starts from the plain method, at loss weight 0
+                xs.append(0.0)
+                stats.append(_seed_stats(plain[method]))
             for lw in sorted({p.loss_weight for p in series}):
                 won = _winner([p for p in series if p.loss_weight == lw], mode)
                 if won is not None:
@@ -181,12 +193,12 @@ def _loss_weight_figure(points, dataset, mode):
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
     fig.suptitle(f"{dataset}: test accuracy against DePT's loss weight\nper λ the configuration best on validation, "
-                 "mean ± std over seeds; dashed: without DePT (band: std)", fontsize=11)
+                 "mean ± std over seeds;\nat λ 0 and dashed: the plain method (band: std)", fontsize=11)
     fig.legend(loc="outside lower center", ncol=3, fontsize=9, frameon=False)
     return fig
 
 
-def _sweep_figure(best_points, dataset):
+def _sweep_figure(best_points, dataset, plain_winner: str = ""):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.5), layout="constrained")
     p0 = best_points[0]
@@ -213,7 +225,9 @@ def _sweep_figure(best_points, dataset):
     ax.set_xlabel("fusion weight a (CAT head's share of the base-class logits)")
     ax.set_ylabel("accuracy (%)")
     seeds = len(best_points)
-    ax.set_title(f"{dataset}: fusion-weight sweep of the best configuration, {_label(p0.method, p0.dept)} "
+    which = (f"the best configuration with DePT (the winner, {plain_winner}, has no CAT head)" if plain_winner
+             else "the winner")
+    ax.set_title(f"{dataset}: fusion-weight sweep of {which}, {_label(p0.method, p0.dept)} "
                  f"λ={p0.loss_weight:.2f}\n(re-scored after training; mean over {seeds} seed{'s' * (seeds != 1)}"
                  f"{', band: std' if seeds > 1 else ''})", fontsize=11)
     ax.grid(alpha=0.3)
@@ -272,7 +286,7 @@ def _scatter_figure(done, dataset, zero_shot, axes=BASE_NEW_AXES):
 # -- helpers ----------------------------------------------------------------------------------------------------
 def _seed_runs(points):
     return [SeedRun(p.config, p.seed, COMPLETED if p.completed and p.test else "not completed",
-                    {"selection": p.selection, **p.test}, p.start_time, p) for p in points]
+                    {"selection": p.selection, **p.test}, p.start_time, p, params=dict(p.config)) for p in points]
 
 
 def _winner(points, mode: str):

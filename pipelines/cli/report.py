@@ -9,9 +9,15 @@ import click
 from dept.protocols import BASE_TO_NEW
 from pipelines.cli._common import PROTOCOL_CHOICE, check_out, write_atomic
 from pipelines.secrets import mask_uri
+from pipelines.selection import TIE_RULE
 
 
-@click.command("report")
+@click.command("report", help=(
+    "The paper-style table of an MLflow experiment's runs of one protocol, beside the published numbers.\n\n"
+    "Per dataset and method (DePT in effect or not: a run at loss weight 0 is the plain method's row) the row shows "
+    "the configuration with the best mean selection metric over its seeds (validation only, every seed completed), "
+    "with its loss weight and lr; the dataset's winner, the same rule across all methods (as tune's summary), is "
+    f"marked (winner). {TIE_RULE}"))
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
               help="Default: sqlite:///mlflow.db in the working folder.")
 @click.option("--experiment", default="dept", show_default=True)
@@ -26,7 +32,6 @@ from pipelines.secrets import mask_uri
 @click.option("--plots", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Also save each dataset's (each source's) figures as PNGs under DIR/<dataset>/ (created).")
 def report_cmd(mlflow_uri, experiment, protocol, fmt, out, plots):
-    """The paper-style table of an MLflow experiment's runs of one protocol, beside the published numbers."""
     from pipelines.report.make import make_report
     from pipelines.report.table import ReportError
     from pipelines.tracking.client import check_tracking_uri, default_tracking_uri

@@ -9,6 +9,7 @@ import click
 
 from pipelines.cli._common import METHOD_CHOICE, feature_store_options, protocol_dataset, protocol_options
 from pipelines.cli._compute import compute_options
+from pipelines.selection import TIE_RULE
 
 
 def resume_command() -> str:
@@ -44,7 +45,11 @@ def _space_help() -> str:
         return "?"
 
 
-@click.command("tune")
+@click.command("tune", help=(
+    "Tune DePT trials with Ray Tune over cached features; every trial tracked in MLflow.\n\n"
+    "The summary names per dataset the winner: of the configurations (every setting but the seed) with every seed "
+    "completed, the one with the best mean selection metric over its seeds (validation only), across all methods; "
+    f"`report` marks the same one. {TIE_RULE} DePT at loss weight 0 is the plain method, and named so."))
 @feature_store_options
 @click.option("--dataset", default=None, help="A dataset in the store, or 'all' (one Tune experiment each, in turn). Base-to-new only.")
 @protocol_options
@@ -72,7 +77,6 @@ def _space_help() -> str:
 def tune_cmd(features, model, pretrained, dataset, protocol, source, targets, space, methods, objective, num_samples,
              gpus_per_trial, cpus_per_trial, max_concurrent, population, precision, compile_mode, max_failures,
              ray_address, storage, resume, mlflow_uri, experiment):
-    """Tune DePT trials with Ray Tune over cached features; every trial tracked in MLflow."""
     dataset, target_names = protocol_dataset(protocol, dataset, source, targets)
     from pipelines.tune.runner import TuneInterrupted, TuneOptions, best_table, run_tune
     opts = TuneOptions(

@@ -5,7 +5,10 @@ peeking at test images — the one with the best mean *selection* metric over it
 metric each run was tuned on is in its ``selection_metric`` tag) among those with every seed completed (the one
 rule of :mod:`pipelines.selection`, as ``tune``'s summary; a cell without one shows its leading configuration as
 incomplete) — and shows its test base and new accuracy as mean ± std over seeds, and HM of those means
-(METHOD.md: per dataset, mean of seeds for base and new, then HM). The
+(METHOD.md: per dataset, mean of seeds for base and new, then HM). DePT in effect decides the cell: a run at
+loss weight 0 is the plain method's. Each row shows the selected lr and loss weight; the dataset's *winner*, the
+same rule over every configuration of the dataset (tune's summary names it), is marked, and an exact tie is shown
+with the rule that broke it (``pipelines.selection.TIE_RULE``). The
 average row averages base and new over the datasets shown and takes the HM of those averages (not the mean of the
 per-dataset HMs).
 
@@ -31,7 +34,19 @@ from dept.protocols import BASE_TO_NEW
 from pipelines.metrics import harmonic_mean
 from pipelines.report.sources import PAPER_RESULTS, SOURCE_COLUMN, joined, read_paper_csv
 from pipelines.secrets import mask_uri
-from pipelines.selection import COMPLETED, PAPER_METHOD_NAMES, SeedRun, method_label, one_per_seed, rank
+from pipelines.selection import (
+    COMPLETED,
+    PAPER_METHOD_NAMES,
+    SeedRun,
+    canonical_params,
+    dept_in_effect,
+    describe_params,
+    method_label,
+    one_per_seed,
+    rank,
+    tie_note,
+    winner,
+)
 from pipelines.vocabulary import (
     PROTOCOL_TAG,
     ROLE_TAG,
@@ -117,6 +132,11 @@ class Row:
     vs_zero_shot: float = float("nan")  # HM minus CLIP zero-shot's HM on the same dataset(s), when logged
     complete: bool = True  # False: no configuration of the cell has every seed completed (pipelines.selection)
     seeds_expected: int = 0
+    lr: float = float("nan")  # the selected configuration's lr and loss weight in effect (searched settings)
+    loss_weight: float = float("nan")
+    winner: bool = False  # the dataset's winner (pipelines.selection over every configuration of the dataset)
+    tie: str = ""  # how an exact tie on the selection metric was broken within the cell ("" without one)
+    winner_line: str = ""  # the winner's: DatasetWinner.line(), the dataset-wide tie included
 
     @property
     def seeds_text(self) -> str:
@@ -137,6 +157,7 @@ class Block:
     rows: list[Row] = field(default_factory=list)
     zero_shot: bool = False
     average: Row | None = None
+
     paper_average: PaperRow | None = None  # recomputed over the same datasets as ours
     paper_printed: PaperRow | None = None  # the paper's printed average row (11 datasets)
     paper_recomputed_all: PaperRow | None = None  # the mean of the paper's 11 per-dataset rows
@@ -193,12 +214,12 @@ def run_info(run, test_keys: Iterable[str], default_metric: str = VAL_HM) -> Run
     # Every trial run, failed and unfinished ones too: a configuration with a seed that did not complete is
     # incomplete, not scored on its other seeds (pipelines.selection).
     status = tags[STATUS_TAG] if tags[STATUS_TAG] != COMPLETED or has_test else "no_test_metrics"
-    config = tuple(sorted((k, v) for k, v in params.items() if k != "seed"))
+    config = tuple(sorted(canonical_params({k: v for k, v in params.items() if k != "seed"}).items()))
     return RunInfo(
         run_id=run.info.run_id,
         dataset=tags.get("dataset", "?"),
         method=tags.get("method", params.get("method", "?")),
-        dept=tags.get("dept", params.get("dept", "true")) == "true",
+        dept=dept_in_effect(params, asked=tags.get("dept")),  # loss weight 0: the plain method
         seed=tags.get("seed", params.get("seed", "?")),
         config=config,
         selection_metric=tags.get("selection_metric", default_metric),
@@ -231,7 +252,8 @@ def collect_runs(uri: str, experiment: str) -> list[RunInfo]:
 
 def seed_run(r: RunInfo) -> SeedRun:
     status = r.status if r.status != COMPLETED or r.completed else "not_completed"  # either field may say so
-    return SeedRun((r.dataset, r.method, r.dept, r.config), r.seed, status, r.metrics, r.start_time, r)
+    return SeedRun((r.dataset, r.method, r.dept, r.config), r.seed, status, r.metrics, r.start_time, r,
+                   params=dict(r.config))
 
 
 def rank_cell(cell: list[RunInfo]) -> tuple[str, list]:
@@ -240,6 +262,45 @@ def rank_cell(cell: list[RunInfo]) -> tuple[str, list]:
     metric, mode = cell[0].selection_metric, cell[0].selection_mode
     seeds = {s for r in cell for s in r.seeds} | {r.seed for r in cell}
     return metric, rank([seed_run(r) for r in cell], metric, mode, seeds=seeds)
+
+
+@dataclass(frozen=True)
+class DatasetWinner:
+    """The configuration the one rule picks among every configuration of a dataset, as tune's summary names it."""
+
+    dataset: str
+    config: tuple  # its ``SeedRun.config`` (dataset, method, dept, params)
+    name: str  # e.g. "KgCoOp+DePT λ0.70 lr2.0e-03"
+    metric: str
+    value: float
+    tie: str = ""  # pipelines.selection.tie_note, "" without a tie
+
+    def line(self) -> str:
+        return (f"{self.dataset}: {self.name}, {self.metric} {self.value:.2f}"
+                + (f" ({self.tie})" if self.tie else ""))
+
+
+def dataset_winners(runs: Iterable[RunInfo]) -> dict[str, DatasetWinner]:
+    """Per dataset, the winner over all its trained configurations (every method, with and without DePT): the
+    configuration tune's summary and the parent run's ``best_*`` name. A dataset without one is left out."""
+    by_dataset: dict[str, list[RunInfo]] = {}
+    for r in runs:
+        if not r.zero_shot:
+            by_dataset.setdefault(r.dataset, []).append(r)
+    out = {}
+    for dataset, mine in by_dataset.items():
+        metric, ranked = rank_cell(mine)
+        won = winner(ranked, metric)
+        if won is not None:
+            out[dataset] = DatasetWinner(dataset, won.config, _describe(won), metric, won.mean(metric),
+                                         tie_note(ranked, metric, _describe))
+    return out
+
+
+def _describe(outcome) -> str:
+    """A configuration of the report's runs in a few words (method and DePT from its runs' tags)."""
+    run = next(iter(outcome.runs.values())).source
+    return describe_params(outcome.params, run.method, run.dept)
 
 
 def one_per_config_and_seed(runs: list[RunInfo]) -> list[RunInfo]:
@@ -265,6 +326,13 @@ def _zero_shot_block(runs: list[RunInfo], paper: dict) -> Block | None:
     return block
 
 
+def _float(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def _paper_key(block: Block) -> tuple[str, str]:
     """(method, variant) of a block in paper_results.csv."""
     if block.zero_shot:
@@ -280,17 +348,24 @@ def build_report(runs: Iterable[RunInfo], paper: dict | None = None) -> list[Blo
         if not r.zero_shot:
             by_cell.setdefault((r.dataset, r.method, r.dept), []).append(r)
 
+    winners = dataset_winners(runs)
     blocks: dict[tuple[str, bool], Block] = {}
     for (dataset, method, dept), cell in by_cell.items():
         metric, ranked = rank_cell(cell)
         top = ranked[0]
+        params = canonical_params(top.params)
         if not top.completed():
             continue  # nothing of this cell has test numbers
         variant = "dept" if dept else "baseline"
         row = Row(dataset, method, dept, len(top.completed()), top.mean(TEST_BASE_ACC), top.std(TEST_BASE_ACC),
                   top.mean(TEST_NEW_ACC), top.std(TEST_NEW_ACC), top.test_hm(), metric, top.mean(metric),
                   len(ranked), paper.get((dataset, PAPER_METHOD_NAMES.get(method, method), variant)),
-                  complete=top.complete, seeds_expected=len(top.seeds))
+                  complete=top.complete, seeds_expected=len(top.seeds), lr=_float(params.get("lr")),
+                  loss_weight=_float(params.get("loss_weight")),
+                  winner=dataset in winners and winners[dataset].config == top.config,
+                  tie=tie_note(ranked, metric, _describe) if top.complete else "")
+        if row.winner:
+            row.winner_line = winners[dataset].line()
         if not row.complete:  # the spread of a subset of seeds is not shown
             row.base_std = row.new_std = float("nan")
         blocks.setdefault((method, dept), Block(method, dept)).rows.append(row)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from pipelines.figures import parent_figures
-from pipelines.selection import ConfigOutcome, SeedRun, config_key, rank, winner
+from pipelines.selection import ConfigOutcome, SeedRun, config_key, rank, tie_note, winner
 from pipelines.tracking.client import Tracker, metric_at
 from pipelines.vocabulary import (
     COMPLETED,
@@ -44,6 +44,7 @@ class ConfigSummary:
     params: dict
     outcome: ConfigOutcome
     trials: list = field(default_factory=list)  # TrialRecord, one per seed (duplicates dropped)
+    tie: str = ""  # the winner's: how an exact tie on the selection metric was broken (pipelines.selection.tie_note)
 
     def completed(self) -> list:
         return [r.source for r in self.outcome.completed()]
@@ -67,11 +68,14 @@ def rank_configs(records: Iterable[TrialRecord], metric: str, mode: str) -> list
     """Every configuration of a dataset's trials, best first, by :func:`pipelines.selection.rank` (the seeds
     expected of each: every seed the dataset's trials have)."""
     records = list(records)
-    runs = [SeedRun(config_key(r.hp), str(r.hp.seed), r.status, r.result, source=r) for r in records]
+    runs = [SeedRun(config_key(r.hp), str(r.hp.seed), r.status, r.result, source=r, params=dict(config_key(r.hp)))
+            for r in records]
     out = []
     for outcome in rank(runs, metric, mode):
         params = next(iter(outcome.runs.values())).source.hp.as_params()
         params.pop("seed")
+        if not params["dept_effective"]:  # DePT at loss weight 0 is the plain method, and is written as it
+            params.update(dept=False, loss_weight=0.0, fusion_weight=0.0)
         out.append(ConfigSummary(params, outcome, [r.source for _, r in sorted(outcome.runs.items())]))
     return out
 
@@ -83,6 +87,7 @@ def best_config(records: Iterable[TrialRecord], metric: str, mode: str) -> tuple
     if not ranked or winner([c.outcome for c in ranked], metric) is None:
         return None, None
     best = ranked[0]
+    best.tie = tie_note([c.outcome for c in ranked], metric)
     sign = 1.0 if mode == "max" else -1.0
     trial = max(best.completed(), key=lambda t: sign * t.result.get(metric, -sign * math.inf))
     return best, trial
@@ -146,7 +151,8 @@ def write_parent_summary(tracker: Tracker, parent_run_id: str, records: list[Tri
                 metrics.append(metric_at(f"best_{key}", value, 0, ts))
         metrics.append(metric_at("best_seeds", len(best.completed()), 0, ts))
         tracker.log_metrics(parent_run_id, metrics)
-        tags.update({"best_trial_id": best_trial.trial_id, "best_run_id": best_trial.run_id or ""})
+        tags.update({"best_trial_id": best_trial.trial_id, "best_run_id": best_trial.run_id or "",
+                     "best_tie": best.tie or "none"})
         if best_trial.checkpoint is not None:
             _log_checkpoint(client, parent_run_id, best_trial.checkpoint)
     elif records:

@@ -30,6 +30,7 @@ from dept.protocols import BASE_TO_NEW, PROTOCOLS
 from pipelines.paths import HolderLock, LockHeld, check_writable_folder
 from pipelines.ray_runtime import ensure_ray
 from pipelines.secrets import mask_uri
+from pipelines.selection import method_label
 from pipelines.store import list_datasets, read_manifest, resolve_features
 from pipelines.tracking.client import Tracker, check_tracking_uri, default_tracking_uri, run_name
 from pipelines.tracking.summary import finish_parent, rank_configs, write_parent_summary
@@ -562,31 +563,35 @@ def best_table(outcomes: list[DatasetOutcome], metric: str, mode: str = "max", p
     completed, best mean ``metric``; the parent run's ``best_*`` and ``report`` use the same rule), with its test
     numbers: base and new averaged over seeds, HM of those averages (the transfer protocols: the source's test
     accuracy and the mean over targets, averaged over seeds). A dataset without a complete configuration shows its
-    leading incomplete one, marked so in the seeds column."""
+    leading incomplete one, marked so in the seeds column. A winner that won an exact tie gets a line under the
+    table saying so and by which criterion of ``pipelines.selection.TIE_RULE``."""
 
     transfer = protocol != BASE_TO_NEW
     tests = ["source test", "target avg"] if transfer else ["test base", "test new", "test HM"]
-    header = ["dataset", "method", "DePT", "loss w", "fusion w", "lr", "seeds", metric, *tests,
+    header = ["dataset", "method", "loss w", "fusion w", "lr", "seeds", metric, *tests,
               "trials (done/stopped/failed)"]
-    rows = []
+    rows, ties = [], []
     for o in outcomes:
         counts = f"{o.count(COMPLETED)}/{o.count(STOPPED_EARLY)}/{o.count(FAILED)}"
         b = o.best
         if b is None:
             b = next(iter(rank_configs(o.records, metric, mode)), None)
         if b is None or not b.completed():
-            rows.append([o.dataset, "-", "-", "-", "-", "-", "0", "-", *["-"] * len(tests), counts])
+            rows.append([o.dataset, "-", "-", "-", "-", "0", "-", *["-"] * len(tests), counts])
             continue
         p = b.params
         numbers = ([b.mean("test_acc"), b.mean("test_target_avg")] if transfer else
                    [b.mean(TEST_BASE_ACC), b.mean(TEST_NEW_ACC), b.test_hm()])
         rows.append([
-            o.dataset, str(p["method"]), "yes" if p["dept_effective"] else "no", f"{p['loss_weight']:.2f}",
+            o.dataset, method_label(str(p["method"]), bool(p["dept_effective"])), f"{p['loss_weight']:.2f}",
             f"{p['fusion_weight']:.2f}", f"{p['lr']:.2e}", b.seeds_text(), f"{b.mean(metric):.2f}",
             *[f"{x:.2f}" for x in numbers], counts,
         ])
+        if b.tie:
+            ties.append(f"{o.dataset}: {b.tie}")
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
     lines.extend(fmt.format(*r) for r in rows)
+    lines.extend(ties)  # shown as ties: the rule, not the run order, decided (pipelines.selection.TIE_RULE)
     return "\n".join(lines)

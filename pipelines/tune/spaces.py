@@ -318,7 +318,7 @@ class SearchSpace:
 
 
 def space_changes(before: dict, after: dict) -> list[str]:
-    """The keys (``params.lr``, ``seeds``, ...) whose values differ between two :meth:`SearchSpace.as_dict`\ s."""
+    """The keys (``params.lr``, ``seeds``, ...) whose values differ between two :meth:`SearchSpace.as_dict` results."""
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
         for k, v in d.items():

@@ -48,15 +48,16 @@ def test_loss_weight_figure_draws_per_series_the_validation_winner_mean_and_spre
     base_ax, new_ax, hm_ax = figs["base_new_hm_vs_loss_weight.png"].axes
     coop = _line(base_ax, "CoOp+DePT")
     xs, ys = coop.lines[0].get_data()
-    assert list(xs) == [0.3, 0.7]
-    assert list(ys) == [71.0, 76.0]  # lr 0.002 at 0.3 (validation 80 > 50), not lr 0.01's 91 on test
+    # The curve starts at loss weight 0 from the plain method (CoOp, base 61), then per λ its validation winner.
+    assert list(xs) == [0.0, 0.3, 0.7]
+    assert list(ys) == [61.0, 71.0, 76.0]  # lr 0.002 at 0.3 (validation 80 > 50), not lr 0.01's 91 on test
     kg = _line(base_ax, "KgCoOp+DePT")
-    assert list(kg.lines[0].get_data()[0]) == [0.7]  # its 0.3 configuration has a seed not completed
+    assert list(kg.lines[0].get_data()[0]) == [0.7]  # no plain KgCoOp run; its 0.3 configuration is incomplete
     bars = coop.lines[2][0].get_segments()  # error bars: mean ± std over the two seeds
-    assert bars[0][:, 1] == pytest.approx([71 - statistics.stdev([70, 72]), 71 + statistics.stdev([70, 72])])
+    assert bars[1][:, 1] == pytest.approx([71 - statistics.stdev([70, 72]), 71 + statistics.stdev([70, 72])])
     hm = hm_ax.containers[0].lines[0].get_data()[1]  # the legend labels the first panel; same series order
-    assert hm[0] == pytest.approx(harmonic_mean(71, 61))  # HM of the seed means
-    assert new_ax.containers[0].lines[0].get_data()[1][0] == 61.0
+    assert hm[1] == pytest.approx(harmonic_mean(71, 61))  # HM of the seed means
+    assert new_ax.containers[0].lines[0].get_data()[1][1] == 61.0
     # the method without DePT: a level line at its mean
     (level,) = [c for c in base_ax.collections if c.get_label() == "CoOp"]
     assert level.get_segments()[0][:, 1] == pytest.approx([61.0, 61.0])
@@ -161,3 +162,12 @@ def test_transfer_trials_get_the_source_against_targets_scatter():
     assert drawn == sorted([(41.0, 31.0), (42.0, 32.0), (51.0, 31.0), (52.0, 32.0), (46.0, 60.0)])
     assert ax.get_xlabel() == "test accuracy on the source (%)" and "targets" in ax.get_ylabel()
     assert not ax.lines  # no iso-HM lines: HM means nothing here
+
+
+def test_a_plain_winner_has_no_sweep_so_the_best_configuration_with_dept_is_drawn_and_said(points):
+    plain = [point("coop", False, 0.0, "0.002", seed, 60, 62, val=99) for seed in (1, 2)]
+    for p in plain:  # the plain method has no CAT head: nothing to fuse, nothing swept
+        object.__setattr__(p, "sweep", {})
+    figs = make_figures([p for p in points if p.dept] + plain, dataset="DTD")
+    (ax,) = figs["fusion_weight_sweep.png"].axes
+    assert "the winner, CoOp, has no CAT head" in ax.get_title() and "CoOp+DePT λ=0.30" in ax.get_title()

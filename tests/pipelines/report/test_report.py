@@ -152,7 +152,8 @@ def test_report_cli_reads_mlflow(tracked, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["report", "--mlflow-uri", uri, "--experiment", "rep"])
     assert result.exit_code == 0, result.output
-    assert "| DTD | CoOp+DePT | 2 | 82.00 ± 2.83 | 62.00 ± 2.83 |" in result.output
+    # λ and lr of the selected configuration; the one trained row is the dataset's winner
+    assert "| DTD | **CoOp+DePT** (winner) | 0.70 | 3.5e-03 | 2 | 82.00 ± 2.83 | 62.00 ± 2.83 |" in result.output
     out = tmp_path / "table.csv"
     result = runner.invoke(main, ["report", "--mlflow-uri", uri, "--experiment", "rep", "--format", "csv",
                                   "--out", str(out)])

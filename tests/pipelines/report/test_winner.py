@@ -93,7 +93,7 @@ def test_tune_summary_parent_run_and_report_name_the_same_winner(store, tmp_path
     assert best.mean("val_hm") == 65.0 and best_trial.trial_id == "a2"
     table = best_table([DatasetOutcome("demo", parent, "", records, best, best_trial)], "val_hm")
     (row,) = [line.split() for line in table.splitlines() if line.startswith("demo")]
-    assert row[1:8] == ["coop", "yes", "0.70", "0.70", "2.00e-03", "2", "65.00"] and row[8:10] == ["72.00", "52.00"]
+    assert row[1:7] == ["CoOp+DePT", "0.70", "0.70", "2.00e-03", "2", "65.00"] and row[7:9] == ["72.00", "52.00"]
 
     run = tracker.client.get_run(parent)
     assert run.data.metrics["best_val_hm"] == 65.0 and run.data.metrics["best_seeds"] == 2
@@ -110,7 +110,8 @@ def test_tune_summary_parent_run_and_report_name_the_same_winner(store, tmp_path
     cocoop = rows[("cocoop", True)]
     assert not cocoop.complete and cocoop.seeds_text == "1/2 incomplete" and math.isnan(cocoop.base_std)
     text = format_markdown(blocks, experiment="win")
-    assert "| demo | CoCoOp+DePT | 1/2 incomplete | 90.00 | 70.00 |" in text and "± 0.00" not in text
+    assert "| demo | CoCoOp+DePT | 0.70 | 2.0e-03 | 1/2 incomplete | 90.00 | 70.00 |" in text and "± 0.00" not in text
+    assert "| demo | **CoOp+DePT** (winner) | 0.70 | 2.0e-03 | 2 |" in text  # the summary's winner, marked
 
     # Without the complete configuration, tune names no winner and shows the leading one as incomplete.
     partial = [r for r in records if r.trial_id not in ("a1", "a2")]
@@ -119,4 +120,4 @@ def test_tune_summary_parent_run_and_report_name_the_same_winner(store, tmp_path
     assert none_best is None
     assert tracker.client.get_run(parent).data.tags["best"].startswith("none: no configuration has all 2 seed")
     table = best_table([DatasetOutcome("demo", parent, "", partial, None, None)], "val_hm")
-    assert "1/2 incomplete" in table and "cocoop" in table
+    assert "1/2 incomplete" in table and "CoCoOp+DePT" in table

@@ -59,15 +59,16 @@ def test_report_has_the_zero_shot_row_from_a_real_mlflow_store(store):
     assert "HM vs zero-shot" in lines[2]
     rows = [ln for ln in lines if ln.startswith("| ")][2:]  # after the header and its rule
     # Zero-shot first, as in the paper's tables; the newest DTD run; the EuroSAT one logged under a parent.
-    assert rows[0] == (f"| DTD | CLIP (zero-shot) | — | 50.00 | 60.00 | {hm_dtd:.2f} | | {dtd.base:.2f} | "
+    assert rows[0] == (f"| DTD | CLIP (zero-shot) | — | — | — | 50.00 | 60.00 | {hm_dtd:.2f} | | {dtd.base:.2f} | "
                        f"{dtd.new:.2f} | {dtd.hm:.2f} |")
-    assert rows[1].startswith(f"| EuroSAT | CLIP (zero-shot) | — | 55.00 | 65.00 | {hm_euro:.2f} | | {euro.base:.2f} |")
+    assert rows[1].startswith(f"| EuroSAT | CLIP (zero-shot) | — | — | — | 55.00 | 65.00 | {hm_euro:.2f} | | "
+                              f"{euro.base:.2f} |")
     avg_hm = harmonic_mean(52.5, 62.5)
     pb, pn = (dtd.base + euro.base) / 2, (dtd.new + euro.new) / 2
-    assert rows[2] == (f"| **Average** (2 datasets) | CLIP (zero-shot) | | 52.50 | 62.50 | **{avg_hm:.2f}** | | "
+    assert rows[2] == (f"| **Average** (2 datasets) | CLIP (zero-shot) | | | | 52.50 | 62.50 | **{avg_hm:.2f}** | | "
                        f"{pb:.2f} | {pn:.2f} | {harmonic_mean(pb, pn):.2f} |")
     # The trained rows: their HM minus zero-shot's, per dataset and for the average over the same datasets.
-    coop_dtd = [r for r in rows if r.startswith("| DTD | CoOp+DePT |")][0]
+    coop_dtd = [r for r in rows if r.startswith("| DTD | **CoOp+DePT** (winner) | 0.70 | 3.5e-03 |")][0]
     assert f"| {harmonic_mean(80.0, 50.0):.2f} | {harmonic_mean(80.0, 50.0) - hm_dtd:+.2f} |" in coop_dtd
     coop_avg = [r for r in rows if r.startswith("| **Average** (2 datasets) | CoOp+DePT |")][0]
     assert f"| {harmonic_mean(85.0, 45.0) - avg_hm:+.2f} |" in coop_avg
@@ -95,4 +96,5 @@ def test_report_without_zero_shot_runs_keeps_its_columns(tmp_path):
     result = CliRunner().invoke(main, ["report", "--mlflow-uri", uri, "--experiment", "plain"])
     assert result.exit_code == 0, result.output
     assert "zero-shot" not in result.output
-    assert "| Dataset | Method | Seeds | Base | New | HM | Paper base | Paper new | Paper HM |" in result.output
+    header = "| Dataset | Method | λ | lr | Seeds | Base | New | HM | Paper base | Paper new | Paper HM |"
+    assert header in result.output

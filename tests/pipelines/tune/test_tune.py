@@ -137,17 +137,18 @@ def test_tune_smoke_end_to_end_sqlite(demo_store, tmp_path):
     assert "[1/1] demo: starting 4 trials" in result.output
     assert re.search(r"\[1/1\] demo: done in \d+s.*; CLIP zero-shot test base \d+\.\d\d", result.output)
     assert "best configuration per dataset" in result.output
-    assert re.search(r"^demo\s+coop\s+yes\s", result.output, re.M)
+    assert re.search(r"^demo\s+CoOp\+DePT\s", result.output, re.M)
     check_tracked(uri, "e2e", n_trials=4, seeds={1, 2})
     assert (tmp_path / "tune" / "e2e" / "demo").is_dir()
 
     report = invoke("report", "--mlflow-uri", uri, "--experiment", "e2e")
     assert report.exit_code == 0, report.output
     # Both seeds of the shown configuration completed (a spread), or it is marked incomplete (no spread).
-    assert re.search(r"^\| demo \| CoOp\+DePT \| (2 \| \d+\.\d\d ± \d+\.\d\d|1/2 incomplete \| \d+\.\d\d) \|",
+    assert re.search(r"^\| demo \| (\*\*)?CoOp\+DePT(\*\* \(winner\))? \| \d\.\d\d \| \d\.\de-\d\d \| "
+                     r"(2 \| \d+\.\d\d ± \d+\.\d\d|1/2 incomplete \| \d+\.\d\d) \|",
                      report.output, re.M), report.output
     assert "**Average**" in report.output
-    assert re.search(r"^\| demo \| CLIP \(zero-shot\) \| — \| \d+\.\d\d \|", report.output, re.M)
+    assert re.search(r"^\| demo \| CLIP \(zero-shot\) \| — \| — \| — \| \d+\.\d\d \|", report.output, re.M)
 
     # The same command again is refused (no silent second experiment, nothing overwritten) in one line.
     again = CliRunner().invoke(main, [str(a) for a in tune_args(demo_store, tmp_path, uri, "e2e", "--space", "smoke",
