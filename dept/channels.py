@@ -39,16 +39,21 @@ class ChannelImportance:
 
     @property
     def ratio(self) -> torch.Tensor:
-        """CI-base : CI-new per window (the paper's density plot)."""
+        """CI-base : CI-new per window (the paper's density plot); inf or NaN where CI-new is 0 (no new image has a
+        positive similarity to its own class on those channels)."""
         return self.base / self.new
 
     def summary(self) -> dict[str, float]:
-        """Means over the windows, the ratio's spread, and the share of windows where base leads."""
+        """Means over the windows, the ratio's mean and spread over the windows where it is defined, the share of
+        windows where base leads, and how many windows have no ratio."""
         r = self.ratio
+        finite = r[torch.isfinite(r)]
         return {
             "ci_base": float(self.base.mean()), "ci_new": float(self.new.mean()),
-            "ratio_mean": float(r.mean()), "ratio_std": float(r.std()) if len(r) > 1 else 0.0,
-            "ratio_above_1": float((r > 1).double().mean()),
+            "ratio_mean": float(finite.mean()) if len(finite) else float("nan"),
+            "ratio_std": float(finite.std()) if len(finite) > 1 else 0.0,
+            "ratio_above_1": float((self.base > self.new).double().mean()),
+            "ratio_undefined": float(len(r) - len(finite)),
         }
 
 

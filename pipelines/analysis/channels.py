@@ -302,7 +302,10 @@ def channel_figure(analysis: DatasetAnalysis):
         axes[row][0].set_ylabel("channel importance")
         ax = axes[row][3]
         for v in variants:
-            ratios = torch.cat([ci.ratio for ci in analysis.results[v.label]]).numpy()
+            ratios = torch.cat([ci.ratio for ci in analysis.results[v.label]])
+            ratios = ratios[torch.isfinite(ratios)].numpy()  # windows where CI-new is 0 have no ratio
+            if not len(ratios):
+                continue
             s = analysis.summary(v.label)
             ax.hist(ratios, bins=30, density=True, histtype="step", linewidth=1.5, color=colours[v.label],
                     label=f"{v.label} (mean {s['ratio_mean']:.3f})")

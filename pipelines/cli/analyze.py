@@ -54,7 +54,9 @@ def channels_cmd(mlflow_uri, experiment, dataset, features, window, plots):
             seeds = len(analysis.results[v.label])
             click.echo(f"{name}  {v.label:<16} {seeds} run{'s' * (seeds != 1)}  CI base {s['ci_base']:.3f}  "
                        f"CI new {s['ci_new']:.3f}  CI-base:CI-new {s['ratio_mean']:.3f} ± {s['ratio_std']:.3f}  "
-                       f"windows with base > new {100 * s['ratio_above_1']:.0f}%")
+                       f"windows with base > new {100 * s['ratio_above_1']:.0f}%"
+                       + (f"  ({s['ratio_undefined']:.0f} windows with CI new 0: no ratio)"
+                          if s["ratio_undefined"] else ""))
         logged = log_to_parent(analysis, uri)
         if logged is None:
             click.echo(f"{name}: no parent run (the runs were not logged by tune); figure not logged to MLflow")

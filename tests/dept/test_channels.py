@@ -120,3 +120,20 @@ def test_learner_text_features_are_the_itm_heads(clip, method):
     with torch.no_grad():
         logits = learner.itm_logits(img, BASE[:3])
     torch.testing.assert_close(learner.itm_logits_from(img, text), logits, rtol=1e-4, atol=1e-4)
+
+
+def test_a_window_where_no_new_image_matches_its_class_has_no_ratio():
+    d, w = 8, 2
+    base_img, base_text, base_labels = one_channel_signal(d, 0.2)
+    # New classes told apart on channels 0-3; on channels 4-7 every image is anti-aligned with every text, so the
+    # windows 4-5, 5-6, 6-7 give no new image a positive similarity: CI new is 0 there.
+    new_text = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    new_labels = torch.tensor([0, 1] * 3)
+    new_img = new_text[new_labels].clone()
+    new_img[:, 4:] = -1.0
+    ci = base_new_channel_importance(base_img, base_labels, base_text, new_img, new_labels, new_text, window=w)
+    assert (ci.new[4:7] == 0).all() and (ci.new[:3] > 0).all()
+    s = ci.summary()
+    assert s["ratio_undefined"] == float((~torch.isfinite(ci.ratio)).sum()) >= 3
+    assert s["ratio_mean"] == pytest.approx(float(ci.ratio[torch.isfinite(ci.ratio)].mean()))
+    assert s["ratio_above_1"] == pytest.approx(float((ci.base > ci.new).double().mean()))
