@@ -34,6 +34,7 @@ from pipelines.report.table import (
 from pipelines.figures import WIDTH_IN, _pyplot, save_figures
 from pipelines.secrets import mask_uri
 from pipelines.selection import PAPER_METHOD_NAMES, method_label, winner
+from pipelines.store import read_manifest
 from pipelines.trial.context import TrialContext, make_context
 from pipelines.vocabulary import PARENT_TAG, ROLE_PARENT, ROLE_TAG, STATE_ARTIFACTS, STATE_NAMES, STATE_TAG
 
@@ -90,8 +91,10 @@ class DatasetAnalysis:
 
 
 # -- the checks: MLflow metadata and the store's manifest only ----------------------------------------------------
-def plan_channels(uri: str, experiment: str, *, dataset: str | None = None, features: str | None = None) -> list[DatasetPlan]:
-    """Per dataset of ``experiment`` (or only ``dataset``): the runs compared, after every check."""
+def plan_channels(uri: str, experiment: str, *, dataset: str | None = None, features: str | None = None,
+                  window: int = 64) -> list[DatasetPlan]:
+    """Per dataset of ``experiment`` (or only ``dataset``): the runs compared, after every check (``window``: no
+    wider than the features)."""
     try:
         runs = protocol_runs(uri, experiment, BASE_TO_NEW)
     except ReportError as e:
@@ -107,12 +110,12 @@ def plan_channels(uri: str, experiment: str, *, dataset: str | None = None, feat
             raise AnalysisError(f"{where} has no base-to-new runs of dataset {dataset!r} (its datasets: "
                                 f"{', '.join(datasets)})")
         datasets = [dataset]
-    return [_plan_dataset(name, [i for i in infos if i.dataset == name], by_id, where, experiment, features)
+    return [_plan_dataset(name, [i for i in infos if i.dataset == name], by_id, where, experiment, features, window)
             for name in datasets]
 
 
 def _plan_dataset(dataset: str, infos: list[RunInfo], by_id: dict, where: str, experiment: str,
-                  features: str | None) -> DatasetPlan:
+                  features: str | None, window: int) -> DatasetPlan:
     zero_shots = [i for i in infos if i.zero_shot]
     if not zero_shots:
         raise AnalysisError(f"{where} has no CLIP zero-shot run of {dataset} to compare against "
@@ -175,6 +178,9 @@ def _plan_dataset(dataset: str, infos: list[RunInfo], by_id: dict, where: str, e
     if fingerprints and fingerprints != {context.fingerprint}:
         raise AnalysisError(f"the feature store {context.features_url} ({dataset}) has fingerprint "
                             f"{context.fingerprint[:16]}, the runs were made on {', '.join(sorted(f[:16] for f in fingerprints))}")
+    width = read_manifest(context.features_url, dataset).feature_dim
+    if window > width:
+        raise AnalysisError(f"--window {window} is wider than the features of {dataset} ({width} channels)")
     parent = first.data.tags.get(PARENT_TAG)
     if parent is not None and (parent not in by_id or by_id[parent].data.tags.get(ROLE_TAG) != ROLE_PARENT):
         parent = None
@@ -202,8 +208,6 @@ def analyse(plan: DatasetPlan, uri: str, *, window: int, device: str = "cpu") ->
     clip = text_tower(plan.context, device=device, keep=False)
     store = DatasetStore.open(plan.context.features_url, plan.dataset, expected_identity=clip.identity)
     base, new = store.features("test", classes="base"), store.features("test", classes="new")
-    if window > clip.embed_dim:
-        raise AnalysisError(f"--window {window} is wider than the features ({clip.embed_dim} channels)")
     out = DatasetAnalysis(plan, window)
 
     def importance(base_text, new_text):

@@ -40,7 +40,7 @@ def channels_cmd(mlflow_uri, experiment, dataset, features, window, plots):
         raise click.BadParameter(f"no MLflow store at {mask_uri(uri)} (nothing tracked there yet)",
                                  param_hint="--mlflow-uri")
     check_tracking_uri(uri)
-    plans = plan_channels(uri, experiment, dataset=dataset, features=features)  # every check, before torch
+    plans = plan_channels(uri, experiment, dataset=dataset, features=features, window=window)  # every check, before torch
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

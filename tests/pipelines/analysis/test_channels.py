@@ -79,6 +79,15 @@ def test_analyze_channels_logs_the_figure_to_the_parent_and_writes_it_to_plots(t
 
 
 @pytest.mark.slow
+def test_a_window_wider_than_the_features_is_one_line(tuned):
+    uri, _ = tuned
+    result = CliRunner().invoke(main, ["analyze", "channels", "--mlflow-uri", uri, "--experiment", "chan",
+                                       "--window", "100000"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "--window 100000 is wider than the features of demo (" in result.output
+
+
+@pytest.mark.slow
 def test_a_run_without_learned_state_is_one_line(tuned):
     uri, _ = tuned
     client, runs = runs_of(uri, "chan")
