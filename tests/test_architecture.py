@@ -3,7 +3,7 @@
 - no import circle among the modules of ``dept`` and ``pipelines``;
 - ``dept`` (the method library) never imports ``pipelines``, Ray or MLflow;
 - ``pipelines`` in layers, each importing only its own layer and those below:
-  ``cli`` > ``tune`` / ``report`` > ``trial`` > ``featurize`` / ``tracking`` > ``store``;
+  ``cli`` > ``tune`` / ``report`` / ``analysis`` > ``trial`` > ``featurize`` / ``tracking`` > ``store``;
 - ``import dept`` and building the CLI (``--help``) load no torch.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ PACKAGES = ("dept", "pipelines")
 #: pipelines' layers, top first; a module may import its own layer's and lower layers' modules only.
 LAYERS = (
     ("pipelines.cli",),
-    ("pipelines.tune", "pipelines.report"),
+    ("pipelines.tune", "pipelines.report", "pipelines.analysis"),
     ("pipelines.trial",),
     ("pipelines.featurize", "pipelines.tracking"),
     ("pipelines.store",),

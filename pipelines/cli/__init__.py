@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from pipelines.cli import export, featurize, miniature, report, train, tune, ui, zero_shot
+from pipelines.cli import analyze, export, featurize, miniature, report, train, tune, ui, zero_shot
 
 
 class OneLineErrors(click.Group):
@@ -39,6 +39,6 @@ def main(verbose: int) -> None:
 
 # Each command module imports only click at the top (the work is imported when a command runs), so that
 # `dept-pipeline --help` stays fast.
-for _module in (featurize, train, tune, zero_shot, report, export, ui, miniature):
+for _module in (featurize, train, tune, zero_shot, report, export, ui, miniature, analyze):
     for _command in _module.COMMANDS:
         main.add_command(_command)
