@@ -67,7 +67,8 @@ def test_sigint_and_sigterm_stop_featurize_cleanly_and_the_printed_command_resum
         text = log.read_text()
         assert not [t for t in CRASH_TEXT if t in text], text[-3000:]
         hints = [line for line in text.splitlines() if line.startswith("interrupted (")]
-        assert len(hints) == 1 and hints[0].startswith(f"interrupted ({signum.name}){HINT}dept-pipeline featurize "), text[-3000:]
+        assert len(hints) == 1, text[-3000:]
+        assert hints[0].startswith(f"interrupted ({signum.name}){HINT}dept-pipeline featurize "), hints[0]
         command = hints[0].split(HINT, 1)[1]
         assert shlex.split(command)[1:] == args  # the same command: featurize resumes by itself
         assert 0 < shards() < total, "the signal did not land mid-way"
