@@ -7,6 +7,7 @@ import sys
 import click
 
 from pipelines.cli import analyze, export, featurize, miniature, report, train, tune, ui, zero_shot
+from pipelines.secrets import guard_secrets
 
 
 class OneLineErrors(click.Group):
@@ -28,6 +29,7 @@ class OneLineErrors(click.Group):
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """DePT prompt tuning at scale: featurize once with Ray, tune many trials with Ray Tune, track in MLflow."""
+    guard_secrets()  # before MLflow or Ray print anything
     level = logging.WARNING - 10 * min(verbose, 2) if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if verbose < 2:

@@ -1,6 +1,9 @@
 """CLI commands: ``datasets``, ``demo-data``, ``featurize``."""
 from __future__ import annotations
 
+import signal
+import sys
+
 import click
 
 
@@ -124,7 +127,9 @@ def featurize_cmd(data_root, datasets, dataset_dirs, out, model, pretrained, vie
     interrupted run resumes.
     """
     from pipelines.featurize import FeaturizeConfig, featurize
+    from pipelines.interrupts import StopSignals, rerun_command
     from pipelines.paths import check_writable_folder
+    from pipelines.ray_runtime import check_cluster
 
     check_writable_folder(out, "--out")  # before any model load or Ray start
     cfg = FeaturizeConfig(
@@ -135,7 +140,19 @@ def featurize_cmd(data_root, datasets, dataset_dirs, out, model, pretrained, vie
         worker_resources=worker_resources, images_per_shard=images_per_shard, on_error=on_error,
         ray_address=ray_address, progress=not no_progress,
     )
-    result = featurize(cfg)
+    signals = StopSignals()
+    signals.install()  # a SIGTERM takes Ctrl-C's path: committed shards kept, Ray shut down, the lock released
+    try:
+        check_cluster(ray_address)  # a named cluster that does not answer: one line, before the store is touched
+        result = featurize(cfg)
+    except KeyboardInterrupt:
+        # Shards are committed whole (written aside, then renamed), so the same command encodes only the rest.
+        signals.record(signal.SIGINT)
+        click.echo(f"interrupted ({signals.signal_name()}); the shards finished so far are kept, resume with: "
+                   f"{rerun_command()}", err=True)
+        sys.exit(signals.exit_status())
+    finally:
+        signals.restore()
     for d in result.datasets:
         rows = ", ".join(f"{k} {d.rows.get(k, 0)}" for k in ("train", "val", "test"))
         note = f", {d.skipped_images} unreadable images skipped" if d.skipped_images else ""

@@ -12,17 +12,6 @@ from pipelines.cli._compute import compute_options
 from pipelines.selection import TIE_RULE
 
 
-def resume_command() -> str:
-    """This very command line, as ``dept-pipeline ...``, with ``--resume``; a password in a URI shown as ``***``
-    (put it back, or pass it as MLFLOW_TRACKING_PASSWORD)."""
-    from pipelines.secrets import mask_uri
-
-    args = [mask_uri(a) for a in sys.argv[1:]]
-    if "--resume" not in args:
-        args = [*args, "--resume"]
-    return shlex.join(["dept-pipeline", *args])
-
-
 def parse_population(value: str) -> int | None:
     """``--population``: a count >= 1, or auto (None: chosen by device, pipelines.trial.population)."""
     if value == "auto":
@@ -90,9 +79,15 @@ def tune_cmd(features, model, pretrained, dataset, protocol, source, targets, sp
     try:
         outcomes = run_tune(opts, progress=click.echo)
     except TuneInterrupted as e:
-        # Tune saved its state; the parent run is KILLED. One line: what happened and the command that continues.
-        click.echo(f"interrupted ({signal.Signals(e.signum).name}); Tune's state is saved, resume with: "
-                   f"{resume_command()}", err=True)
+        # The parent run is KILLED. One line: what happened and the command that continues.
+        from pipelines.interrupts import rerun_command
+
+        if e.saved:
+            click.echo(f"interrupted ({signal.Signals(e.signum).name}); Tune's state is saved, resume with: "
+                       f"{rerun_command('--resume')}", err=True)
+        else:
+            click.echo(f"interrupted ({signal.Signals(e.signum).name}) before Tune started; nothing to resume, "
+                       f"run again with: {rerun_command()}", err=True)
         sys.exit(128 + e.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     from pipelines.tune.spaces import load_space
 

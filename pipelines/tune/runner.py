@@ -17,7 +17,6 @@ import math
 import os
 import signal
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from urllib.parse import urlparse
 import yaml
 
 from dept.protocols import BASE_TO_NEW, PROTOCOLS
+from pipelines.interrupts import StopSignals
 from pipelines.paths import HolderLock, LockHeld, check_writable_folder
 from pipelines.ray_runtime import ensure_ray
 from pipelines.secrets import mask_uri
@@ -49,70 +49,14 @@ class TuneSetupError(TrialSetupError):
 
 
 class TuneInterrupted(Exception):
-    """SIGINT (Ctrl-C) or SIGTERM stopped the experiment; Tune saved its state, ``--resume`` continues it."""
+    """SIGINT (Ctrl-C) or SIGTERM stopped the experiment. ``saved``: a Tune experiment had begun (Tune saved its
+    state, ``--resume`` continues it); else the stop came before any (the same command starts afresh)."""
 
-    def __init__(self, signum: int, dataset: str | None):
+    def __init__(self, signum: int, dataset: str | None, saved: bool = True):
         self.signum = signum
         self.dataset = dataset
+        self.saved = saved
         super().__init__(f"{signal.Signals(signum).name} received" + (f" while tuning {dataset}" if dataset else ""))
-
-
-class StopSignals:
-    """SIGTERM made the same clean stop as SIGINT, and which of the two arrived.
-
-    Ray Tune stops an experiment gracefully on SIGINT (its handler, installed by ``Tuner.fit``, saves the experiment
-    state one last time and returns; a second SIGINT skips that). SIGTERM would otherwise reach the handler
-    ``ray.init`` installs (``sys.exit`` mid-loop, which aborts the process with a C++ stack), so our SIGTERM handler
-    calls whatever SIGINT handler is current: Tune's during ``fit``, Python's ``KeyboardInterrupt`` elsewhere."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._saved: dict[int, object] = {}
-
-    def record(self, signum: int) -> None:
-        """The first signal counts (a second SIGINT only makes the stop quicker)."""
-        if self.received is None:
-            self.received = signum
-
-    def install(self) -> None:
-        """Our SIGTERM handler (again after ``ray.init``, which replaces it). Main thread only."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        self._saved.setdefault(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
-        signal.signal(signal.SIGTERM, self._on_sigterm)
-
-    def _on_sigterm(self, signum, frame) -> None:
-        self.record(signum)
-        handler = signal.getsignal(signal.SIGINT)
-        if callable(handler):
-            handler(signal.SIGINT, frame)
-        else:
-            raise KeyboardInterrupt
-
-    def watch_tune(self) -> None:
-        """Called when Tune has just installed its SIGINT handler (our logger's ``setup``): wrap it, to know."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        tune_handler = signal.getsignal(signal.SIGINT)
-        if not callable(tune_handler) or getattr(tune_handler, "_dept_watch", False):
-            return
-
-        def on_sigint(signum, frame):
-            self.record(signum)
-            tune_handler(signum, frame)
-
-        on_sigint._dept_watch = True
-        signal.signal(signal.SIGINT, on_sigint)
-
-    def interrupted(self) -> bool:
-        return self.received is not None
-
-    def restore(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum, handler in self._saved.items():
-            signal.signal(signum, handler)
-        self._saved.clear()
 
 
 #: Tune's own lines about an interrupted run name ``Tuner.restore``; our one line names the command instead.
@@ -473,7 +417,7 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
         if signals.interrupted():
             # Tune saved its state and returned; no summary: the best over part of the trials is no result.
             interrupted = True
-            raise TuneInterrupted(signals.received, plan.dataset)
+            raise TuneInterrupted(signals.received, plan.dataset, saved=signals.tune_started or opts.resume)
         if not logger.complete:
             interrupted = True
             raise TuneSetupError(f"{plan.dataset}: the experiment was interrupted; run the same command with --resume")
@@ -503,7 +447,8 @@ def run_tune(opts: TuneOptions, progress: Callable[[str], None] = log.info) -> l
     try:
         return _run_tune(opts, progress, signals)
     except KeyboardInterrupt:
-        raise TuneInterrupted(signals.received or signal.SIGINT, None) from None
+        raise TuneInterrupted(signals.received or signal.SIGINT, None,
+                              saved=signals.tune_started or opts.resume) from None
     finally:
         signals.restore()
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
+import sys
 import textwrap
+import uuid
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -81,3 +85,72 @@ def test_basic_auth_tracking_uri_works_and_is_shown_masked(auth_server, monkeypa
     result = CliRunner().invoke(main, ["report", "--mlflow-uri", f"http://admin:wrong-password@127.0.0.1:{auth_server}",
                                        "--experiment", "auth"])
     assert result.exit_code != 0 and "wrong-password" not in result.output
+
+
+def test_mask_text_masks_url_passwords_and_secret_env_values(monkeypatch):
+    from pipelines.secrets import mask_text
+
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok-planted-123")
+    text = "at: http://alice:hunter2@h:5000/#/x, token tok-planted-123, ray://x:y@h:1, http://h:5000/a@b"
+    assert mask_text(text) == "at: http://alice:***@h:5000/#/x, token ***, ray://x:***@h:1, http://h:5000/a@b"
+
+
+def _cli(*args):
+    return [sys.executable, "-c", "from pipelines.cli import main; main()", *[str(a) for a in args]]
+
+
+@pytest.mark.slow
+def test_planted_credentials_are_in_nothing_tune_train_zero_shot_report_and_export_write(demo_store, ray_cluster,
+                                                                                         tmp_path):
+    """A password in the tracking URI of a real ``mlflow server`` (one without auth accepts and ignores it), a
+    token and an AWS secret in the environment, a secret in a credentials file: none is in any command's stdout or
+    stderr, the Tune storage, the outputs, the server's store and artifacts, or any file of the Ray session."""
+    from mlflow import MlflowClient
+
+    from tests.pipelines.cluster.real_cluster import files_containing
+
+    secrets = {name: f"planted-{name}-{uuid.uuid4().hex[:12]}" for name in ("uri", "token", "aws", "file")}
+    creds = tmp_path / "aws-credentials"  # a token file, where boto3 would read it
+    creds.write_text(f"[default]\naws_access_key_id = AKIAPLANTED\naws_secret_access_key = {secrets['file']}\n")
+    env = {**os.environ, "MLFLOW_TRACKING_TOKEN": secrets["token"], "AWS_SECRET_ACCESS_KEY": secrets["aws"],
+           "AWS_SHARED_CREDENTIALS_FILE": str(creds)}
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"):
+        env.pop(name, None)
+    server_dir, work = tmp_path / "server", tmp_path / "work"
+    server_dir.mkdir()
+    work.mkdir()
+    outputs = []
+
+    def run(*args) -> str:
+        done = subprocess.run(_cli(*args), cwd=work, env=env, capture_output=True, text=True, timeout=900)
+        outputs.append((args[0], done.stdout + done.stderr))
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        return done.stdout
+
+    with serve_mlflow(server_dir) as port:
+        uri = f"http://alice:{secrets['uri']}@127.0.0.1:{port}"
+        run("tune", "--features", demo_store, "--dataset", "demo", "--space", "smoke", "--method", "coop",
+            "--num-samples", 1, "--storage", tmp_path / "tune", "--mlflow-uri", uri, "--experiment", "leak",
+            "--ray-address", ray_cluster.address)
+        trained = run("train", "--features", demo_store, "--dataset", "demo", "--method", "coop", "--epochs", 1,
+                      "--out", tmp_path / "train.json", "--mlflow-uri", uri, "--experiment", "leak")
+        (run_id,) = [ln.split()[2] for ln in trained.splitlines() if ln.startswith("MLflow run ")]
+        run("zero-shot", "--features", demo_store, "--dataset", "demo", "--mlflow-uri", uri, "--experiment", "leak-zs")
+        run("report", "--mlflow-uri", uri, "--experiment", "leak")
+        run("export", "--run-id", run_id, "--out", tmp_path / "exported", "--mlflow-uri", uri)
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        roles = [r.data.tags.get("role") for r in
+                 client.search_runs([client.get_experiment_by_name("leak").experiment_id])]
+        assert roles.count("trial") == 2 and roles.count("parent") == 1 and roles.count("train") == 1, roles
+
+    assert {name for name, _ in outputs} == {"tune", "train", "zero-shot", "report", "export"}
+    assert "alice:***@127.0.0.1" in outputs[0][1]  # the URI is shown, masked
+    assert (server_dir / "mlartifacts").is_dir() and (tmp_path / "exported").is_dir()  # there were records to search
+    session = Path(ray_cluster.head_node.get_session_dir_path())
+    assert files_containing(tmp_path, secrets["file"]) == ["aws-credentials"]  # the search finds a planted secret
+    for name, secret in secrets.items():
+        for command, text in outputs:
+            assert secret not in text, (name, command)
+        assert not [p for p in files_containing(tmp_path, secret) if p != "aws-credentials"], name
+        assert files_containing(session, secret) == [], name
+    assert not [command for command, text in outputs if "View run" in text]  # MLflow's run links are off
