@@ -31,13 +31,21 @@ from pipelines.paths import HolderLock, LockHeld, check_writable_folder
 from pipelines.ray_runtime import ensure_ray
 from pipelines.secrets import mask_uri
 from pipelines.store import list_datasets, read_manifest, resolve_features
-from pipelines.tracking.lease import ExperimentLease, LeaseHeld
 from pipelines.tracking.client import Tracker, check_tracking_uri, default_tracking_uri, run_name
+from pipelines.tracking.lease import ExperimentLease, LeaseHeld
 from pipelines.tracking.summary import finish_parent, rank_configs, write_parent_summary
 from pipelines.trial.context import TrialContext, TrialSetupError, make_context
 from pipelines.trial.targets import ProtocolError, check_class_specific
 from pipelines.tune.spaces import SearchSpace, load_space, space_changes
-from pipelines.vocabulary import COMPLETED, EXPERIMENT_PATH_TAG, FAILED, POPULATION_TAG, STOPPED_EARLY, TEST_BASE_ACC, TEST_NEW_ACC
+from pipelines.vocabulary import (
+    COMPLETED,
+    EXPERIMENT_PATH_TAG,
+    FAILED,
+    POPULATION_TAG,
+    STOPPED_EARLY,
+    TEST_BASE_ACC,
+    TEST_NEW_ACC,
+)
 
 log = logging.getLogger(__name__)
 
