@@ -342,10 +342,15 @@ def _plans(opts: TuneOptions, space: SearchSpace, uri: str, root: str, datasets:
             other = next(iter(tracker.parents(d, opts.protocol)), None)
             if other is not None:
                 where = other.data.tags.get(EXPERIMENT_PATH_TAG, "?")
+                ran = f"dataset {d}'s run ({other.info.run_id}) was tuned in {where}"
+                if opts.resume and not restorable[d]:
+                    raise TuneSetupError(f"--resume: no Tune experiment to resume at {mask_uri(path)}; MLflow "
+                                         f"experiment {opts.experiment!r}: {ran}; pass the --storage it was tuned "
+                                         "with, or choose another --experiment")
                 raise TuneSetupError(
-                    f"MLflow experiment {opts.experiment!r} at {mask_uri(uri)} already has a run for dataset {d} "
-                    f"({other.info.run_id}) tuned in {where}, not in {mask_uri(path)}; continue it with the --storage "
-                    "it was tuned with and --resume, or choose another --experiment")
+                    f"MLflow experiment {opts.experiment!r} at {mask_uri(uri)} already has a run for dataset {d}: "
+                    f"{ran}, not in {mask_uri(path)}; continue it with the --storage it was tuned with and --resume, "
+                    "or choose another --experiment")
         run = tracker.client.get_run(parent) if parent is not None else None
         tags = run.data.tags if run is not None else {}
         # A start killed (or failed) after its parent run was created and before Tune saved any state: same Tune
