@@ -25,6 +25,15 @@ def _owner_tag(uri: str, experiment: str) -> str | None:
     return exp.tags.get(TUNE_OWNER_TAG) if exp is not None else None
 
 
+def _new_store(uri: str) -> str:
+    """The SQLite store made before the drivers start: this test's polling must not race a driver's schema creation
+    (issue 25, item 7, is about that race)."""
+    from mlflow import MlflowClient
+
+    MlflowClient(uri).search_experiments(max_results=1)
+    return uri
+
+
 def _cli(args, cwd):
     return subprocess.run([sys.executable, "-c", "from pipelines.cli import main; main()", *[str(a) for a in args]],
                           cwd=cwd, capture_output=True, text=True, timeout=300)
@@ -33,7 +42,7 @@ def _cli(args, cwd):
 @pytest.mark.slow
 def test_a_second_tune_of_the_experiment_from_another_storage_is_refused_and_the_first_completes(
         demo_store, tmp_path, ray_cluster, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = _new_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     args = tune_args(demo_store, tmp_path, uri, "shared", "--space", "smoke", "--method", "coop", "--num-samples", 1,
                      "--ray-address", ray_cluster.address)  # 2 trials
     monkeypatch.setenv(EPOCH_PAUSE_ENV, "5")  # the first run outlasts the second's start
@@ -70,7 +79,7 @@ def test_resume_after_a_kill_keeps_every_finished_run_and_its_history_beside_ano
 
     from pipelines.tracking.client import Tracker
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = _new_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv(EPOCH_PAUSE_ENV, "0.5")
     space = yaml.safe_load((REPO / "tune_spaces" / "smoke.yaml").read_text())
     space["num_samples"] = 3  # 6 trials, one at a time
