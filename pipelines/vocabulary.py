@@ -15,7 +15,7 @@ ROLE_ZERO_SHOT = "zero-shot"
 TRIAL_ID_TAG = "tune.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 FINAL_TAG = "final_logged"
-STATUS_TAG = "trial_status"  # completed | stopped_early | error | running
+STATUS_TAG = "trial_status"  # completed | stopped_early | error | running | abandoned
 NODE_ID_TAG = "ray_node_id"  # the node that produced the final result
 NODE_IDS_TAG = "ray_node_ids"  # every node any attempt of the trial reported from, comma-separated
 #: ``tune --population``: the population that trained the trial (its latest attempt's) and its size; a trial's
@@ -67,6 +67,10 @@ STATE_ARTIFACTS = "learned_state"
 STATE_NAMES = ("learned_state.safetensors", "hyperparameters.json", "final.json")  # pipelines.trial.plan writes them
 CONFIG_FILE = "config.json"
 STATE_TAG = "learned_state"  # "logged" once the folder is complete
+#: The MLflow experiment tag naming the running ``tune`` that owns the experiment (pipelines.tracking.lease).
+TUNE_OWNER_TAG = "dept.tune_owner"
+#: A parent run's tag: the Tune experiment folder its trials run in (one parent per storage and dataset).
+EXPERIMENT_PATH_TAG = "tune.experiment_path"
 #: The run tag naming the protocol (``dept.protocols``' words); runs logged before the transfer protocols have none:
 #: they are base-to-new.
 PROTOCOL_TAG = "protocol"
@@ -76,6 +80,9 @@ NODE_ID_KEY = "node_id"
 RESUMED_KEY = "resumed_after_epoch"
 #: A trial's end state, as the ``trial_status`` tag says it.
 COMPLETED, STOPPED_EARLY, FAILED = "completed", "stopped_early", "error"
+#: A run whose trial Tune no longer has (a driver killed after it made the run and before Tune saved the trial; the
+#: trial ran again under a new id): kept with its history, KILLED, never counted before a completed run of its seed.
+ABANDONED = "abandoned"
 #: In a trial's last result: why it failed for good (a non-finite loss, a configuration error; ``error`` tag of its
 #: run). Such a trial ends without a retry: retrying cannot change it.
 FAILED_KEY = "trial_failed"

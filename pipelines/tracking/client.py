@@ -23,6 +23,7 @@ from pipelines.vocabulary import (
     CONFIG_FILE,
     DEFAULT_DB,
     EPOCH_METRICS,
+    EXPERIMENT_PATH_TAG,
     FINAL_METRICS,
     FINAL_TAG,
     PARENT_TAG,
@@ -238,14 +239,24 @@ class Tracker:
             if not token:
                 return runs
 
-    def find_parent(self, dataset: str, protocol: str = BASE_TO_NEW) -> str | None:
-        """The parent run of (dataset, protocol); runs from before the protocol tag existed are base-to-new."""
+    def parents(self, dataset: str, protocol: str = BASE_TO_NEW) -> list:
+        """Every parent run of (dataset, protocol), newest first; runs from before the protocol tag existed are
+        base-to-new."""
         runs = self.search(f"tags.role = '{ROLE_PARENT}' and tags.dataset = '{quote_filter(dataset)}'")
         runs = [r for r in runs if r.data.tags.get(PROTOCOL_TAG, BASE_TO_NEW) == protocol]
+        return sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True)
+
+    def find_parent(self, dataset: str, protocol: str = BASE_TO_NEW, experiment_path: str | None = None) -> str | None:
+        """The parent run of (dataset, protocol) whose trials run in the Tune folder ``experiment_path`` (its
+        ``tune.experiment_path`` tag; a parent without one, from before it was tagged, counts as any folder's);
+        without ``experiment_path``, the newest. Another storage's parent in the same experiment is never it."""
+        runs = self.parents(dataset, protocol)
+        if experiment_path is not None:
+            shown = mask_uri(experiment_path)
+            runs = [r for r in runs if r.data.tags.get(EXPERIMENT_PATH_TAG, shown) == shown]
         if len(runs) > 1:
-            log.warning("%d parent runs for dataset %s in experiment %s; using the newest", len(runs), dataset,
-                        self.experiment_name)
-        runs.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+            log.warning("%d parent runs for dataset %s in experiment %s%s; using the newest", len(runs), dataset,
+                        self.experiment_name, f" for {mask_uri(experiment_path)}" if experiment_path else "")
         return runs[0].info.run_id if runs else None
 
     def children(self, parent_run_id: str) -> list:

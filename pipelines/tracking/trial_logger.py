@@ -3,6 +3,7 @@ dataset's parent run. Trials never talk to MLflow; a retried trial or a resumed 
 or points (see :mod:`pipelines.tracking`)."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 import tempfile
@@ -23,6 +24,7 @@ from pipelines.tracking.client import (
     run_name,
 )
 from pipelines.vocabulary import (
+    ABANDONED,
     COMPLETED,
     FAILED,
     FAILED_KEY,
@@ -45,6 +47,8 @@ from pipelines.vocabulary import (
 )
 
 log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"  # Tune's per-trial result log (ray.air.constants.EXPR_RESULT_FILE)
 
 
 @dataclass
@@ -282,10 +286,10 @@ class MlflowTrialLogger(_ray_callback_base()):
 
     # -- end of a dataset -----------------------------------------------------------------------------------
     def reconcile(self, trials: Iterable) -> None:
-        """Make MLflow agree with Tune's final view: every trial exactly one child run with its final metrics and
-        a terminal status (a driver killed at the wrong moment may have missed some), and no child run for a trial
-        id Tune no longer has (created by a killed driver for a trial that Tune re-created under a new id on
-        resume): those are soft-deleted (``mlflow runs restore`` brings them back)."""
+        """Make MLflow agree with Tune's final view: every trial exactly one child run with its final metrics,
+        every epoch Tune recorded and a terminal status (a driver killed at the wrong moment may have missed some).
+        Nothing is deleted: a child run for a trial id Tune no longer has (created by a killed driver for a trial
+        that Tune re-created under a new id on resume) is kept with its history (:meth:`abandon`)."""
         trials = list(trials)
         known = {t.trial_id for t in trials}
         if self.interrupted():
@@ -303,6 +307,7 @@ class MlflowTrialLogger(_ray_callback_base()):
             if result.get("epoch") is not None or status == FAILED:
                 if result.get("epoch") is not None:
                     self.log_result(trial.trial_id, trial.config, result)
+                    self.backfill(trial, self.run_for(trial.trial_id, trial.config))
                 if status == COMPLETED:
                     self.keep_learned_state(trial)  # a driver killed before it did
                 run = self.tracker.client.get_run(self.run_for(trial.trial_id, trial.config))
@@ -321,13 +326,76 @@ class MlflowTrialLogger(_ray_callback_base()):
         if not self.complete:
             return
         for run in self.tracker.children(self.parent_run_id):
-            trial_id = run.data.tags.get(TRIAL_ID_TAG)
-            if run.data.tags.get(ROLE_TAG) != ROLE_TRIAL:
-                continue  # the parent's other children (the zero-shot run) are no trials
-            if trial_id not in known:
-                log.warning("soft-deleting MLflow run %s: its Tune trial %s no longer exists (driver killed before "
-                            "Tune saved it; the trial ran again under a new id)", run.info.run_id, trial_id)
-                self.tracker.client.delete_run(run.info.run_id)
+            if run.data.tags.get(ROLE_TAG) == ROLE_TRIAL and run.data.tags.get(TRIAL_ID_TAG) not in known:
+                self.abandon(run)
+
+    def backfill(self, trial, run_id: str) -> None:
+        """The epochs of a trial that Tune recorded (its result.json) and its run lacks: a run made only now (a
+        killed driver had made none), or an epoch reported while no driver was logging. The first report of an
+        epoch counts, as :meth:`log_result` counts it."""
+        epoch = (trial.last_result or {}).get("epoch")
+        if epoch is None:
+            return
+        client = self.tracker.client
+        logged = {m.step for m in client.get_metric_history(run_id, "train_loss")}
+        if len(logged) >= int(epoch):
+            return
+        logged |= {m.step for m in client.get_metric_history(run_id, self.metric)}
+        ts = int(time.time() * 1000)
+        metrics, seen = [], set(logged)
+        for result in tune_results(trial):
+            step = result.get("epoch")
+            if isinstance(step, int) and step not in seen:
+                seen.add(step)
+                metrics.extend(epoch_metrics(result, ts))
+        if metrics:
+            self.tracker.log_metrics(run_id, metrics)
+            log.info("trial %s: %d epoch(s) of its Tune results logged to MLflow run %s", trial.trial_id,
+                     len(seen - logged), run_id)
+
+    def abandon(self, run) -> None:
+        """A child run whose trial Tune no longer has (made by a driver killed before Tune saved the trial, which
+        ran again under a new id). Kept with its whole history: a finished one as it is, an unfinished one KILLED
+        and tagged ``abandoned`` (the report counts a completed run of the same seed before it)."""
+        tags = run.data.tags
+        if run.info.status != "RUNNING" and (tags.get(FINAL_TAG) == "true" or tags.get(STATUS_TAG) in
+                                             (COMPLETED, STOPPED_EARLY, FAILED, ABANDONED)):
+            log.info("MLflow run %s of trial %s, which Tune no longer has, is finished: kept as it is",
+                     run.info.run_id, tags.get(TRIAL_ID_TAG))
+            return
+        log.warning("MLflow run %s: its Tune trial %s no longer exists (driver killed before Tune saved it; the "
+                    "trial ran again under a new id); kept, marked %s", run.info.run_id, tags.get(TRIAL_ID_TAG),
+                    ABANDONED)
+        self.tracker.set_tags(run.info.run_id, {STATUS_TAG: ABANDONED})
+        self.tracker.client.set_terminated(run.info.run_id, "KILLED")
+
+
+def tune_results(trial) -> list[dict]:
+    """Every result Tune recorded for ``trial`` (its result.json, one JSON object a line), from the experiment's
+    storage (where a resumed driver finds it), else the driver's staging folder; empty when neither is readable."""
+    storage = getattr(trial, "storage", None)
+    places = []
+    if storage is not None:
+        places.append((storage.storage_filesystem, f"{storage.trial_fs_path}/{RESULT_FILE}"))
+    if getattr(trial, "local_path", None):
+        places.append((None, f"{trial.local_path}/{RESULT_FILE}"))
+    for fs, path in places:
+        try:
+            if fs is None:
+                text = Path(path).read_text()
+            else:
+                with fs.open_input_stream(path) as f:
+                    text = f.read().decode()
+        except Exception:  # noqa: BLE001  (not there, or gone: the next place, else nothing to add)
+            continue
+        results = []
+        for line in text.splitlines():
+            try:
+                results.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by a kill
+        return results
+    return []
 
 
 def end_status(result: dict) -> str:

@@ -33,11 +33,20 @@ from pipelines.secrets import mask_uri
 from pipelines.selection import method_label
 from pipelines.store import list_datasets, read_manifest, resolve_features
 from pipelines.tracking.client import Tracker, check_tracking_uri, default_tracking_uri, run_name
+from pipelines.tracking.lease import ExperimentLease, LeaseHeld
 from pipelines.tracking.summary import finish_parent, rank_configs, write_parent_summary
 from pipelines.trial.context import TrialContext, TrialSetupError, make_context
 from pipelines.trial.targets import ProtocolError, check_class_specific
 from pipelines.tune.spaces import SearchSpace, load_space, space_changes
-from pipelines.vocabulary import COMPLETED, FAILED, POPULATION_TAG, STOPPED_EARLY, TEST_BASE_ACC, TEST_NEW_ACC
+from pipelines.vocabulary import (
+    COMPLETED,
+    EXPERIMENT_PATH_TAG,
+    FAILED,
+    POPULATION_TAG,
+    STOPPED_EARLY,
+    TEST_BASE_ACC,
+    TEST_NEW_ACC,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +81,16 @@ LOCK_FILE = ".dept-tune.lock"
 
 
 class ExperimentLock:
-    """One ``tune`` at a time per experiment: an exclusive ``flock`` on a file in the experiment's Tune folder (local
-    storage; the kernel drops it when the holder dies, so a killed run never leaves it stale). Remote storage (s3://,
-    gs://) is not locked (infra/README.md)."""
+    """One ``tune`` at a time per experiment, two ways. Its Tune folder: an exclusive ``flock`` on a file there
+    (local storage; the kernel drops it when the holder dies, so a killed run never leaves it stale; remote storage
+    (s3://, gs://) is not locked this way). Its MLflow experiment, whatever the storage and wherever the driver runs:
+    a lease on the experiment (:class:`~pipelines.tracking.lease.ExperimentLease`), taken by :meth:`hold_experiment`
+    once the experiment is open and before any of its runs is read or made."""
 
     def __init__(self, root: str):
         self.root = root
         self._lock = HolderLock(Path(root) / LOCK_FILE) if urlparse(root).scheme in ("", "file") else None
+        self._lease: ExperimentLease | None = None
 
     def acquire(self) -> None:
         if self._lock is None:
@@ -90,7 +102,20 @@ class ExperimentLock:
                                  f"{self.root} ({held.holder}); wait for it to finish, or use another --experiment"
                                  ) from None
 
+    def hold_experiment(self, tracker: Tracker) -> None:
+        lease = ExperimentLease(tracker.client, tracker.experiment_id, mask_uri(self.root.rsplit("/", 1)[0]))
+        try:
+            lease.acquire()
+        except LeaseHeld as held:
+            raise TuneSetupError(f"another `dept-pipeline tune` is running experiment {tracker.experiment_name!r} "
+                                 f"of MLflow {mask_uri(tracker.uri)} ({held}); wait for it to finish, or use another "
+                                 "--experiment") from None
+        self._lease = lease
+
     def release(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
         if self._lock is not None:
             self._lock.release()
 
@@ -234,13 +259,14 @@ def prepare(opts: TuneOptions):
     lock = ExperimentLock(root)
     lock.acquire()
     try:
-        return (space, uri, *_plans(opts, space, uri, root, datasets, contexts), lock)
+        return (space, uri, *_plans(opts, space, uri, root, datasets, contexts, lock), lock)
     except BaseException:
         lock.release()
         raise
 
 
-def _plans(opts: TuneOptions, space: SearchSpace, uri: str, root: str, datasets: list[str], contexts: dict):
+def _plans(opts: TuneOptions, space: SearchSpace, uri: str, root: str, datasets: list[str], contexts: dict,
+           lock: ExperimentLock):
     from ray.tune import Tuner
 
 
@@ -253,16 +279,32 @@ def _plans(opts: TuneOptions, space: SearchSpace, uri: str, root: str, datasets:
                                  "to continue it, or choose another --experiment")
 
     tracker = Tracker(uri, opts.experiment)
+    lock.hold_experiment(tracker)  # before any run is read: a second tune of the experiment stops here
     plans = []
     for d in datasets:
         path = f"{root}/{folders[d]}"
-        parent = tracker.find_parent(d, opts.protocol)
+        parent = tracker.find_parent(d, opts.protocol, path)
+        if parent is None:
+            # The experiment's run of this dataset tuned in another Tune folder is not this sweep's to continue,
+            # and a second parent beside it would mix two sweeps in one experiment.
+            other = next(iter(tracker.parents(d, opts.protocol)), None)
+            if other is not None:
+                where = other.data.tags.get(EXPERIMENT_PATH_TAG, "?")
+                ran = f"dataset {d}'s run ({other.info.run_id}) was tuned in {where}"
+                if opts.resume and not restorable[d]:
+                    raise TuneSetupError(f"--resume: no Tune experiment to resume at {mask_uri(path)}; MLflow "
+                                         f"experiment {opts.experiment!r}: {ran}; pass the --storage it was tuned "
+                                         "with, or choose another --experiment")
+                raise TuneSetupError(
+                    f"MLflow experiment {opts.experiment!r} at {mask_uri(uri)} already has a run for dataset {d}: "
+                    f"{ran}, not in {mask_uri(path)}; continue it with the --storage it was tuned with and --resume, "
+                    "or choose another --experiment")
         run = tracker.client.get_run(parent) if parent is not None else None
         tags = run.data.tags if run is not None else {}
         # A start killed (or failed) after its parent run was created and before Tune saved any state: same Tune
         # folder, no Tune experiment, parent never finished. Nothing ran that Tune remembers, so the parent is
         # reused and Tune starts afresh (child runs of trials Tune does not know are soft-deleted at the end).
-        aborted_start = (run is not None and not restorable[d] and tags.get("tune.experiment_path") == mask_uri(path)
+        aborted_start = (run is not None and not restorable[d] and tags.get(EXPERIMENT_PATH_TAG) == mask_uri(path)
                          and run.info.status != "FINISHED")
         if parent is not None and not opts.resume and not aborted_start:
             raise TuneSetupError(f"MLflow experiment {opts.experiment!r} at {mask_uri(uri)} already has a run for "
@@ -340,7 +382,7 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
         parent = tracker.create_parent(
             plan.dataset,
             {**ctx.tags(), "space": space.name, "selection_metric": space.metric, "selection_mode": space.mode,
-             "tune.experiment_path": mask_uri(plan.experiment_path), "num_trials": str(space.num_trials()),
+             EXPERIMENT_PATH_TAG: mask_uri(plan.experiment_path), "num_trials": str(space.num_trials()),
              "features_url": mask_uri(ctx.features_url), "population": str(population),
              SPACE_DIGEST_TAG: space.digest()},
             name=(f"{plan.dataset} ({space.name})" if ctx.protocol == BASE_TO_NEW

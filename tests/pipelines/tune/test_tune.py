@@ -62,8 +62,11 @@ def check_tracked(uri: str, experiment: str, n_trials: int, seeds: set[int]):
     (zero_shot,) = [r for r in below if r.data.tags.get("role") == "zero-shot"]
     assert zero_shot.info.status == "FINISHED" and {"test_hm", "val_hm"} <= set(zero_shot.data.metrics)
     assert zero_shot.data.tags["feature_fingerprint"] == parent.data.tags["feature_fingerprint"]
-    children = [r for r in below if r.data.tags.get("role") == "trial"]
-    assert len(children) == n_trials == len(runs) - 2
+    # Runs of trials Tune no longer has (a killed driver's) are kept, KILLED; the rest is one run per trial.
+    abandoned = [r for r in below if r.data.tags.get("trial_status") == "abandoned"]
+    assert all(r.info.status == "KILLED" for r in abandoned)
+    children = [r for r in below if r.data.tags.get("role") == "trial" and r not in abandoned]
+    assert len(children) == n_trials == len(runs) - 2 - len(abandoned)
     trial_ids = [c.data.tags["tune.trial_id"] for c in children]
     assert len(set(trial_ids)) == n_trials
     assert {int(c.data.tags["seed"]) for c in children} == seeds
@@ -409,18 +412,34 @@ def test_logger_dedupes_retried_epochs_and_a_resumed_driver_continues_the_same_r
         pickle.loads(pickle.dumps(again))
 
 
-def test_reconcile_soft_deletes_runs_of_trials_tune_no_longer_has(tmp_path):
+def test_reconcile_keeps_runs_of_trials_tune_no_longer_has_with_their_history(tmp_path):
     logger = _logger(tmp_path)
     config = {"method": "coop", "seed": 2}
     logger.log_result("kept", config, epoch_result(1))
-    logger.log_result("zombie", config, epoch_result(1))  # a trial created by a driver killed before Tune saved it
+    # Trials made by a driver killed before Tune saved them (Tune ran them again under new ids): one unfinished,
+    # one that finished all its epochs before the kill.
+    logger.log_result("zombie", config, epoch_result(1))
+    logger.log_result("zombie", config, epoch_result(2))
+    logger.log_result("done", config, epoch_result(1))
+    logger.log_result("done", config, epoch_result(2, final=True))
+    logger.finish("done", config, "completed")
+    client = logger.tracker.client
+    done_before = next(r for r in logger.tracker.children(logger.parent_run_id)
+                       if r.data.tags["tune.trial_id"] == "done")
     failed = FakeTrial("failed", config, status="ERROR", failures=2)
     logger.reconcile([FakeTrial("kept", config, last_result=epoch_result(1)), failed])
     names = {r.data.tags["tune.trial_id"]: r for r in logger.tracker.children(logger.parent_run_id)}
-    assert set(names) == {"kept", "failed"}
+    assert set(names) == {"kept", "failed", "zombie", "done"}  # nothing deleted
     assert names["kept"].data.tags["trial_status"] == "stopped_early"
     assert names["failed"].data.tags["trial_status"] == "error" and names["failed"].info.status == "FAILED"
     assert names["failed"].data.tags["error"] == "boom"
+    zombie = names["zombie"]
+    assert zombie.data.tags["trial_status"] == "abandoned" and zombie.info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(zombie.info.run_id, "train_loss")] == [1, 2]
+    done = names["done"]  # finished: as it was
+    assert (done.info.status, done.info.end_time, done.data.tags) == (done_before.info.status,
+                                                                       done_before.info.end_time, done_before.data.tags)
+    assert [m.step for m in client.get_metric_history(done.info.run_id, "train_loss")] == [1, 2]
     logger.close()
 
 
