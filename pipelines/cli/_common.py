@@ -1,14 +1,19 @@
 """What more than one command module shares: the ``--method`` and ``--protocol`` choices, ``--targets``, ``--out``
-file handling."""
+file handling, and the follow-up commands printed for the user to run (:func:`command_line`)."""
 from __future__ import annotations
 
 import os
+import re
+import shlex
+import shutil
+import sys
 from pathlib import Path
 
 import click
 
 from dept.methods import method_names
 from dept.protocols import BASE_TO_NEW, DEFAULT_SOURCE, PROTOCOLS
+from pipelines.secrets import mask_uri
 
 
 class MethodChoice(click.Choice):
@@ -98,3 +103,50 @@ def feature_store_options(command):
                            help="With a store root holding several models: the model's name.")(command)
     return click.option("--features", required=True,
                         help="Feature store: featurize's --out (the store root) or the model folder it printed.")(command)
+
+
+PROGRAM = "dept-pipeline"
+
+
+def program() -> list[str]:
+    """How a shell reaches this very program: ``dept-pipeline`` when that name on PATH is the one running; else the
+    running script's absolute path (a virtualenv's ``bin/`` not on PATH, e.g. ``.venv/bin/dept-pipeline``), or
+    ``python -m pipelines.cli`` with this interpreter when that is how it was started."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    name = os.path.basename(argv0)
+    if name == "__main__.py":  # python -m pipelines.cli
+        return [sys.executable, "-m", "pipelines.cli"]
+    on_path = shutil.which(PROGRAM)
+    if name == PROGRAM and os.path.isfile(argv0):
+        if on_path and os.path.samefile(on_path, argv0):
+            return [PROGRAM]
+        return [os.path.abspath(argv0)]
+    # called in-process (click's test runner, `python -c`): the name on PATH, else this interpreter's module form
+    return [PROGRAM] if on_path else [sys.executable, "-m", "pipelines.cli"]
+
+
+def absolute_uri(value: str) -> str:
+    """A relative SQLite URI (``sqlite:///mlflow.db``) made absolute, so that a printed command means the same
+    store from any folder; anything else unchanged."""
+    prefix = "sqlite:///"
+    if value.startswith(prefix) and not value.startswith(prefix + "/") and value != prefix + ":memory:":
+        return prefix + os.path.abspath(value[len(prefix):])
+    return value
+
+
+def command_line(*args: object) -> str:
+    """A follow-up command as the user can paste it: :func:`program`, then ``args`` with SQLite URIs absolute and
+    any password in a URI shown as ``***`` (the user puts it back, or passes it as MLFLOW_TRACKING_PASSWORD)."""
+    return shlex.join([*program(), *(mask_uri(absolute_uri(str(a))) for a in args)])
+
+
+_MENTIONED = re.compile(r"`dept-pipeline(?= |`)")
+
+
+def as_printed(text: str) -> str:
+    """``text`` with each backquoted `` `dept-pipeline ...` `` (the hints lower layers write, e.g. "run
+    `dept-pipeline featurize`") starting with :func:`program` instead, so that it runs as printed."""
+    reached = program()
+    if reached == [PROGRAM]:
+        return text
+    return _MENTIONED.sub(lambda _: "`" + shlex.join(reached), text)

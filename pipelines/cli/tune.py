@@ -53,8 +53,10 @@ def _space_help() -> str:
 @click.option("--objective", type=click.Choice(["val", "pseudo-new"]), default=None,
               help="Selection objective; default: the space's (val).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Override the space's num_samples.")
-@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="GPUs Ray reserves per trial (a fraction shares a GPU).")
+@click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="CPUs Ray reserves per trial.")
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Most trials at once (default: as resources allow).")
 @click.option("--population", default="auto", show_default=True, callback=lambda c, p, v: parse_population(v),
               help="Train up to this many same-shape trials as one batched step (each still its own Tune trial and "
