@@ -109,20 +109,30 @@ PROGRAM = "dept-pipeline"
 
 
 def program() -> list[str]:
-    """How a shell reaches this very program: ``dept-pipeline`` when that name on PATH is the one running; else the
-    running script's absolute path (a virtualenv's ``bin/`` not on PATH, e.g. ``.venv/bin/dept-pipeline``), or
-    ``python -m pipelines.cli`` with this interpreter when that is how it was started."""
+    """How a shell reaches this very program: ``dept-pipeline`` from an activated virtualenv or a system-wide
+    install; else the script's absolute path (e.g. ``.venv/bin/dept-pipeline`` run by scripts/quickstart.sh, whose
+    PATH is not the user's shell's); ``python -m pipelines.cli`` with this interpreter when started so."""
     argv0 = sys.argv[0] if sys.argv else ""
     name = os.path.basename(argv0)
-    if name == "__main__.py":  # python -m pipelines.cli
+    if name == "__main__.py":
         return [sys.executable, "-m", "pipelines.cli"]
+    # called in-process (click's test runner, `python -c`): the script on PATH stands for this program
+    script = argv0 if name == PROGRAM and os.path.isfile(argv0) else shutil.which(PROGRAM)
+    if script is None:
+        return [sys.executable, "-m", "pipelines.cli"]
+    return [PROGRAM] if _reached_by_name(script) else [os.path.abspath(script)]
+
+
+def _reached_by_name(script: str) -> bool:
+    """The bare name runs ``script`` in the user's shell: it is the one on PATH, and PATH holds its folder not only
+    for this process (a virtualenv is activated, or the install is not in one)."""
     on_path = shutil.which(PROGRAM)
-    if name == PROGRAM and os.path.isfile(argv0):
-        if on_path and os.path.samefile(on_path, argv0):
-            return [PROGRAM]
-        return [os.path.abspath(argv0)]
-    # called in-process (click's test runner, `python -c`): the name on PATH, else this interpreter's module form
-    return [PROGRAM] if on_path else [sys.executable, "-m", "pipelines.cli"]
+    if not on_path or not os.path.samefile(on_path, script):
+        return False
+    if sys.prefix == sys.base_prefix:
+        return True
+    active = os.environ.get("VIRTUAL_ENV")
+    return bool(active) and os.path.realpath(active) == os.path.realpath(sys.prefix)
 
 
 def absolute_uri(value: str) -> str:

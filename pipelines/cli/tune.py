@@ -1,24 +1,42 @@
 """CLI command ``tune``: Ray Tune over a search space, every trial tracked in MLflow."""
 from __future__ import annotations
 
-import shlex
 import signal
 import sys
 
 import click
 
-from pipelines.cli._common import METHOD_CHOICE, feature_store_options, protocol_dataset, protocol_options
+from pipelines.cli._common import (
+    METHOD_CHOICE,
+    command_line,
+    feature_store_options,
+    protocol_dataset,
+    protocol_options,
+)
 
 
 def resume_command() -> str:
-    """This very command line, as ``dept-pipeline ...``, with ``--resume``; a password in a URI shown as ``***``
-    (put it back, or pass it as MLFLOW_TRACKING_PASSWORD)."""
-    from pipelines.secrets import mask_uri
-
-    args = [mask_uri(a) for a in sys.argv[1:]]
+    """This very command line, with ``--resume`` (:func:`~pipelines.cli._common.command_line`: the program as the
+    shell reaches it, a password in a URI shown as ``***``)."""
+    args = sys.argv[1:]
     if "--resume" not in args:
         args = [*args, "--resume"]
-    return shlex.join(["dept-pipeline", *args])
+    return command_line(*args)
+
+
+def follow_ups(uri: str, experiment: str, protocol: str, outcomes) -> list[str]:
+    """What to run next, each line runnable as printed: the UI over the trials, the paper-style tables, and the
+    export of the first dataset's winner (every dataset's is its parent run's ``best_run_id`` tag)."""
+    store = ("--mlflow-uri", uri)
+    lines = [f"compare the trials in the MLflow UI: {command_line('ui', *store, '--experiment', experiment)}",
+             f"the paper-style table: "
+             f"{command_line('report', *store, '--experiment', experiment, '--protocol', protocol)}"]
+    won = next((o for o in outcomes if o.best_trial is not None and o.best_trial.run_id), None)
+    if won is not None:
+        export = command_line("export", *store, "--run-id", won.best_trial.run_id, "--out", f"learned-{won.dataset}")
+        lines.append(f"what {won.dataset}'s winner learned (each dataset's winner: its parent run's best_run_id tag): "
+                     f"{export}")
+    return lines
 
 
 def parse_population(value: str) -> int | None:
@@ -95,12 +113,11 @@ def tune_cmd(features, model, pretrained, dataset, protocol, source, targets, sp
     click.echo("")
     click.echo(f"best configuration per dataset (selected on {chosen.metric}; test numbers are mean over seeds):")
     click.echo(best_table(outcomes, chosen.metric, chosen.mode, protocol))
-    from pipelines.secrets import mask_uri
     from pipelines.tracking.client import default_tracking_uri
 
-    uri = mask_uri(mlflow_uri or default_tracking_uri())
-    click.echo(f"\ncompare the trials in the MLflow UI: dept-pipeline ui --mlflow-uri {shlex.quote(uri)} "
-               f"--experiment {shlex.quote(experiment)}")
+    click.echo("")
+    for line in follow_ups(mlflow_uri or default_tracking_uri(), experiment, protocol, outcomes):
+        click.echo(line)
     failed = [o.dataset for o in outcomes if o.records and o.count("error") == len(o.records)]
     if failed:
         raise click.ClickException(f"every trial of {', '.join(failed)} failed; the error of each is in the "
