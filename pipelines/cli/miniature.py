@@ -18,12 +18,14 @@ def miniature_group() -> None:
 @click.option("--batch-size", default=128, show_default=True, type=int, help="Image-caption pairs per step.")
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="AdamW peak learning rate.")
 @click.option("--weight-decay", default=0.1, show_default=True, type=float, help="AdamW weight decay.")
-@click.option("--warmup-steps", default=200, show_default=True, type=int, help="Linear warmup steps of the learning rate.")
+@click.option("--warmup-steps", default=200, show_default=True, type=int,
+              help="Linear warmup steps of the learning rate.")
 @click.option("--probe-every", default=100, show_default=True, type=int, help="Steps between zero-shot probes.")
 @click.option("--logit-scale", type=float, default=None, help="Fix the temperature tau (e.g. 100, as CLIP's) instead of learning it.")
 @click.option("--model", default="dept-mini-vit", show_default=True, help="open_clip architecture to pretrain.")
 @click.option("--mlflow-uri", default=None, help="Default: sqlite:///mlflow.db in the working folder.")
-@click.option("--experiment", default="miniature-pretrain", show_default=True, help="MLflow experiment of the pretraining run.")
+@click.option("--experiment", default="miniature-pretrain", show_default=True,
+              help="MLflow experiment of the pretraining run.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's). On a shared CPU, 1 can be much faster.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bar on stderr.")
 def pretrain_cmd(out, minutes, steps, seed, batch_size, lr, weight_decay, warmup_steps, probe_every, logit_scale,
@@ -100,7 +102,8 @@ def data_cmd(ctx, out, suite, split, seed, train_per_class, val_per_class, test_
 @click.option("--dataset-dir", required=True, type=click.Path(file_okay=False), help="A custom-layout dataset (e.g. from `miniature data`).")
 @click.option("--model", default="dept-mini-vit", show_default=True, help="open_clip architecture.")
 @click.option("--pretrained", default=None, help="Checkpoint path or tag. Default for dept-mini-vit: the shipped checkpoint.")
-@click.option("--template", default="a photo of a {}.", show_default=True, help="Class-text prompt; {} is the class name.")
+@click.option("--template", default="a photo of a {}.", show_default=True,
+              help="Class-text prompt; {} is the class name.")
 def zero_shot_cmd(dataset_dir, model, pretrained, template) -> None:
     """Zero-shot base / new / HM on a dataset's test split (no feature store, no Ray)."""
     from dept import load_clip

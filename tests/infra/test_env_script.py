@@ -65,3 +65,12 @@ def test_install_page_says_size_time_cpu_torch_and_activation():
     for needle in ("6.5 GB", "3-7 min", "DEPT_TORCH_INDEX_URL", CPU_INDEX, "source .venv/bin/activate",
                    ".venv/bin/dept-pipeline", "DEPT_ENV_DRY_RUN"):
         assert needle in page, needle
+
+
+def test_quickstart_prints_its_ui_command_by_path_with_an_absolute_store():
+    """The last lines name the program as found on the script's PATH (env.sh's virtualenv: an absolute path, which
+    the user's shell reaches without activating it) and the store by its absolute URI."""
+    text = (REPO / "scripts" / "quickstart.sh").read_text()
+    tail = text[text.rindex("cat <<MSG"):]
+    assert "$(command -v dept-pipeline) ui --mlflow-uri sqlite:///$PWD/mlflow.db" in tail
+    assert "source $VENV/bin/activate" in tail
