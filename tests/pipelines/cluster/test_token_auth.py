@@ -71,3 +71,35 @@ def test_token_auth_cluster_one_line_when_refused_joins_with_its_token(tmp_path,
         assert joined.returncode == 0, joined.stdout[-2000:] + joined.stderr[-3000:]
         assert f"joining the Ray cluster at {cluster.gcs_address}" in joined.stderr
         assert "features: " in joined.stdout and "InvalidAuthToken" not in joined.stderr
+
+
+def test_token_source_follows_rays_order(monkeypatch, tmp_path):
+    from pipelines.ray_runtime import token_source
+
+    for name in AUTH_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert token_source() == (None, "")
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
+    assert token_source() == ("from-home", "~/.ray/auth_token")
+    named = tmp_path / "lab-token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(named))
+    assert token_source() == (None, "")  # set, it is the only file Ray reads: missing means no token
+    named.write_text("from-path")
+    assert token_source() == ("from-path", f"$RAY_AUTH_TOKEN_PATH ({named})")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert token_source() == ("from-env", "$RAY_AUTH_TOKEN")
+
+
+def test_token_mode_without_a_token_is_one_line_before_any_connection(monkeypatch, tmp_path):
+    from pipelines.ray_runtime import RayAuthError, check_ray_auth
+
+    for name in AUTH_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    with pytest.raises(RayAuthError, match=r"RAY_AUTH_MODE=token but no token found .*RAY_AUTH_TOKEN_PATH"):
+        check_ray_auth("127.0.0.1:9", "--ray-address")  # port 9: nothing listens; the check stops before
+    check_ray_auth("ray://127.0.0.1:10001", "--ray-address")  # Ray Client addresses are left to ray.init
+    assert issubclass(RayAuthError, ConnectionError)  # the CLI's one-line errors catch it
