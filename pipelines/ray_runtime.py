@@ -62,14 +62,14 @@ def token_source() -> tuple[str | None, str]:
 
 def check_ray_auth(address: str, source: str, timeout: float = 10.0) -> None:
     """Before ``ray.init`` joins ``address``: one gRPC call to its GCS with the token Ray would send, so that a
-    cluster with token authentication (``ray start --head`` in Ray >= 2.5x when a token exists) that refuses it is
+    cluster with token authentication (``ray start --head`` in Ray 2.60 when a token exists) that refuses it is
     one line naming ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN_PATH``, not a minute of ``InvalidAuthToken`` warnings and
     "cannot connect". Ray sends a token to an explicitly given address only under ``RAY_AUTH_MODE=token``; an
     unreachable cluster, or a Ray without these modules, is left to ``ray.init``."""
     host, _, port = address.rpartition(":")
     if "://" in address or not host or not port.isdigit():  # ray://, auto: not a GCS address
         return
-    try:
+    try:  # here, not at the top: Ray's modules load only when a command joins a cluster
         import grpc
         from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
     except ImportError:
@@ -84,11 +84,10 @@ def check_ray_auth(address: str, source: str, timeout: float = 10.0) -> None:
         stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
         try:
             stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), metadata=metadata, timeout=timeout)
+            return
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.UNAUTHENTICATED:
                 return
-        else:
-            return
     if mode == "token":
         raise RayAuthError(f"the Ray cluster at {address} (from {source}) refused the token from {where}: it is "
                            f"not this cluster's; put {_WHERE_TOKENS_GO}")
