@@ -150,13 +150,15 @@ def command_line(*args: object) -> str:
     return shlex.join([*program(), *(mask_uri(absolute_uri(str(a))) for a in args)])
 
 
-_MENTIONED = re.compile(r"`dept-pipeline(?= |`)")
+#: A command the text tells the user to run ("run `dept-pipeline featurize`", "e.g. `dept-pipeline ...`"), not one
+#: it only names ("another `dept-pipeline tune` is running").
+_TO_RUN = re.compile(r"(\b(?:run|e\.g\.|through|with:?) )`dept-pipeline(?= |`)")
 
 
 def as_printed(text: str) -> str:
-    """``text`` with each backquoted `` `dept-pipeline ...` `` (the hints lower layers write, e.g. "run
+    """``text`` with each command it tells the user to run (the hints lower layers write, e.g. "run
     `dept-pipeline featurize`") starting with :func:`program` instead, so that it runs as printed."""
     reached = program()
     if reached == [PROGRAM]:
         return text
-    return _MENTIONED.sub(lambda _: "`" + shlex.join(reached), text)
+    return _TO_RUN.sub(lambda m: f"{m.group(1)}`{shlex.join(reached)}", text)

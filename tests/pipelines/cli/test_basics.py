@@ -102,6 +102,10 @@ def test_command_line_makes_sqlite_absolute_and_masks_passwords(monkeypatch, tmp
     # hints written by lower layers name the program the same way
     hint = as_printed("no targets; featurize them, e.g. `dept-pipeline featurize --dataset all`")
     assert hint == f"no targets; featurize them, e.g. `{sys.executable} -m pipelines.cli featurize --dataset all`"
+    assert as_printed("re-run `dept-pipeline featurize` into a new --out") == (
+        f"re-run `{sys.executable} -m pipelines.cli featurize` into a new --out")
+    named = "another `dept-pipeline tune` is running experiment 'x'"  # a command named, not one to run
+    assert as_printed(named) == named
 
 
 def test_python_dash_m_runs_the_cli():
