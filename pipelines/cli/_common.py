@@ -114,7 +114,7 @@ def program() -> list[str]:
     PATH is not the user's shell's); ``python -m pipelines.cli`` with this interpreter when started so."""
     argv0 = sys.argv[0] if sys.argv else ""
     name = os.path.basename(argv0)
-    if name == "__main__.py":
+    if name == "__main__.py" and os.path.abspath(argv0) == str(Path(__file__).with_name("__main__.py")):
         return [sys.executable, "-m", "pipelines.cli"]
     # called in-process (click's test runner, `python -c`): the script on PATH stands for this program
     script = argv0 if name == PROGRAM and os.path.isfile(argv0) else shutil.which(PROGRAM)
