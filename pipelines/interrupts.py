@@ -1,17 +1,14 @@
 """SIGINT (Ctrl-C) and SIGTERM as one clean stop, for every long command (``featurize``, ``tune``): which signal
-arrived, a SIGTERM that takes the path of a Ctrl-C, and the command line that continues the work.
+arrived, and a SIGTERM that takes the path of a Ctrl-C (the CLI prints the command that continues:
+``pipelines.cli._common.rerun_line``).
 
 Ray's ``ray.init`` installs a SIGTERM handler that calls ``sys.exit`` wherever the main thread is, which mid-way
 through Ray's native calls aborts the process with a C++ stack dump; ``pipelines.ray_runtime.ensure_ray`` puts ours
 back after it."""
 from __future__ import annotations
 
-import shlex
 import signal
-import sys
 import threading
-
-from pipelines.secrets import mask_uri
 
 
 class StopSignals:
@@ -82,9 +79,3 @@ class StopSignals:
         self._saved.clear()
 
 
-def rerun_command(*flags: str) -> str:
-    """This very command line, as ``dept-pipeline ...``, with ``flags`` added where missing; a password in a URI
-    shown as ``***`` (put it back, or pass it as MLFLOW_TRACKING_PASSWORD)."""
-    args = [mask_uri(a) for a in sys.argv[1:]]
-    args += [f for f in flags if f not in args]
-    return shlex.join(["dept-pipeline", *args])

@@ -112,6 +112,70 @@ def _keep_sigterm_handler():
     return handler if getattr(handler, "_dept_stop", False) else None
 
 
+AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+#: Ray's own default token file (``ray get-auth-token --generate`` writes it; a local ``ray.init()`` creates it).
+DEFAULT_TOKEN_FILE = "~/.ray/auth_token"
+_WHERE_TOKENS_GO = (f"the cluster's token (`ray get-auth-token` on the head prints it) in ${TOKEN_ENV}, in a file "
+                    f"named by ${TOKEN_PATH_ENV}, or in {DEFAULT_TOKEN_FILE}")
+
+
+class RayAuthError(ConnectionError):
+    """The cluster refused this driver's token, or it has none: one line saying where Ray looks."""
+
+
+def token_source() -> tuple[str | None, str]:
+    """(the token Ray would send, where it came from), in Ray's order: ``$RAY_AUTH_TOKEN``, the file
+    ``$RAY_AUTH_TOKEN_PATH`` names, ``~/.ray/auth_token``; (None, "") when none is there."""
+    if TOKEN_ENV in os.environ:  # set, even blank, it is the one Ray reads
+        token = os.environ[TOKEN_ENV].strip()
+        return (token, f"${TOKEN_ENV}") if token else (None, "")
+    named = os.environ.get(TOKEN_PATH_ENV, "").strip()
+    path = os.path.expanduser(named or DEFAULT_TOKEN_FILE)
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+    except OSError:
+        token = ""
+    shown = f"${TOKEN_PATH_ENV} ({named})" if named else DEFAULT_TOKEN_FILE
+    return (token, shown) if token else (None, "")
+
+
+def check_ray_auth(address: str, source: str, timeout: float = 10.0) -> None:
+    """Before ``ray.init`` joins ``address``: one gRPC call to its GCS with the token Ray would send, so that a
+    cluster with token authentication (``ray start --head`` in Ray 2.60 when a token exists) that refuses it is
+    one line naming ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN_PATH``, not a minute of ``InvalidAuthToken`` warnings and
+    "cannot connect". Ray sends a token to an explicitly given address only under ``RAY_AUTH_MODE=token``; an
+    unreachable cluster, or a Ray without these modules, is left to ``ray.init``."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():  # ray://, auto: not a GCS address
+        return
+    try:  # here, not at the top: Ray's modules load only when a command joins a cluster
+        import grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:
+        return
+    mode = os.environ.get(AUTH_MODE_ENV, "").strip().lower()
+    token, where = token_source()
+    if mode == "token" and token is None:
+        raise RayAuthError(f"{AUTH_MODE_ENV}=token but no token found to join the Ray cluster at {address} "
+                           f"(from {source}): put {_WHERE_TOKENS_GO}")
+    metadata = [("authorization", f"Bearer {token}")] if mode == "token" else []
+    with grpc.insecure_channel(address) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), metadata=metadata, timeout=timeout)
+            return
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAUTHENTICATED:
+                return
+    if mode == "token":
+        raise RayAuthError(f"the Ray cluster at {address} (from {source}) refused the token from {where}: it is "
+                           f"not this cluster's; put {_WHERE_TOKENS_GO}")
+    found = f" (a token is in {where})" if token else ""
+    raise RayAuthError(f"the Ray cluster at {address} (from {source}) uses token authentication: set "
+                       f"{AUTH_MODE_ENV}=token with {_WHERE_TOKENS_GO}{found}")
+
+
 def ensure_ray(address: str | None, **init_kwargs) -> bool:
     """Connect to the cluster at ``address`` (or ``$RAY_ADDRESS``), reuse an already connected Ray, or start a new
     single-machine Ray on loopback. True when this call started or joined it (and the caller should shut it down)."""
@@ -125,6 +189,7 @@ def ensure_ray(address: str | None, **init_kwargs) -> bool:
     if address:
         log.info("joining the Ray cluster at %s (from %s)", address, source)
         wait_for_address(address, source)
+        check_ray_auth(address, source)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, **init_kwargs)
         except (ConnectionError, ValueError) as e:

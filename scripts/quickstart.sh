@@ -22,4 +22,5 @@ cat <<MSG
 MLflow UI (the trials side by side, best validation HM first; Ctrl-C stops it):
   $(command -v dept-pipeline) ui --mlflow-uri sqlite:///$PWD/mlflow.db --experiment $EXPERIMENT
 then open the link it prints (http://127.0.0.1:5000/#/experiments/<id>/runs?viewStateShareKey=dept-trials&...).
+In your own shell, \`source $VENV/bin/activate\` first to call it as plain dept-pipeline (docs/install.md).
 MSG

@@ -16,7 +16,7 @@ def analyze_group() -> None:
 @analyze_group.command("channels")
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
               help="Default: sqlite:///mlflow.db in the working folder.")
-@click.option("--experiment", default="dept", show_default=True)
+@click.option("--experiment", default="dept", show_default=True, help="The MLflow experiment tune logged to.")
 @click.option("--dataset", default=None, help="Only this dataset (default: every dataset of the experiment).")
 @click.option("--features", default=None,
               help="The feature store's model folder, if it moved since the runs recorded it (tag features_url).")

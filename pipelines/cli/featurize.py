@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from pipelines.cli._common import rerun_line
+
 
 def _seeds(ctx, param, value: str) -> tuple[int, ...]:
     try:
@@ -66,12 +68,12 @@ def datasets_cmd(data_root: str) -> None:
 
 @click.command("demo-data")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write (custom-dataset layout).")
-@click.option("--num-classes", default=10, show_default=True, type=int)
-@click.option("--train-per-class", default=20, show_default=True, type=int)
-@click.option("--val-per-class", default=4, show_default=True, type=int)
-@click.option("--test-per-class", default=10, show_default=True, type=int)
+@click.option("--num-classes", default=10, show_default=True, type=int, help="Number of classes.")
+@click.option("--train-per-class", default=20, show_default=True, type=int, help="Train images per class.")
+@click.option("--val-per-class", default=4, show_default=True, type=int, help="Validation images per class.")
+@click.option("--test-per-class", default=10, show_default=True, type=int, help="Test images per class.")
 @click.option("--image-size", default=64, show_default=True, type=int, help="Side of the square images, pixels.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated images.")
 def demo_data_cmd(out: str, num_classes: int, train_per_class: int, val_per_class: int, test_per_class: int,
                   image_size: int, seed: int) -> None:
     """Write a small generated dataset (DIR/split.json + DIR/images/) usable with `featurize --dataset-dir DIR`."""
@@ -127,7 +129,7 @@ def featurize_cmd(data_root, datasets, dataset_dirs, out, model, pretrained, vie
     interrupted run resumes.
     """
     from pipelines.featurize import FeaturizeConfig, featurize
-    from pipelines.interrupts import StopSignals, rerun_command
+    from pipelines.interrupts import StopSignals
     from pipelines.paths import check_writable_folder
     from pipelines.ray_runtime import check_cluster
 
@@ -149,7 +151,7 @@ def featurize_cmd(data_root, datasets, dataset_dirs, out, model, pretrained, vie
         # Shards are committed whole (written aside, then renamed), so the same command encodes only the rest.
         signals.record(signal.SIGINT)
         click.echo(f"interrupted ({signals.signal_name()}); the shards finished so far are kept, resume with: "
-                   f"{rerun_command()}", err=True)
+                   f"{rerun_line()}", err=True)
         sys.exit(signals.exit_status())
     finally:
         signals.restore()

@@ -15,15 +15,17 @@ def miniature_group() -> None:
 @click.option("--minutes", type=float, default=None, help="Time budget; picks the step count from the measured speed.")
 @click.option("--steps", type=int, default=None, help="Number of steps (exactly reproducible with the same --seed).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Initial weights and the pair stream.")
-@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--batch-size", default=128, show_default=True, type=int, help="Image-caption pairs per step.")
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="AdamW peak learning rate.")
-@click.option("--weight-decay", default=0.1, show_default=True, type=float)
-@click.option("--warmup-steps", default=200, show_default=True, type=int)
+@click.option("--weight-decay", default=0.1, show_default=True, type=float, help="AdamW weight decay.")
+@click.option("--warmup-steps", default=200, show_default=True, type=int,
+              help="Linear warmup steps of the learning rate.")
 @click.option("--probe-every", default=100, show_default=True, type=int, help="Steps between zero-shot probes.")
 @click.option("--logit-scale", type=float, default=None, help="Fix the temperature tau (e.g. 100, as CLIP's) instead of learning it.")
 @click.option("--model", default="dept-mini-vit", show_default=True, help="open_clip architecture to pretrain.")
 @click.option("--mlflow-uri", default=None, help="Default: sqlite:///mlflow.db in the working folder.")
-@click.option("--experiment", default="miniature-pretrain", show_default=True)
+@click.option("--experiment", default="miniature-pretrain", show_default=True,
+              help="MLflow experiment of the pretraining run.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's). On a shared CPU, 1 can be much faster.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bar on stderr.")
 def pretrain_cmd(out, minutes, steps, seed, batch_size, lr, weight_decay, warmup_steps, probe_every, logit_scale,
@@ -54,9 +56,9 @@ def pretrain_cmd(out, minutes, steps, seed, batch_size, lr, weight_decay, warmup
                    "targets, each in DIR/<name>/.")
 @click.option("--split", "split", type=click.Choice(["shared", "disjoint"]), default="disjoint", show_default=True,
               help="shared: base and new share shapes (new colours); disjoint: new classes have unseen shapes. Single only.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--train-per-class", default=32, show_default=True, type=int)
-@click.option("--val-per-class", default=8, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the rendered images.")
+@click.option("--train-per-class", default=32, show_default=True, type=int, help="Train images per class.")
+@click.option("--val-per-class", default=8, show_default=True, type=int, help="Validation images per class.")
 @click.option("--test-per-class", default=None, type=int, help="Default: 100 (single), 50 (transfer: the source's).")
 @click.option("--target-test-per-class", default=None, type=int, help="Test images per class of each transfer target. Default: 50.")
 @click.option("--class-tint", default=0.0, show_default=True, type=click.FloatRange(0, 255),
@@ -98,9 +100,10 @@ def data_cmd(ctx, out, suite, split, seed, train_per_class, val_per_class, test_
 
 @miniature_group.command("zero-shot")
 @click.option("--dataset-dir", required=True, type=click.Path(file_okay=False), help="A custom-layout dataset (e.g. from `miniature data`).")
-@click.option("--model", default="dept-mini-vit", show_default=True)
+@click.option("--model", default="dept-mini-vit", show_default=True, help="open_clip architecture.")
 @click.option("--pretrained", default=None, help="Checkpoint path or tag. Default for dept-mini-vit: the shipped checkpoint.")
-@click.option("--template", default="a photo of a {}.", show_default=True)
+@click.option("--template", default="a photo of a {}.", show_default=True,
+              help="Class-text prompt; {} is the class name.")
 def zero_shot_cmd(dataset_dir, model, pretrained, template) -> None:
     """Zero-shot base / new / HM on a dataset's test split (no feature store, no Ray)."""
     from dept import load_clip

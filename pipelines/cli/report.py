@@ -20,7 +20,7 @@ from pipelines.selection import TIE_RULE
     f"marked (winner). {TIE_RULE}"))
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
               help="Default: sqlite:///mlflow.db in the working folder.")
-@click.option("--experiment", default="dept", show_default=True)
+@click.option("--experiment", default="dept", show_default=True, help="The MLflow experiment tune or train logged to.")
 @click.option("--protocol", type=PROTOCOL_CHOICE,
               default=BASE_TO_NEW, show_default=True,
               help="Which of the paper's tables: base-to-new, or the runs tagged with a transfer protocol (source "

@@ -1,15 +1,36 @@
 """CLI command ``tune``: Ray Tune over a search space, every trial tracked in MLflow."""
 from __future__ import annotations
 
-import shlex
 import signal
 import sys
 
 import click
 
-from pipelines.cli._common import METHOD_CHOICE, feature_store_options, protocol_dataset, protocol_options
+from pipelines.cli._common import (
+    METHOD_CHOICE,
+    command_line,
+    feature_store_options,
+    protocol_dataset,
+    protocol_options,
+    rerun_line,
+)
 from pipelines.cli._compute import compute_options
 from pipelines.selection import TIE_RULE
+
+
+def follow_ups(uri: str, experiment: str, protocol: str, outcomes) -> list[str]:
+    """What to run next, each line runnable as printed: the UI over the trials, the paper-style tables, and the
+    export of the first dataset's winner (every dataset's is its parent run's ``best_run_id`` tag)."""
+    store = ("--mlflow-uri", uri)
+    lines = [f"compare the trials in the MLflow UI: {command_line('ui', *store, '--experiment', experiment)}",
+             f"the paper-style table: "
+             f"{command_line('report', *store, '--experiment', experiment, '--protocol', protocol)}"]
+    won = next((o for o in outcomes if o.best_trial is not None and o.best_trial.run_id), None)
+    if won is not None:
+        export = command_line("export", *store, "--run-id", won.best_trial.run_id, "--out", f"learned-{won.dataset}")
+        lines.append(f"what {won.dataset}'s winner learned (each dataset's winner: its parent run's best_run_id tag): "
+                     f"{export}")
+    return lines
 
 
 def parse_population(value: str) -> int | None:
@@ -48,8 +69,10 @@ def _space_help() -> str:
 @click.option("--objective", type=click.Choice(["val", "pseudo-new"]), default=None,
               help="Selection objective; default: the space's (val).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Override the space's num_samples.")
-@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="GPUs Ray reserves per trial (a fraction shares a GPU).")
+@click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="CPUs Ray reserves per trial.")
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Most trials at once (default: as resources allow).")
 @click.option("--population", default="auto", show_default=True, callback=lambda c, p, v: parse_population(v),
               help="Train up to this many same-shape trials as one batched step (each still its own Tune trial and "
@@ -80,14 +103,12 @@ def tune_cmd(features, model, pretrained, dataset, protocol, source, targets, sp
         outcomes = run_tune(opts, progress=click.echo)
     except TuneInterrupted as e:
         # The parent run is KILLED. One line: what happened and the command that continues.
-        from pipelines.interrupts import rerun_command
-
         if e.saved:
             click.echo(f"interrupted ({signal.Signals(e.signum).name}); Tune's state is saved, resume with: "
-                       f"{rerun_command('--resume')}", err=True)
+                       f"{rerun_line('--resume')}", err=True)
         else:
             click.echo(f"interrupted ({signal.Signals(e.signum).name}) before Tune started; nothing to resume, "
-                       f"run again with: {rerun_command()}", err=True)
+                       f"run again with: {rerun_line()}", err=True)
         sys.exit(128 + e.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     from pipelines.tune.spaces import load_space
 
@@ -95,12 +116,11 @@ def tune_cmd(features, model, pretrained, dataset, protocol, source, targets, sp
     click.echo("")
     click.echo(f"best configuration per dataset (selected on {chosen.metric}; test numbers are mean over seeds):")
     click.echo(best_table(outcomes, chosen.metric, chosen.mode, protocol))
-    from pipelines.secrets import mask_uri
     from pipelines.tracking.client import default_tracking_uri
 
-    uri = mask_uri(mlflow_uri or default_tracking_uri())
-    click.echo(f"\ncompare the trials in the MLflow UI: dept-pipeline ui --mlflow-uri {shlex.quote(uri)} "
-               f"--experiment {shlex.quote(experiment)}")
+    click.echo("")
+    for line in follow_ups(mlflow_uri or default_tracking_uri(), experiment, protocol, outcomes):
+        click.echo(line)
     failed = [o.dataset for o in outcomes if o.records and o.count("error") == len(o.records)]
     if failed:
         raise click.ClickException(f"every trial of {', '.join(failed)} failed; the error of each is in the "

@@ -14,7 +14,8 @@ import click
               help="Default: sqlite:///mlflow.db in the working folder (the quickstart's). An http(s) tracking "
                    "server is its own UI: only its links are printed.")
 @click.option("--experiment", default=None, help="Print the runs-table link of this experiment only.")
-@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True,
+              help="Port of the UI on 127.0.0.1.")
 def ui_cmd(mlflow_uri, experiment, port):
     """Serve the MLflow UI on 127.0.0.1 (mlflow server, one worker) and print the runs-table link of each
     experiment: trials listed flat, sorted on the selection metric, with the coefficient and metric columns."""

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -46,8 +47,11 @@ def _stopped(proc, log, signum, code) -> str:
     resume_lines = [line for line in text.splitlines() if "--resume" in line]
     assert len(resume_lines) == 1, text[-3000:]
     assert resume_lines[0].startswith(f"interrupted ({signal.Signals(signum).name}); Tune's state is saved, "
-                                      "resume with: dept-pipeline tune ")
-    return resume_lines[0].split("resume with: ", 1)[1]
+                                      "resume with: ")
+    command = resume_lines[0].split("resume with: ", 1)[1]
+    program, verb = shlex.split(command)[:2]  # the program by name, or by its path when PATH does not reach it
+    assert Path(program).name == "dept-pipeline" and verb == "tune", command
+    return command
 
 
 @pytest.mark.slow
