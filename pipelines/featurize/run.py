@@ -38,7 +38,9 @@ def _finalize(plan: DatasetPlan, cfg: FeaturizeConfig) -> Manifest:
         rows[s.split] += n
         sk = meta.get("skipped", [])
         skipped.extend(sk)
-        shards[s.name] = {"rows": n, "node_ids": meta.get("node_ids", []), "skipped": len(sk)}
+        # size and sha256 as written (this run) or as verified by the plan (earlier runs): a rerun checks them
+        shards[s.name] = {"rows": n, "node_ids": meta.get("node_ids", []), "skipped": len(sk),
+                          **store.shard_record(s.name)}
         n_views = 1 + cfg.views if s.split == "train" else 1
         expected[s.split] += s.rows - len(sk) * n_views
     if rows != expected:
@@ -88,6 +90,8 @@ def _write_plans(cfg: FeaturizeConfig, plans: list[DatasetPlan], clip, model_url
             if not p.store.exists(MANIFEST) or load_manifest(p.store, require_complete=False).complete:
                 p.store.write_json(MANIFEST, p.header.to_dict())
             p.store.write_json(FEWSHOT, p.fewshot)
+            for name in p.damaged:  # after the manifest says incomplete: no reader takes the folder meanwhile
+                p.store.remove(name)
 
     todo = [p for p in plans if p.pending]
     for p in plans:
