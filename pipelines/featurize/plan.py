@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from dept.config import CROP_SCALE
 from dept.datasets import dataset_names, draw_few_shot, load_custom_dataset, load_dataset, locate
 from dept.weights import file_sha256
+from pipelines.paths import check_folder
 from pipelines.store import (
     MANIFEST,
     SPLITS,
@@ -247,6 +248,7 @@ def plan_dataset(cfg: FeaturizeConfig, index: int, splits, clip, model_url: str)
             shards.append(ShardPlan(sname, split, units))
 
     store = DatasetFolder(join_url(model_url, name))
+    check_folder(store.url, "--out")  # a file in the way is one line, not a failed read below
     present = set(store.shard_names())
     try:
         existing = load_manifest(store, require_complete=False)

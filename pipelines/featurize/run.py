@@ -18,6 +18,7 @@ from pipelines.featurize.plan import (
     load_splits,
     plan_dataset,
 )
+from pipelines.paths import check_writable_folder
 from pipelines.store import FEWSHOT, MANIFEST, SPLITS, Manifest, load_manifest, model_store_url
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ def featurize(cfg: FeaturizeConfig) -> FeaturizeResult:
     clip = load_clip(cfg.model, pretrained, text_only=True)
     model_url = model_store_url(cfg.out, clip.model_name, clip.weights_id)
     plans = [plan_dataset(cfg, i, s, clip, model_url) for i, s in enumerate(splits_list)]
+    for p in plans:
+        if not p.complete:  # what is written lies below --out: a read-only folder there is one line, before Ray
+            check_writable_folder(p.store.url, "--out")
 
     with contextlib.ExitStack() as locks:
         for p in plans:

@@ -8,7 +8,6 @@ import fcntl
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 import urllib.error
@@ -19,6 +18,7 @@ from urllib.parse import urlparse
 
 from dept.protocols import BASE_TO_NEW
 from pipelines.metrics import is_number
+from pipelines.paths import PathError, check_writable_folder
 from pipelines.secrets import mask_uri, split_basic_auth
 from pipelines.vocabulary import (
     COMPLETED,
@@ -105,16 +105,21 @@ def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
             reason = getattr(e, "reason", e)
             raise TrackingError(f"MLflow tracking server {shown} is unreachable ({reason})") from None
         # /health needs no login: the client call below tells whether the credentials are accepted.
-    if parsed.scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else parsed.path
-        if path and path != ":memory:":
-            folder = Path(path).expanduser().resolve().parent
-            if not folder.is_dir():
-                raise TrackingError(f"MLflow tracking URI {shown}: folder {folder} does not exist")
-            if not os.access(folder, os.W_OK):
-                raise TrackingError(f"MLflow tracking URI {shown}: folder {folder} is not writable")
-            if not Path(path).expanduser().exists():
-                return  # created, with its tables, by the first real use (after every other check passed)
+    db = sqlite_file(uri)
+    if db is not None:
+        db = db.resolve()
+        if not db.parent.is_dir():
+            what = "is not a folder" if db.parent.exists() else "does not exist"
+            raise TrackingError(f"MLflow tracking URI {shown}: folder {db.parent} {what}")
+        if db.exists() and not db.is_file():
+            raise TrackingError(f"MLflow tracking URI {shown}: {db} is not a file")
+        try:  # the database, its lock and its journal go in that folder, the artifacts in mlruns/ beside it
+            check_writable_folder(db.parent, "--mlflow-uri")
+            check_writable_folder(db.parent / "mlruns", "--mlflow-uri")
+        except PathError as e:
+            raise TrackingError(f"MLflow tracking URI {shown}: {e.reason}") from None
+        if not db.exists():
+            return  # created, with its tables, by the first real use (after every other check passed)
     # Other schemes (file:, databricks, ...), and the server's answer to a real request, by a first client call.
     try:
         from mlflow import MlflowClient

@@ -150,9 +150,11 @@ class ExperimentLock:
             self._lock.release()
 
 
-def check_storage(root: str) -> None:
-    """A local ``--storage`` must be (or be creatable as) a writable folder; checked before anything is created."""
-    check_writable_folder(root, "--storage")
+def check_storage(root: str, folders: list[str] = ()) -> None:
+    """A local ``--storage`` must be (or be creatable as) a writable folder, down to the experiment's folder
+    ``root`` and each dataset's Tune folder below it; checked before anything is created."""
+    for path in [root, *(f"{root}/{f}" for f in folders)]:
+        check_writable_folder(path, "--storage")
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,7 @@ def prepare(opts: TuneOptions):
                 raise TuneSetupError(f"space {space.name}: {e}") from None
 
     root = f"{storage_root(opts.storage)}/{opts.experiment}"
-    check_storage(storage_root(opts.storage))
+    check_storage(root, [experiment_name(d, opts.protocol) for d in datasets])
     # Held until run_tune ends; taken before anything (MLflow experiment, parent runs, Tune state) is created.
     lock = ExperimentLock(root)
     lock.acquire()
