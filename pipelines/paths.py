@@ -102,7 +102,7 @@ class HolderLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             f = open(self.path, "a+")
         except OSError as e:  # read-only, a file in the way: one line, whoever did not check first
-            raise PathError("lock", str(self.path), f"cannot be created ({e.strerror})") from None
+            raise PathError("lock file", str(self.path), f"cannot be created ({e.strerror})") from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

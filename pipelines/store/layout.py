@@ -42,6 +42,12 @@ _TEMP_RE = re.compile(r"^\.(part-(train|val|test)-\d{5}\.parquet|_manifest\.json
 _UNREADABLE = (OSError, pa.ArrowException, ValueError)
 
 
+def _reason(error: Exception) -> str:
+    """Arrow's reason on one line, without the stream name it prints for an fsspec file (``'<Buffer>'``)."""
+    text = re.sub(r"^Could not open Parquet input source '[^']*': ", "", " ".join(str(error).split()))
+    return text or type(error).__name__
+
+
 class StoreError(ValueError):
     """The feature store cannot be used as asked (missing, incomplete, other model, other settings). One line."""
 
@@ -223,8 +229,7 @@ class DatasetFolder:
 
     def damaged(self, name: str, error: Exception) -> StoreError:
         """The one-line error for a shard that cannot be read: which file, why, and how to repair it."""
-        first = " ".join(str(error).split()) or type(error).__name__
-        return StoreError(f"feature store shard {self.url}/{name} is damaged ({first}); rerun the same "
+        return StoreError(f"feature store shard {self.url}/{name} is damaged ({_reason(error)}); rerun the same "
                           "`dept-pipeline featurize` command to re-encode it")
 
     def _footer(self, name: str) -> tuple[int, dict]:
@@ -259,7 +264,7 @@ class DatasetFolder:
         try:
             n, meta = self._footer(name)
         except _UNREADABLE as e:
-            return " ".join(str(e).split()) or type(e).__name__, {}
+            return _reason(e), {}
         want = rows - len(meta.get("skipped", [])) * skipped_views
         if n != want or ("rows" in recorded and n != int(recorded["rows"])):
             return f"{n} rows, {recorded.get('rows', want)} expected", meta

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import yaml
 
 from dept.protocols import BASE_TO_NEW, PROTOCOLS
-from pipelines.paths import HolderLock, LockHeld, check_writable_folder
+from pipelines.paths import HolderLock, LockHeld, PathError, check_writable_folder
 from pipelines.ray_runtime import ensure_ray
 from pipelines.secrets import mask_uri
 from pipelines.store import list_datasets, read_manifest, resolve_features
@@ -150,11 +150,15 @@ class ExperimentLock:
             self._lock.release()
 
 
-def check_storage(root: str, folders: list[str] = ()) -> None:
-    """A local ``--storage`` must be (or be creatable as) a writable folder, down to the experiment's folder
-    ``root`` and each dataset's Tune folder below it; checked before anything is created."""
-    for path in [root, *(f"{root}/{f}" for f in folders)]:
-        check_writable_folder(path, "--storage")
+def check_storage(root: str, below: list[str] = ()) -> None:
+    """A local ``--storage`` must be (or be creatable as) a writable folder, down to the folders ``below`` it that
+    Tune writes (the experiment's, each dataset's); checked before anything is created. The error names
+    ``--storage`` as given and the path in the way."""
+    try:
+        for path in [root, *(f"{root}/{b}" for b in below)]:
+            check_writable_folder(path, "--storage")
+    except PathError as e:
+        raise PathError("--storage", root, e.reason) from None
 
 
 @dataclass(frozen=True)
@@ -283,7 +287,8 @@ def prepare(opts: TuneOptions):
                 raise TuneSetupError(f"space {space.name}: {e}") from None
 
     root = f"{storage_root(opts.storage)}/{opts.experiment}"
-    check_storage(root, [experiment_name(d, opts.protocol) for d in datasets])
+    check_storage(storage_root(opts.storage),
+                  [opts.experiment, *(f"{opts.experiment}/{experiment_name(d, opts.protocol)}" for d in datasets)])
     # Held until run_tune ends; taken before anything (MLflow experiment, parent runs, Tune state) is created.
     lock = ExperimentLock(root)
     lock.acquire()

@@ -80,7 +80,7 @@ def test_a_read_only_mount_is_named(tmp_path, read_only):
         assert str(err.value) == f"--storage {where}: folder {probe} is not writable (Read-only file system)"
     with pytest.raises(PathError) as err:  # whoever skipped the check still gets one line
         HolderLock(ro / "exp" / ".lock").acquire()
-    assert str(err.value).startswith(f"lock {ro / 'exp' / '.lock'}: cannot be created (Read-only file system)")
+    assert str(err.value).startswith(f"lock file {ro / 'exp' / '.lock'}: cannot be created (Read-only file system)")
 
 
 def test_mlflow_sqlite_folder(tmp_path, read_only):
@@ -161,7 +161,8 @@ def test_tune_storage_below_the_root_and_mlflow_folder(demo_store, tmp_path, rea
     storage = tmp_path / "tune"
     storage.mkdir()
     (storage / "afile").write_text("x")
-    ro = read_only(storage / "ro", "demo")
+    ro = read_only(storage / "ro")
+    below = read_only(storage / "exp" / "demo")  # the experiment's folder takes files, the dataset's Tune folder not
     env = {**os.environ, "RAY_ADDRESS": ""}
 
     def tune(experiment, mlflow_uri=uri):
@@ -173,8 +174,9 @@ def test_tune_storage_below_the_root_and_mlflow_folder(demo_store, tmp_path, rea
         assert len(lines) == 1, done.stderr
         return lines[0]
 
-    assert tune("afile") == f"error: --storage {storage / 'afile'}: {storage / 'afile'} is not a folder"
-    assert tune("ro") == f"error: --storage {ro}: folder {ro} is not writable (Read-only file system)"
+    assert tune("afile") == f"error: --storage {storage}: {storage / 'afile'} is not a folder"
+    assert tune("ro") == f"error: --storage {storage}: folder {ro} is not writable (Read-only file system)"
+    assert tune("exp") == f"error: --storage {storage}: folder {below} is not writable (Read-only file system)"
     assert not (tmp_path / "mlflow.db").exists()
     ro_uri = f"sqlite:///{ro / 'mlflow.db'}"
     assert tune("x", ro_uri) == (f"error: MLflow tracking URI {ro_uri}: folder {ro} is not writable "
