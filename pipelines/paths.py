@@ -1,32 +1,83 @@
-"""Local output locations: checked before any work starts (a folder given as an option must be, or be creatable
-as, a writable folder; object-store URLs are left to their first write), and held by one writer at a time."""
+"""Local output locations: checked before any work starts, by every command, with the checks below (a folder a
+command writes must be, or be creatable as, a writable folder; an output file's folder must exist and take files;
+object-store URLs are left to their first write), and held by one writer at a time."""
 from __future__ import annotations
 
 import fcntl
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 
 class PathError(ValueError):
-    """An output location that cannot be written; one line naming the option and the path."""
+    """An output location that cannot be written; one line naming the option, the path and what is in the way."""
+
+    def __init__(self, option: str, location: str, reason: str):
+        super().__init__(f"{option} {location}: {reason}")
+        self.option, self.location, self.reason = option, location, reason
 
 
-def check_writable_folder(location: str, option: str) -> None:
-    """``location``: a local path (or file: URL) that must be a folder we can write, or creatable under one."""
+def local_path(location: str | os.PathLike) -> Path | None:
+    """The absolute local path of ``location`` (a path or a file: URL); None for other URLs (s3://, memory://)."""
     parsed = urlparse(str(location))
     if parsed.scheme not in ("", "file"):
-        return
-    path = Path(parsed.path if parsed.scheme == "file" else str(location)).expanduser().absolute()
+        return None
+    return Path(parsed.path if parsed.scheme == "file" else str(location)).expanduser().absolute()
+
+
+def _existing_part(path: Path, option: str, location: str) -> Path:
+    """The deepest part of ``path`` that exists; it must be a folder (a file in the way is named)."""
     probe = path
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent  # the first part that exists decides: it must be a folder we may create in
+    try:
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent  # the first part that exists decides: it must be a folder we may create in
+    except OSError as e:  # e.g. a folder we may not even look into
+        raise PathError(option, location, f"cannot look at {probe} ({e.strerror})") from None
     if not probe.is_dir():
-        raise PathError(f"{option} {location}: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise PathError(f"{option} {location}: folder {probe} is not writable")
+        raise PathError(option, location, f"{probe} is not a folder")
+    return probe
+
+
+def check_folder(location: str | os.PathLike, option: str) -> None:
+    """Every part of ``location`` that exists is a folder (nothing written): for folders that are only read
+    when they hold finished work, and written otherwise."""
+    path = local_path(location)
+    if path is not None:
+        _existing_part(path, option, str(location))
+
+
+def check_writable_folder(location: str | os.PathLike, option: str) -> None:
+    """``location``: a local path (or file: URL) that must be a folder we can write, or creatable under one. The
+    deepest existing part is tried with a real write (a file created and removed at once): permission bits do not
+    stop root, and do not tell a read-only mount."""
+    path = local_path(location)
+    if path is None:
+        return
+    probe = _existing_part(path, option, str(location))
+    try:
+        fd, name = tempfile.mkstemp(prefix=".dept-write-check-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise PathError(option, str(location), f"folder {probe} is not writable ({e.strerror})") from None
+
+
+def check_writable_file(location: str | os.PathLike, option: str) -> Path:
+    """An output file: not a folder, and its folder exists and takes files. Returns its absolute path."""
+    path = Path(location).expanduser().resolve()
+    if path.is_dir():
+        raise PathError(option, str(location), f"{path} is a folder")
+    if not path.parent.is_dir():
+        reason = f"{path.parent} is not a folder" if path.parent.exists() else f"folder {path.parent} does not exist"
+        raise PathError(option, str(location), reason)
+    try:
+        check_writable_folder(path.parent, option)
+    except PathError as e:
+        raise PathError(option, str(location), e.reason) from None
+    return path
 
 
 class LockHeld(Exception):
@@ -47,8 +98,11 @@ class HolderLock:
         self._file = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+")
+        except OSError as e:  # read-only, a file in the way: one line, whoever did not check first
+            raise PathError("lock file", str(self.path), f"cannot be created ({e.strerror})") from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dept.protocols import BASE_TO_NEW
+from pipelines.figures import WIDTH_IN, _pyplot, save_figures
 from pipelines.report.table import (
     BASE_TO_NEW_TEST_KEYS,
     ReportError,
@@ -31,7 +32,6 @@ from pipelines.report.table import (
     rank_cell,
     run_info,
 )
-from pipelines.figures import WIDTH_IN, _pyplot, save_figures
 from pipelines.secrets import mask_uri
 from pipelines.selection import PAPER_METHOD_NAMES, method_label, winner
 from pipelines.store import read_manifest

@@ -13,6 +13,7 @@ import click
 
 from dept.methods import method_names
 from dept.protocols import BASE_TO_NEW, DEFAULT_SOURCE, PROTOCOLS
+from pipelines.paths import check_writable_file
 from pipelines.secrets import mask_uri
 
 
@@ -78,13 +79,10 @@ def protocol_options(command):
 
 
 def check_out(out: str | None) -> Path | None:
-    """An output file's folder must exist before any work starts."""
+    """An output file's folder must exist and take files before any work starts."""
     if out is None or out == "-":
         return None
-    path = Path(out).expanduser().resolve()
-    if not path.parent.is_dir():
-        raise click.BadParameter(f"folder {path.parent} does not exist", param_hint="--out")
-    return path
+    return check_writable_file(out, "--out")
 
 
 def write_atomic(path: Path, text: str) -> None:

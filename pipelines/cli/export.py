@@ -15,6 +15,7 @@ def export_run(uri: str, run_id: str, out: Path) -> list[Path]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from pipelines.paths import check_writable_folder
     from pipelines.secrets import mask_uri
     from pipelines.vocabulary import STATE_ARTIFACTS, STATE_NAMES
 
@@ -22,6 +23,8 @@ def export_run(uri: str, run_id: str, out: Path) -> list[Path]:
         raise click.BadParameter(f"{out} exists and is not an empty folder", param_hint="--out")
     if not out.parent.is_dir():
         raise click.BadParameter(f"folder {out.parent} does not exist", param_hint="--out")
+    check_writable_folder(out, "--out")  # out is filled ...
+    check_writable_folder(out.parent, "--out")  # ... from a download folder beside it
     client = MlflowClient(tracking_uri=uri)
     try:
         run = client.get_run(run_id)

@@ -78,7 +78,9 @@ def demo_data_cmd(out: str, num_classes: int, train_per_class: int, val_per_clas
                   image_size: int, seed: int) -> None:
     """Write a small generated dataset (DIR/split.json + DIR/images/) usable with `featurize --dataset-dir DIR`."""
     from dept.datasets.demo import write_demo_dataset
+    from pipelines.paths import check_writable_folder
 
+    check_writable_folder(out, "--out")
     path = write_demo_dataset(out, num_classes=num_classes, train_per_class=train_per_class,
                               val_per_class=val_per_class, test_per_class=test_per_class,
                               image_size=image_size, seed=seed)

@@ -70,6 +70,9 @@ def data_cmd(ctx, out, suite, split, seed, train_per_class, val_per_class, test_
     from click.core import ParameterSource
 
     from dept.miniature import DownstreamConfig, MiniatureError, Shift, class_split, write_miniature_dataset
+    from pipelines.paths import check_writable_folder
+
+    check_writable_folder(out, "--out")
 
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)

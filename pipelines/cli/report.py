@@ -8,6 +8,7 @@ import click
 
 from dept.protocols import BASE_TO_NEW
 from pipelines.cli._common import PROTOCOL_CHOICE, check_out, write_atomic
+from pipelines.paths import check_writable_folder
 from pipelines.secrets import mask_uri
 from pipelines.selection import TIE_RULE
 
@@ -41,6 +42,7 @@ def report_cmd(mlflow_uri, experiment, protocol, fmt, out, plots):
         plots = plots.expanduser().resolve()
         if not plots.parent.is_dir():
             raise click.BadParameter(f"folder {plots.parent} does not exist", param_hint="--plots")
+        check_writable_folder(plots, "--plots")
     uri = mlflow_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise ReportError(f"no MLflow store at {mask_uri(uri)} (nothing tracked there yet)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from dept.config import CROP_SCALE
 from dept.datasets import dataset_names, draw_few_shot, load_custom_dataset, load_dataset, locate
 from dept.weights import file_sha256
+from pipelines.paths import check_folder
 from pipelines.store import (
     MANIFEST,
     SPLITS,
@@ -118,7 +119,8 @@ class DatasetPlan:
     fewshot: dict
     shards: list[ShardPlan]
     pending: list[ShardPlan]
-    complete: bool  # a complete manifest of these settings exists and every shard is present
+    complete: bool  # a complete manifest of these settings exists and every shard is present and intact
+    damaged: list[str] = field(default_factory=list)  # present shards that failed their check: removed, re-encoded
 
 
 @dataclass
@@ -246,6 +248,7 @@ def plan_dataset(cfg: FeaturizeConfig, index: int, splits, clip, model_url: str)
             shards.append(ShardPlan(sname, split, units))
 
     store = DatasetFolder(join_url(model_url, name))
+    check_folder(store.url, "--out")  # a file in the way is one line, not a failed read below
     present = set(store.shard_names())
     try:
         existing = load_manifest(store, require_complete=False)
@@ -266,6 +269,21 @@ def plan_dataset(cfg: FeaturizeConfig, index: int, splits, clip, model_url: str)
     stray = sorted(present - planned)
     if stray:
         raise FeaturizeError(f"{store.url} holds shard files this plan does not make ({stray[0]}, ...); use another --out")
-    pending = [s for s in shards if s.name not in present]
+    damaged = _damaged_shards(store, [s for s in shards if s.name in present], existing, cfg.views)
+    pending = [s for s in shards if s.name not in present or s.name in damaged]
     complete = bool(existing is not None and existing.complete and not pending)
-    return DatasetPlan(name, store, header, fewshot, shards, pending, complete)
+    return DatasetPlan(name, store, header, fewshot, shards, pending, complete, damaged)
+
+
+def _damaged_shards(store: DatasetFolder, present: list[ShardPlan], existing: Manifest | None, views: int) -> list[str]:
+    """The present shards that a rerun must not skip: unreadable, or not the rows / size / sha256 recorded when
+    they were written (a complete manifest records them; a killed run's shards are checked by their footer)."""
+    recorded = existing.shards if existing is not None else {}
+    damaged = []
+    for s in present:
+        reason, _ = store.check_shard(s.name, s.rows, recorded.get(s.name),
+                                      skipped_views=1 + views if s.split == "train" else 1)
+        if reason is not None:
+            log.warning("%s/%s is damaged (%s); it will be encoded again", store.url, s.name, reason)
+            damaged.append(s.name)
+    return damaged

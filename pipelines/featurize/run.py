@@ -18,6 +18,7 @@ from pipelines.featurize.plan import (
     load_splits,
     plan_dataset,
 )
+from pipelines.paths import check_writable_folder
 from pipelines.store import FEWSHOT, MANIFEST, SPLITS, Manifest, load_manifest, model_store_url
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ def _finalize(plan: DatasetPlan, cfg: FeaturizeConfig) -> Manifest:
         rows[s.split] += n
         sk = meta.get("skipped", [])
         skipped.extend(sk)
-        shards[s.name] = {"rows": n, "node_ids": meta.get("node_ids", []), "skipped": len(sk)}
+        # size and sha256 as written (this run) or as verified by the plan (earlier runs): a rerun checks them
+        shards[s.name] = {"rows": n, "node_ids": meta.get("node_ids", []), "skipped": len(sk),
+                          **store.shard_record(s.name)}
         n_views = 1 + cfg.views if s.split == "train" else 1
         expected[s.split] += s.rows - len(sk) * n_views
     if rows != expected:
@@ -72,6 +75,9 @@ def featurize(cfg: FeaturizeConfig) -> FeaturizeResult:
     clip = load_clip(cfg.model, pretrained, text_only=True)
     model_url = model_store_url(cfg.out, clip.model_name, clip.weights_id)
     plans = [plan_dataset(cfg, i, s, clip, model_url) for i, s in enumerate(splits_list)]
+    for p in plans:
+        if not p.complete:  # what is written lies below --out: a read-only folder there is one line, before Ray
+            check_writable_folder(p.store.url, "--out")
 
     with contextlib.ExitStack() as locks:
         for p in plans:
@@ -88,6 +94,8 @@ def _write_plans(cfg: FeaturizeConfig, plans: list[DatasetPlan], clip, model_url
             if not p.store.exists(MANIFEST) or load_manifest(p.store, require_complete=False).complete:
                 p.store.write_json(MANIFEST, p.header.to_dict())
             p.store.write_json(FEWSHOT, p.fewshot)
+            for name in p.damaged:  # after the manifest says incomplete: no reader takes the folder meanwhile
+                p.store.remove(name)
 
     todo = [p for p in plans if p.pending]
     for p in plans:

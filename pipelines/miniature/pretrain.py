@@ -42,6 +42,7 @@ from dept.miniature import (
 )
 from dept.miniature.model import MAX_LOGIT_SCALE, image_mean_std
 from dept.miniature.world import HELD_OUT, all_compositions, composition_index
+from pipelines.paths import PathError, check_writable_folder
 from pipelines.tracking.client import Tracker, check_tracking_uri, default_tracking_uri
 from pipelines.vocabulary import ROLE_TAG
 
@@ -101,9 +102,10 @@ class PretrainConfig:
             raise MiniatureError(f"--out {out} exists and is not a folder")
         if (out / CHECKPOINT_NAME).exists():
             raise MiniatureError(f"{out / CHECKPOINT_NAME} already exists; choose another --out (nothing is overwritten)")
-        existing = next(p for p in (out.resolve(), *out.resolve().parents) if p.exists())
-        if not existing.is_dir() or not os.access(existing, os.W_OK):
-            raise MiniatureError(f"--out {out}: {existing} is not a writable folder")
+        try:
+            check_writable_folder(out, "--out")
+        except PathError as e:
+            raise MiniatureError(str(e)) from None
 
     def lr_at(self, step: int, total: int | None) -> float:
         """Linear warm-up over ``warmup_steps``, then cosine from ``lr`` to 0 at ``total``."""

@@ -37,6 +37,17 @@ WRITER_LOCK = ".featurize.lock"
 _TEMP_RE = re.compile(r"^\.(part-(train|val|test)-\d{5}\.parquet|_manifest\.json|_fewshot\.json)\.tmp-[0-9a-f]{12}$")
 
 
+#: What reading a damaged shard raises: truncated or overwritten (no footer, a bad footer), a page that fails its
+#: checksum or does not decompress.
+_UNREADABLE = (OSError, pa.ArrowException, ValueError)
+
+
+def _reason(error: Exception) -> str:
+    """Arrow's reason on one line, without the stream name it prints for an fsspec file (``'<Buffer>'``)."""
+    text = re.sub(r"^Could not open Parquet input source '[^']*': ", "", " ".join(str(error).split()))
+    return text or type(error).__name__
+
+
 class StoreError(ValueError):
     """The feature store cannot be used as asked (missing, incomplete, other model, other settings). One line."""
 
@@ -128,6 +139,8 @@ class DatasetFolder:
     def __init__(self, url: str):
         self.url = str(url).rstrip("/")
         self.fs, self.path = url_to_filesystem(self.url)
+        #: shard name -> {"bytes", "sha256"}: of shards this process wrote or hashed (the manifest records them)
+        self.records: dict[str, dict] = {}
 
     def __repr__(self) -> str:
         return f"DatasetFolder({self.url!r})"
@@ -155,12 +168,20 @@ class DatasetFolder:
     def write_json(self, name: str, obj: Any) -> None:
         self.write_bytes_atomic(name, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
-    def write_shard(self, name: str, table: pa.Table, meta: dict) -> None:
-        """Write one complete shard; ``meta`` (node ids, skipped files) goes into the Parquet footer."""
+    def write_shard(self, name: str, table: pa.Table, meta: dict) -> dict:
+        """Write one complete shard; ``meta`` (node ids, skipped files) goes into the Parquet footer. Returns (and
+        keeps, for the manifest) its record: size and sha256 of the bytes written."""
         table = table.replace_schema_metadata({SHARD_META_KEY: canonical_json(meta).encode()})
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        self.write_bytes_atomic(name, sink.getvalue().to_pybytes())
+        # Page checksums: a reader finds a damaged page itself instead of decoding wrong features.
+        pq.write_table(table, sink, compression="zstd", write_page_checksum=True)
+        data = sink.getvalue().to_pybytes()
+        self.write_bytes_atomic(name, data)
+        self.records[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        return self.records[name]
+
+    def remove(self, name: str) -> None:
+        self.fs.rm(self._p(name))
 
     @contextlib.contextmanager
     def writer_lock(self):
@@ -206,19 +227,65 @@ class DatasetFolder:
         names = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.path, detail=False)]
         return sorted(n for n in names if parse_shard_name(n))
 
-    def shard_meta(self, name: str) -> tuple[int, dict]:
-        """(row count, footer metadata) of one shard, reading only its footer."""
+    def damaged(self, name: str, error: Exception) -> StoreError:
+        """The one-line error for a shard that cannot be read: which file, why, and how to repair it."""
+        return StoreError(f"feature store shard {self.url}/{name} is damaged ({_reason(error)}); rerun the same "
+                          "`dept-pipeline featurize` command to re-encode it")
+
+    def _footer(self, name: str) -> tuple[int, dict]:
         with self.fs.open(self._p(name), "rb") as f:
             md = pq.ParquetFile(f).metadata
             kv = md.metadata or {}
             return md.num_rows, json.loads(kv[SHARD_META_KEY].decode()) if SHARD_META_KEY in kv else {}
 
+    def shard_meta(self, name: str) -> tuple[int, dict]:
+        """(row count, footer metadata) of one shard, reading only its footer; a damaged one is a StoreError."""
+        try:
+            return self._footer(name)
+        except _UNREADABLE as e:
+            raise self.damaged(name, e) from None
+
+    def shard_record(self, name: str) -> dict:
+        """{"bytes", "sha256"} of a shard as it is now (kept: hashed once per process)."""
+        if name not in self.records:
+            digest = hashlib.sha256()
+            with self.fs.open(self._p(name), "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+            self.records[name] = {"bytes": int(self.fs.size(self._p(name))), "sha256": digest.hexdigest()}
+        return self.records[name]
+
+    def check_shard(self, name: str, rows: int, recorded: dict | None = None, *,
+                    skipped_views: int = 0) -> tuple[str | None, dict]:
+        """Why shard ``name`` cannot be kept (None when it can) and its footer metadata. It must hold ``rows``
+        rows less ``skipped_views`` per image skipped at encoding, and match the size and sha256 recorded at write
+        time (``recorded``: its manifest entry; stores written before those were recorded have rows only)."""
+        recorded = recorded or {}
+        try:
+            n, meta = self._footer(name)
+        except _UNREADABLE as e:
+            return _reason(e), {}
+        want = rows - len(meta.get("skipped", [])) * skipped_views
+        if n != want or ("rows" in recorded and n != int(recorded["rows"])):
+            return f"{n} rows, {recorded.get('rows', want)} expected", meta
+        if "sha256" in recorded:
+            now = self.shard_record(name)
+            if now["bytes"] != recorded.get("bytes", now["bytes"]):
+                return f"{now['bytes']} bytes, {recorded['bytes']} written", meta
+            if now["sha256"] != recorded["sha256"]:
+                return "sha256 differs from the one recorded when it was written", meta
+        return None, meta
+
     def read_shards(self, names: list[str]) -> pa.Table | None:
-        """The given shards concatenated in order, footer metadata dropped; None for no shards."""
+        """The given shards concatenated in order, footer metadata dropped; None for no shards. A shard that
+        cannot be read is a one-line StoreError naming its file."""
         tables = []
         for n in names:
-            with self.fs.open(self._p(n), "rb") as f:
-                tables.append(pq.read_table(f))
+            try:
+                with self.fs.open(self._p(n), "rb") as f:
+                    tables.append(pq.read_table(f, page_checksum_verification=True))
+            except _UNREADABLE as e:
+                raise self.damaged(n, e) from None
         if not tables:
             return None
         return pa.concat_tables(tables).replace_schema_metadata(None)

@@ -2,11 +2,12 @@
 param values, the metric names trials report, and the single run of ``dept-pipeline train``."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 import urllib.error
@@ -17,6 +18,7 @@ from urllib.parse import urlparse
 
 from dept.protocols import BASE_TO_NEW
 from pipelines.metrics import is_number
+from pipelines.paths import PathError, check_writable_folder
 from pipelines.secrets import mask_uri, split_basic_auth
 from pipelines.vocabulary import (
     COMPLETED,
@@ -53,6 +55,34 @@ class TrackingError(ValueError):
     """The tracking URI or experiment cannot be used; one line."""
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (relative to the working folder unless absolute, as
+    SQLAlchemy reads it); None for other schemes and in-memory databases."""
+    if not uri.startswith("sqlite:"):
+        return None
+    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else urlparse(uri).path
+    return Path(path).expanduser() if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Held while a process opens a SQLite store (and makes its experiment): MLflow creates a new file's tables on
+    first open without a lock of its own, so two commands starting at once against one new file both run the
+    migrations and all but one fail. An exclusive ``flock`` on ``<db>.lock`` beside the database serialises the
+    opening; once a process has opened the store, MLflow keeps it per process and every later client reuses it.
+    Other schemes need none."""
+    db = sqlite_file(uri)
+    if db is None:
+        yield
+        return
+    with open(db.with_name(db.name + ".lock"), "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # waits: the holder only creates tables, seconds at most
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def default_tracking_uri() -> str:
     """``sqlite:///<working folder>/mlflow.db`` (absolute, so every process means the same file)."""
     return f"sqlite:///{Path.cwd() / DEFAULT_DB}"
@@ -76,21 +106,27 @@ def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
             reason = getattr(e, "reason", e)
             raise TrackingError(f"MLflow tracking server {shown} is unreachable ({reason})") from None
         # /health needs no login: the client call below tells whether the credentials are accepted.
-    if parsed.scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else parsed.path
-        if path and path != ":memory:":
-            folder = Path(path).expanduser().resolve().parent
-            if not folder.is_dir():
-                raise TrackingError(f"MLflow tracking URI {shown}: folder {folder} does not exist")
-            if not os.access(folder, os.W_OK):
-                raise TrackingError(f"MLflow tracking URI {shown}: folder {folder} is not writable")
-            if not Path(path).expanduser().exists():
-                return  # created, with its tables, by the first real use (after every other check passed)
+    db = sqlite_file(uri)
+    if db is not None:
+        db = db.resolve()
+        if not db.parent.is_dir():
+            what = "is not a folder" if db.parent.exists() else "does not exist"
+            raise TrackingError(f"MLflow tracking URI {shown}: folder {db.parent} {what}")
+        if db.exists() and not db.is_file():
+            raise TrackingError(f"MLflow tracking URI {shown}: {db} is not a file")
+        try:  # the database, its lock and its journal go in that folder, the artifacts in mlruns/ beside it
+            check_writable_folder(db.parent, "--mlflow-uri")
+            check_writable_folder(db.parent / "mlruns", "--mlflow-uri")
+        except PathError as e:
+            raise TrackingError(f"MLflow tracking URI {shown}: {e.reason}") from None
+        if not db.exists():
+            return  # created, with its tables, by the first real use (after every other check passed)
     # Other schemes (file:, databricks, ...), and the server's answer to a real request, by a first client call.
     try:
         from mlflow import MlflowClient
 
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        with store_lock(uri):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as e:  # any failure here is the URI's: report it in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if parsed.password:  # the library's message may quote the URI it was given
@@ -217,15 +253,28 @@ class Tracker:
 
         self.uri = uri
         self.experiment_name = experiment
-        self.client = MlflowClient(tracking_uri=uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is not None and exp.lifecycle_stage == "deleted":
+        with store_lock(uri):  # a new SQLite file gets its tables, and a new name its experiment, once
+            self.client = MlflowClient(tracking_uri=uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                exp = self._create_experiment(experiment)
+        if exp.lifecycle_stage == "deleted":
             raise TrackingError(f"MLflow experiment {experiment!r} at {mask_uri(uri)} is deleted; restore it or use another name")
-        if exp is None:
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=_artifact_location(uri))
-            log.info("created MLflow experiment %r (%s) at %s", experiment, self.experiment_id, mask_uri(uri))
-        else:
-            self.experiment_id = exp.experiment_id
+        self.experiment_id = exp.experiment_id
+
+    def _create_experiment(self, name: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            experiment_id = self.client.create_experiment(name, artifact_location=_artifact_location(self.uri))
+        except MlflowException as e:
+            # A tracking server takes commands from anywhere: another one may have created it since we looked.
+            exp = self.client.get_experiment_by_name(name)
+            if e.error_code != "RESOURCE_ALREADY_EXISTS" or exp is None:
+                raise
+            return exp
+        log.info("created MLflow experiment %r (%s) at %s", name, experiment_id, mask_uri(self.uri))
+        return self.client.get_experiment(experiment_id)
 
     # -- queries --------------------------------------------------------------------------------------------
     def search(self, filter_string: str) -> list:

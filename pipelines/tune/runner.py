@@ -27,7 +27,7 @@ import yaml
 
 from dept.protocols import BASE_TO_NEW, PROTOCOLS
 from pipelines.interrupts import StopSignals
-from pipelines.paths import HolderLock, LockHeld, check_writable_folder
+from pipelines.paths import HolderLock, LockHeld, PathError, check_writable_folder
 from pipelines.ray_runtime import ensure_ray
 from pipelines.secrets import mask_uri
 from pipelines.selection import method_label
@@ -120,9 +120,15 @@ class ExperimentLock:
             self._lock.release()
 
 
-def check_storage(root: str) -> None:
-    """A local ``--storage`` must be (or be creatable as) a writable folder; checked before anything is created."""
-    check_writable_folder(root, "--storage")
+def check_storage(root: str, below: list[str] = ()) -> None:
+    """A local ``--storage`` must be (or be creatable as) a writable folder, down to the folders ``below`` it that
+    Tune writes (the experiment's, each dataset's); checked before anything is created. The error names
+    ``--storage`` as given and the path in the way."""
+    try:
+        for path in [root, *(f"{root}/{b}" for b in below)]:
+            check_writable_folder(path, "--storage")
+    except PathError as e:
+        raise PathError("--storage", root, e.reason) from None
 
 
 @dataclass(frozen=True)
@@ -254,7 +260,8 @@ def prepare(opts: TuneOptions):
                 raise TuneSetupError(f"space {space.name}: {e}") from None
 
     root = f"{storage_root(opts.storage)}/{opts.experiment}"
-    check_storage(storage_root(opts.storage))
+    check_storage(storage_root(opts.storage),
+                  [opts.experiment, *(f"{opts.experiment}/{experiment_name(d, opts.protocol)}" for d in datasets)])
     # Held until run_tune ends; taken before anything (MLflow experiment, parent runs, Tune state) is created.
     lock = ExperimentLock(root)
     lock.acquire()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
 
 from pipelines.cli import main
 from pipelines.cli._common import PROGRAM, absolute_uri, as_printed, command_line, program

@@ -13,7 +13,15 @@ import torch
 from click.testing import CliRunner
 
 from dept.miniature import (
-    MODEL_NAME, SPLITS, DownstreamConfig, MiniatureError, PairStream, Tokens, build_probe, class_split, encode_text,
+    MODEL_NAME,
+    SPLITS,
+    DownstreamConfig,
+    MiniatureError,
+    PairStream,
+    Tokens,
+    build_probe,
+    class_split,
+    encode_text,
     write_miniature_dataset,
 )
 from dept.miniature.render import class_tint_offsets, render, sample_downstream_scenes, sample_pretrain_scenes

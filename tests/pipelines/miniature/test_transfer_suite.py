@@ -9,9 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
-from dept.miniature import DownstreamConfig, MiniatureError, TransferSuiteConfig, write_miniature_dataset, write_transfer_suite
+from dept.miniature import (
+    DownstreamConfig,
+    MiniatureError,
+    TransferSuiteConfig,
+    write_miniature_dataset,
+    write_transfer_suite,
+)
 from dept.miniature.render import render, sample_rendition_scenes, sample_sketch_scenes, shape_mask
 from dept.miniature.transfer import SOURCE, SUITE, SUITE_MARKER
 from pipelines.cli import main

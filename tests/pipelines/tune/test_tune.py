@@ -18,6 +18,7 @@ import yaml
 from click.testing import CliRunner
 
 from pipelines.cli import main
+from pipelines.tracking.client import store_lock
 from pipelines.trial.context import EPOCH_PAUSE_ENV, FAIL_ONCE_ENV
 from pipelines.vocabulary import EPOCH_METRICS, FINAL_METRICS, SWEEP_METRIC_CURVES, SWEEP_METRIC_WEIGHTS, sweep_key
 from tests.conftest import REPO
@@ -45,7 +46,8 @@ def tune_args(store, tmp_path, uri, experiment, *extra):
 def runs_of(uri: str, experiment: str, filter_string: str = ""):
     from mlflow import MlflowClient
 
-    client = MlflowClient(uri)
+    with store_lock(uri):  # a tune process may be creating the store's tables right now
+        client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     return client, (client.search_runs([exp.experiment_id], filter_string) if exp else [])
 
