@@ -30,21 +30,21 @@ class Browser:
     def __init__(self, executable: str, width: int = 1600, height: int = 1000):
         self.width, self.height = width, height
         self._profile = tempfile.TemporaryDirectory(prefix="ui-check-chromium-")
-        to_browser_r, self._to_browser = os.pipe()
-        self._from_browser, from_browser_w = os.pipe()
-        # Above the low fds, so that placing them on 3 and 4 in the child cannot clobber one with the other.
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser_r, from_browser_w)]
-
-        def on_3_and_4():
-            os.dup2(high[0], 3)
-            os.dup2(high[1], 4)
-
+        low_r, self._to_browser = os.pipe()
+        self._from_browser, low_w = os.pipe()
+        # Above 4, so that placing them on 3 and 4 cannot overwrite one with the other.
+        to_browser_r, from_browser_w = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (low_r, low_w))
+        os.close(low_r)
+        os.close(low_w)
+        # Chromium reads fd 3 and writes fd 4: bash (dash takes no fd above 9) puts the ends there, then is Chromium.
+        args = [executable, *FLAGS, f"--user-data-dir={self._profile.name}", f"--window-size={width},{height}",
+                "--remote-debugging-pipe", "about:blank"]
         self.proc = subprocess.Popen(
-            [executable, *FLAGS, f"--user-data-dir={self._profile.name}", f"--window-size={width},{height}",
-             "--remote-debugging-pipe", "about:blank"],
+            ["bash", "-c", f'exec "$@" 3<&{to_browser_r} 4>&{from_browser_w} {to_browser_r}<&- {from_browser_w}>&-',
+             "chromium", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(3, 4), preexec_fn=on_3_and_4, start_new_session=True)
-        for fd in (to_browser_r, from_browser_w, *high):
+            pass_fds=(to_browser_r, from_browser_w), start_new_session=True)
+        for fd in (to_browser_r, from_browser_w):
             os.close(fd)
         self._next_id = 0
         self._replies: dict[int, queue.Queue] = {}
@@ -110,6 +110,9 @@ class Browser:
         return result["result"].get("value")
 
     def goto(self, url: str) -> None:
+        """A new visit: the page is left for about:blank first, so that nothing is found on the page before."""
+        self.call("Page.navigate", url="about:blank")
+        self.wait_for("location.href === 'about:blank'", 30, "about:blank")
         self.call("Page.navigate", url=url)
 
     def wait_for(self, expression: str, timeout: float = 60, what: str = ""):
