@@ -152,7 +152,9 @@ def test_ui_serves_the_store_on_loopback_and_prints_the_runs_link(tuned, tmp_pat
             assert time.time() < deadline, "the UI did not answer /health"
             time.sleep(1)
         link = f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=dept-trials"
-        assert f"experiment 'ui': {link}&workflowType=machine_learning" in (tmp_path / "ui.log").read_text()
+        printed = (tmp_path / "ui.log").read_text()
+        assert f"experiment 'ui': {link}&workflowType=machine_learning" in printed
+        assert f"comparison chart: {link}&compareRunsMode=CHART&workflowType=machine_learning" in printed
         # The same store behind it: the experiment, with the tag the UI opens the training runs on.
         query = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=ui"
         with urllib.request.urlopen(query, timeout=10) as r:
