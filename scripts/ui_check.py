@@ -252,6 +252,11 @@ def main(chromium: str, base: str, store: str, experiment: str, out_dir: str) ->
                 b.wait_for(ready[page], PAGE_S, page)
                 b.settle()
                 b.screenshot(str(out / f"{page}.png"))
+                # Sections below the fold (the compare page's metrics) render once scrolled to.
+                if page in ("trial", "compare"):
+                    b.js("document.querySelectorAll('*').forEach(e => { if (e.scrollHeight > e.clientHeight + 10)"
+                         " e.scrollTop = e.scrollHeight; }); 0")
+                    b.settle()
                 text = b.js("document.body.innerText")
                 if page in ("trial", "compare"):
                     for r in trials[:1] if page == "trial" else trials[:3]:
