@@ -12,8 +12,9 @@ import tempfile
 import threading
 import time
 
-#: Chromium on loopback only: everything but 127.0.0.1 goes to a dead proxy and unresolved names.
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+#: Chromium on loopback only: everything but 127.0.0.1 goes to a dead proxy and unresolved names. Scrollbars are
+#: shown, as a user has them, so that a check of what fits counts them.
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-extensions", "--proxy-server=http://127.0.0.1:9",
          "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
