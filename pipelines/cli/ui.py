@@ -18,7 +18,8 @@ import click
               help="Port of the UI on 127.0.0.1.")
 def ui_cmd(mlflow_uri, experiment, port):
     """Serve the MLflow UI on 127.0.0.1 (mlflow server, one worker) and print the runs-table link of each
-    experiment: trials listed flat, sorted on the selection metric, with the coefficient and metric columns."""
+    experiment (trials listed flat, sorted on the selection metric, the coefficient and metric columns first) and
+    of its comparison chart (parallel coordinates: loss weight, fusion weight, lr against val_hm and test_hm)."""
     from mlflow import MlflowClient
 
     from pipelines.secrets import mask_uri
@@ -45,6 +46,10 @@ def ui_cmd(mlflow_uri, experiment, port):
         experiments = chosen
     for e in experiments:
         click.echo(f"experiment {e.name!r}: {runs_url(base, e.experiment_id)}")
+        click.echo(f"  its comparison chart: {runs_url(base, e.experiment_id, charts=True)}")
+    # MLflow 3 opens an experiment from its own pages on the GenAI side until this switch is set once per browser.
+    click.echo('From MLflow\'s Home or Experiments pages: set the sidebar switch to "Model training" once '
+               "(the browser keeps it), then the experiments open on their runs.")
     if not served:
         return
     click.echo(f"MLflow UI on {base} over {mask_uri(uri)} (Ctrl-C stops it)")

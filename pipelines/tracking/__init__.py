@@ -23,8 +23,9 @@ Layout in MLflow:
   source, ``targets`` tag; per epoch ``val_acc`` (source val images, all classes), at the end ``test_acc``
   (source), ``test_acc/<target>`` per target and ``test_target_avg``; no fusion sweep; the parent's figure is
   ``plots/source_vs_targets.png`` (source accuracy against the targets' mean per trial, zero-shot as a star);
-- the experiment's tags: ``mlflow.experimentKind`` (the UI opens on training runs) and a saved runs-table view
-  (``client.view_state``, opened by ``client.runs_url``; ``dept-pipeline ui`` prints it). The winner everywhere is
+- the experiment's tags: ``mlflow.experimentKind`` (MLflow's kind selector's tag; MLflow 3.17 picks the first tab
+  by its sidebar switch instead, docs/mlflow-ui.md) and a saved runs-table view with its comparison chart
+  (``client.view_state``, opened by ``client.runs_url``; ``dept-pipeline ui`` prints both). The winner everywhere is
   :mod:`pipelines.selection`'s.
 
 Trials never talk to MLflow. :class:`MlflowTrialLogger` is a ``ray.tune.Callback``: it runs in the driver and logs

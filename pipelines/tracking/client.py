@@ -167,37 +167,73 @@ def run_name(hp) -> str:
 
 
 # -- what the MLflow UI opens on ----------------------------------------------------------------------------------
-#: Experiment tag the UI reads for an experiment's kind: "custom_model_development" opens on the training runs
-#: table (without it MLflow 3 infers the kind and may open on the GenAI traces overview).
+#: Experiment tag MLflow 3's own kind selector writes. MLflow 3.17 does not read it to pick the experiment's first
+#: tab (that follows the sidebar's GenAI / Model training switch, docs/mlflow-ui.md); it is set so that versions
+#: that do read it, and the kind selector, say "Machine learning".
 KIND_TAG, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
 #: A saved view of the runs table (MLflow 3's "views": an experiment tag ``mlflow.sharedViewState.<key>``, opened by
 #: the URL parameter ``viewStateShareKey``): the trials sorted by the selection metric, which also lists them flat
-#: (the UI nests child runs under a collapsed parent only when sorted by date), with the columns that say which
-#: coefficients win, and every run shown in the charts (the default shows the first 10).
+#: (the UI nests child runs under a collapsed parent only when sorted by date), the coefficients and the scores
+#: first, in widths that fit a 1600 px screen beside MLflow's Assistant panel, every run shown in the charts (the
+#: default shows the first 10) and a parallel-coordinates chart of the coefficients against the HM.
 VIEW_KEY = "dept-trials"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-VIEW_PARAMS = ("method", "dept_effective", "loss_weight", "fusion_weight", "lr", "seed")
+#: The coefficients a search varies, first in the table and the axes of the comparison chart.
+VIEW_COEFFICIENTS = ("loss_weight", "fusion_weight", "lr")
+VIEW_PARAMS = (*VIEW_COEFFICIENTS, "method", "dept_effective", "seed")
 VIEW_TAGS = (STATUS_TAG, "dataset")
+#: Column widths in px, each its header's width in headless Chromium's fallback font (DejaVu Sans, wider than the
+#: usual system fonts) with the sort arrow where the view sorts: with these the first seven data columns fit beside
+#: the Assistant panel at 1600 px (scripts/ui_check.sh measures it). Metric values are shown unrounded by MLflow and
+#: cut to the column with an ellipsis (two decimals stay readable).
+VIEW_WIDTHS = {"attributes.`Run Name`": 140, "runDateAndNestInfo": 75, "params.`loss_weight`": 95,
+               "params.`fusion_weight`": 105, "params.`lr`": 55, "metrics.`val_hm`": 90, "metrics.`test_hm`": 72,
+               "metrics.`test_base_acc`": 108, "metrics.`test_new_acc`": 104, "metrics.`val_base_acc`": 104,
+               "metrics.`val_new_acc`": 100}
+#: The UI's own ids for the view's chart section and card (any stable string).
+CHART_SECTION, CHART_CARD = "dept-coefficients", "dept-coefficients-parallel"
+
+
+def view_metrics(metric: str = VAL_HM) -> tuple[str, ...]:
+    """The view's metric columns in order: the selection metric, the test scores as the paper's tables give them
+    (base, new, HM), then the selection split's base and new."""
+    if metric == VAL_ACC:  # the transfer protocols: source accuracy and the target average
+        return (metric, "test_acc", "test_target_avg")
+    split = metric.rsplit("_", 1)[0]  # val_hm -> val, pseudo_hm -> pseudo
+    return tuple(dict.fromkeys((metric, TEST_BASE_ACC, TEST_NEW_ACC, TEST_HM, f"{split}_base_acc",
+                                f"{split}_new_acc")))
+
+
+def comparison_axes(metric: str = VAL_HM) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The comparison chart's axes: the coefficients, then the selection metric and the test one."""
+    return VIEW_COEFFICIENTS, tuple(dict.fromkeys((metric, "test_acc" if metric == VAL_ACC else TEST_HM)))
 
 
 def view_state(metric: str = VAL_HM) -> dict:
     """The runs-table state of the saved view (the UI's own field names)."""
-    base = metric.rsplit("_", 1)[0]  # val_hm -> val, pseudo_hm -> pseudo
-    metrics = (metric, f"{base}_base_acc", f"{base}_new_acc", TEST_BASE_ACC, TEST_NEW_ACC, TEST_HM)
-    if metric == VAL_ACC:  # the transfer protocols: source accuracy and the target average
-        metrics = (metric, "test_acc", "test_target_avg")
-    columns = ([f"params.`{k}`" for k in VIEW_PARAMS] + [f"tags.`{k}`" for k in VIEW_TAGS]
-               + [f"metrics.`{k}`" for k in dict.fromkeys(metrics)] + ["attributes.`Dataset`"])
+    metrics = view_metrics(metric)
+    columns = ([f"params.`{k}`" for k in VIEW_COEFFICIENTS] + [f"metrics.`{k}`" for k in metrics]
+               + [f"params.`{k}`" for k in VIEW_PARAMS if k not in VIEW_COEFFICIENTS]
+               + [f"tags.`{k}`" for k in VIEW_TAGS] + ["attributes.`Dataset`"])
     name = "attributes.`Run Name`"
+    params, chart_metrics = comparison_axes(metric)
+    chart = {"uuid": CHART_CARD, "type": "PARALLEL", "metricSectionId": CHART_SECTION, "isGenerated": False,
+             "deleted": False, "runsCountToCompare": 100, "displayName": "Coefficients against the HM",
+             "selectedParams": list(params), "selectedMetrics": list(chart_metrics), "showAllRuns": True}
+    section = {"uuid": CHART_SECTION, "name": "DePT coefficients", "display": True, "isReordered": False,
+               "deleted": False, "isGenerated": False, "columns": 1, "cardHeight": 420}
     return {"searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": False, "startTime": "ALL",
             "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
-            "selectedColumns": columns, "columnOrder": [name, *columns], "columnWidths": {name: 300},
-            "runsHiddenMode": "SHOW_ALL"}
+            "selectedColumns": columns, "columnOrder": [name, "runDateAndNestInfo", *columns],
+            "columnWidths": {k: v for k, v in VIEW_WIDTHS.items() if k in (name, "runDateAndNestInfo", *columns)},
+            "runsHiddenMode": "SHOW_ALL", "compareRunCharts": [chart], "compareRunSections": [section]}
 
 
-def runs_url(base: str, experiment_id: str) -> str:
-    """The experiment's runs table in the saved view, under the UI at ``base`` (http://127.0.0.1:5000)."""
-    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+def runs_url(base: str, experiment_id: str, charts: bool = False) -> str:
+    """The experiment's runs table (``charts``: its chart view, the comparison) in the saved view, under the UI at
+    ``base`` (http://127.0.0.1:5000), on MLflow's Model training side."""
+    mode = "&compareRunsMode=CHART" if charts else ""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}{mode}"
             "&workflowType=machine_learning")
 
 

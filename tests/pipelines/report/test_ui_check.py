@@ -4,7 +4,6 @@ parent summary with its figures; no Ray, no training), so it runs in well under 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -75,16 +74,34 @@ def write_store(folder: Path, experiment: str = "ui-check") -> str:
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
-def test_ui_check_script_sees_names_columns_and_metrics_in_a_real_browser(tmp_path):
+def test_ui_check_clicks_from_every_entry_to_the_runs_and_the_view_fits_1600_px(tmp_path):
     db = write_store(tmp_path)
     out = tmp_path / "ui"
     proc = subprocess.run(["bash", str(SCRIPT), db, str(out), "ui-check"], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "DEPT_UI_CHECK_BUDGET_MS": "15000"})
+                          timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     checks = json.loads((out / "checks.json").read_text())
-    pages = {c["page"] for c in checks}
-    assert pages == {"runs", "trial", "compare", "figures"}
     assert all(c["ok"] for c in checks), [c for c in checks if not c["ok"]]
-    for page in pages:
-        png = out / f"{page}.png"
-        assert png.stat().st_size > 20_000, page  # a rendered page, not a blank one
+    pages = {c["page"] for c in checks}
+    assert pages == {"printed", "assistant-closed", "home", "list", "trial", "compare", "charts", "figures"}
+
+    def passed(page, *words):
+        return [c for c in checks if c["page"] == page and not c.get("note") and all(w in c["check"] for w in words)]
+
+    # Every way in ends on the runs table, clicked: the printed link at once, Home and the list after the switch.
+    assert passed("printed", "shows the runs table")
+    for page in ("home", "list"):
+        assert passed(page, "Model training switch", "opens the runs table"), page
+        assert passed(page, "from then on", "opens the runs table"), page
+    assert passed("home", "views menu opens the saved view")
+    # The coefficients and the test base / new / HM with the selection metric beside the Assistant, no scrolling;
+    # with it closed the selection split's base and new too.
+    beside = {c["check"].split()[1] for c in passed("printed", "in sight, header whole")}
+    assert beside == {"params.`loss_weight`", "params.`fusion_weight`", "params.`lr`", "metrics.`val_hm`",
+                      "metrics.`test_base_acc`", "metrics.`test_new_acc`", "metrics.`test_hm`"}
+    closed = {c["check"].split()[1] for c in passed("assistant-closed", "in sight, header whole")}
+    assert closed == beside | {"metrics.`val_base_acc`", "metrics.`val_new_acc`"}
+    assert passed("printed", "no horizontal scrolling") and passed("assistant-closed", "no horizontal scrolling")
+    assert passed("charts", "['loss_weight', 'fusion_weight', 'lr', 'val_hm', 'test_hm']")
+    for page in ("runs", "runs_assistant_closed", "home_first_click", "trial", "compare", "charts", "figures"):
+        assert (out / f"{page}.png").stat().st_size > 20_000, page  # a rendered page, not a blank one

@@ -152,7 +152,9 @@ def test_ui_serves_the_store_on_loopback_and_prints_the_runs_link(tuned, tmp_pat
             assert time.time() < deadline, "the UI did not answer /health"
             time.sleep(1)
         link = f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=dept-trials"
-        assert f"experiment 'ui': {link}&workflowType=machine_learning" in (tmp_path / "ui.log").read_text()
+        printed = (tmp_path / "ui.log").read_text()
+        assert f"experiment 'ui': {link}&workflowType=machine_learning" in printed
+        assert f"comparison chart: {link}&compareRunsMode=CHART&workflowType=machine_learning" in printed
         # The same store behind it: the experiment, with the tag the UI opens the training runs on.
         query = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=ui"
         with urllib.request.urlopen(query, timeout=10) as r:
@@ -162,3 +164,25 @@ def test_ui_serves_the_store_on_loopback_and_prints_the_runs_link(tuned, tmp_pat
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()
+
+
+def test_the_saved_view_puts_the_coefficients_and_scores_first_and_charts_them():
+    from pipelines.tracking.client import VIEW_WIDTHS, runs_url, view_state
+
+    state = view_state("val_hm")
+    first = ["params.`loss_weight`", "params.`fusion_weight`", "params.`lr`", "metrics.`val_hm`",
+             "metrics.`test_base_acc`", "metrics.`test_new_acc`", "metrics.`test_hm`", "metrics.`val_base_acc`",
+             "metrics.`val_new_acc`"]
+    assert state["selectedColumns"][:9] == first
+    assert state["columnOrder"] == ["attributes.`Run Name`", "runDateAndNestInfo", *state["selectedColumns"]]
+    assert set(state["columnWidths"]) <= set(state["columnOrder"]) and state["columnWidths"] == {
+        k: v for k, v in VIEW_WIDTHS.items() if k in state["columnOrder"]}
+    (chart,) = state["compareRunCharts"]
+    assert chart["type"] == "PARALLEL" and chart["metricSectionId"] == state["compareRunSections"][0]["uuid"]
+    assert (chart["selectedParams"], chart["selectedMetrics"]) == (["loss_weight", "fusion_weight", "lr"],
+                                                                   ["val_hm", "test_hm"])
+    transfer = view_state("val_acc")
+    assert transfer["selectedColumns"][3:6] == ["metrics.`val_acc`", "metrics.`test_acc`", "metrics.`test_target_avg`"]
+    assert transfer["compareRunCharts"][0]["selectedMetrics"] == ["val_acc", "test_acc"]
+    assert runs_url("http://h:1/", "7", charts=True) == ("http://h:1/#/experiments/7/runs?viewStateShareKey=dept-trials"
+                                                         "&compareRunsMode=CHART&workflowType=machine_learning")
