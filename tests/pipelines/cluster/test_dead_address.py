@@ -4,6 +4,7 @@ written; a Ctrl-C during that wait stops a real ``tune`` without claiming saved 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -79,6 +80,9 @@ def test_ctrl_c_before_tune_starts_says_nothing_was_saved(demo_store, tmp_path):
             proc.wait(timeout=60)
     text = log.read_text()
     (line,) = [ln for ln in text.splitlines() if ln.startswith("interrupted (")]
-    assert line.startswith("interrupted (SIGINT) before Tune started; nothing to resume, run again with: "
-                           "dept-pipeline tune "), text[-3000:]
+    said = "interrupted (SIGINT) before Tune started; nothing to resume, run again with: "
+    assert line.startswith(said), text[-3000:]
+    # The program as the shell reaches it (the bare name, or its path when the venv is not activated), then tune.
+    words = shlex.split(line[len(said):])
+    assert words[0].endswith("dept-pipeline") and words[1] == "tune", line
     assert "--resume" not in line and "state is saved" not in text and "Aborted!" not in text
