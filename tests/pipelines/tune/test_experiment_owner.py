@@ -12,7 +12,14 @@ import yaml
 from pipelines.trial.context import EPOCH_PAUSE_ENV
 from pipelines.vocabulary import TUNE_OWNER_TAG
 from tests.conftest import REPO
-from tests.pipelines.tune.test_tune import _driver, check_tracked, driver_running, runs_of, tune_args
+from tests.pipelines.tune.test_tune import (
+    _driver,
+    check_tracked,
+    driver_running,
+    runs_of,
+    tune_args,
+    wait_for_completed_trials,
+)
 
 
 def _owner_tag(uri: str, experiment: str) -> str | None:
@@ -87,21 +94,8 @@ def test_resume_after_a_kill_keeps_every_finished_run_and_its_history_beside_ano
     args = tune_args(demo_store, tmp_path, uri, "kept", "--space", tmp_path / "space.yaml", "--method", "coop",
                      "--max-concurrent", 1, "--ray-address", ray_cluster.address)
     log = tmp_path / "first.log"
-    completed_before: dict[str, tuple[str, int]] = {}
     with driver_running(args, log, tmp_path) as first:
-        deadline = time.time() + 400
-        while not completed_before:
-            assert first.poll() is None, log.read_text()[-3000:]
-            assert time.time() < deadline, "no trial completed in time"
-            time.sleep(1)
-            try:
-                _, runs = runs_of(uri, "kept", "tags.trial_status = 'completed'")
-            except Exception:  # the store is being created by the driver
-                continue
-            if runs:
-                time.sleep(2)  # let Tune write its experiment state after the trial's checkpoint
-                _, runs = runs_of(uri, "kept", "tags.trial_status = 'completed'")
-                completed_before = {r.data.tags["tune.trial_id"]: (r.info.run_id, r.info.end_time) for r in runs}
+        completed_before = wait_for_completed_trials(first, log, uri, "kept")
         first.kill()  # SIGKILL: no cleanup, its lease stays on the experiment
         first.wait(timeout=60)
     assert _owner_tag(uri, "kept") is not None

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -50,6 +51,24 @@ def runs_of(uri: str, experiment: str, filter_string: str = ""):
         client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     return client, (client.search_runs([exp.experiment_id], filter_string) if exp else [])
+
+
+def wait_for_completed_trials(proc, log_path, uri: str, experiment: str, timeout_s: float = 400) -> dict:
+    """Poll ``experiment`` while ``proc`` (a tune driver) runs until a trial has completed; returns every completed
+    run then, by Tune trial id: (run id, end time)."""
+    deadline = time.time() + timeout_s
+    while True:
+        assert proc.poll() is None, Path(log_path).read_text()[-3000:]
+        assert time.time() < deadline, "no trial completed in time"
+        time.sleep(1)
+        try:
+            _, runs = runs_of(uri, experiment, "tags.trial_status = 'completed'")
+        except Exception:  # the store is being created by the driver
+            continue
+        if runs:
+            time.sleep(2)  # let Tune write its experiment state after the trial's checkpoint
+            _, runs = runs_of(uri, experiment, "tags.trial_status = 'completed'")
+            return {r.data.tags["tune.trial_id"]: (r.info.run_id, r.info.end_time) for r in runs}
 
 
 def check_tracked(uri: str, experiment: str, n_trials: int, seeds: set[int]):
@@ -307,21 +326,8 @@ def test_driver_killed_and_resumed_logs_every_trial_exactly_once(demo_store, tmp
     args = tune_args(demo_store, tmp_path, uri, "killed", "--space", tmp_path / "space.yaml", "--method", "coop",
                      "--max-concurrent", 1, "--ray-address", ray_cluster.address)
     first = _driver(args, tmp_path / "first.log", tmp_path)
-    completed_before: dict[str, tuple[str, int]] = {}
     try:
-        deadline = time.time() + 400
-        while not completed_before:
-            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.time() < deadline, "no trial completed in time"
-            time.sleep(1)
-            try:
-                client, runs = runs_of(uri, "killed", "tags.trial_status = 'completed'")
-            except Exception:  # the store is being created by the driver
-                continue
-            if runs:
-                time.sleep(2)  # let Tune write its experiment state after the trial's checkpoint
-                client, runs = runs_of(uri, "killed", "tags.trial_status = 'completed'")
-                completed_before = {r.data.tags["tune.trial_id"]: (r.info.run_id, r.info.end_time) for r in runs}
+        completed_before = wait_for_completed_trials(first, tmp_path / "first.log", uri, "killed")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
