@@ -154,5 +154,6 @@ def test_zero_shot_cli_logs_one_run_equal_to_train_at_zero_epochs_and_report_sho
     result = invoke("report", "--mlflow-uri", uri, "--experiment", "zs")
     assert result.exit_code == 0, result.output
     b, n, h = metrics["test_base_acc"], metrics["test_new_acc"], metrics["test_hm"]
-    assert f"| demo | CLIP (zero-shot) | — | {b:.2f} | {n:.2f} | {h:.2f} |" in result.output
-    assert f"| **Average** (1 dataset) | CLIP (zero-shot) | | {b:.2f} | {n:.2f} | **{h:.2f}** |" in result.output
+    # λ and lr (none for zero-shot), then seeds, base, new, HM.
+    assert f"| demo | CLIP (zero-shot) | — | — | — | {b:.2f} | {n:.2f} | {h:.2f} |" in result.output
+    assert f"| **Average** (1 dataset) | CLIP (zero-shot) | | | | {b:.2f} | {n:.2f} | **{h:.2f}** |" in result.output
