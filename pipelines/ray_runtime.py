@@ -96,11 +96,17 @@ def wait_for_address(address: str, source: str, timeout_s: float | None = None) 
 
 
 def check_cluster(address: str | None) -> None:
-    """When a cluster is named (``address`` or ``$RAY_ADDRESS``), wait for it as :func:`ensure_ray` will: a command
-    calls this before it writes anything, so that a dead address leaves nothing behind."""
+    """When a cluster is named (``address`` or ``$RAY_ADDRESS``), make :func:`ensure_ray`'s checks before joining
+    it (it answers; it takes this driver's token): a command calls this before it writes anything, so that a dead
+    address or a refused token leaves nothing behind."""
     address, source = ray_address(address)
     if address:
-        wait_for_address(address, source)
+        _check_joinable(address, source)
+
+
+def _check_joinable(address: str, source: str) -> None:
+    wait_for_address(address, source)
+    check_ray_auth(address, source)
 
 
 def _keep_sigterm_handler():
@@ -188,8 +194,7 @@ def ensure_ray(address: str | None, **init_kwargs) -> bool:
     ours = _keep_sigterm_handler()
     if address:
         log.info("joining the Ray cluster at %s (from %s)", address, source)
-        wait_for_address(address, source)
-        check_ray_auth(address, source)
+        _check_joinable(address, source)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, **init_kwargs)
         except (ConnectionError, ValueError) as e:

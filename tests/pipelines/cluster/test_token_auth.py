@@ -63,6 +63,9 @@ def test_token_auth_cluster_one_line_when_refused_joins_with_its_token(tmp_path,
         missing = _one_error_line(_featurize(data, tmp_path / "s3", tiny_clip_checkpoint,
                                              {**client, "RAY_AUTH_MODE": "token"}))
         assert "no token found" in missing and "RAY_AUTH_TOKEN_PATH" in missing, missing
+        # Each refusal came before featurize wrote anything (its plan, manifest or lock).
+        for refused in ("s1", "s2", "s3"):
+            assert not [p for p in (tmp_path / refused).rglob("*") if p.is_file()], refused
 
         # The mode and the cluster's token (here by RAY_AUTH_TOKEN_PATH): it joins and featurizes on the cluster.
         joined = _featurize(data, tmp_path / "s4", tiny_clip_checkpoint,
