@@ -217,7 +217,7 @@ def train_population(
             population_losses(learners, features[: c0.batch_size, 0].expand(len(learners), -1, -1).to(device),
                               labels[: c0.batch_size].expand(len(learners), -1).to(device))
         loss_fn = torch.compile(population_losses, mode=options.compile)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if options.amp else contextlib.nullcontext()
+    amp = step_autocast(device, options.amp)
     chunk = members_per_step(learners, features, labels, c0.batch_size, options, device)
     if chunk < len(learners):
         log.info("population of %d: activations over the memory budget, each step runs in chunks of %d members",
@@ -300,6 +300,11 @@ def train_population(
     return results
 
 
+def step_autocast(device: torch.device, amp: bool):
+    """The training forward's precision context: bf16 autocast with ``amp``, else none (fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+
 def activation_bytes(learners: list[DePTLearner], image_features: torch.Tensor, labels: torch.Tensor,
                      amp: bool = False) -> int:
     """Bytes of the activations autograd keeps for the backward of one batched step (:func:`batched_losses`) of
@@ -316,9 +321,7 @@ def activation_bytes(learners: list[DePTLearner], image_features: torch.Tensor, 
             saved[storage.data_ptr()] = storage.nbytes()
         return t
 
-    device = image_features.device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), step_autocast(image_features.device, amp):
         losses = batched_losses(learners, image_features, labels)
     del losses
     return sum(saved.values())
