@@ -291,8 +291,9 @@ def test_tune_against_mlflow_server_with_a_trial_failing_once(demo_store, tmp_pa
         else:
             assert c.data.tags["failures"] == "0"
     report = invoke("report", "--mlflow-uri", mlflow_server, "--experiment", "server")
-    # The only method searched, so the dataset's winner (marked as the summary names it).
-    assert report.exit_code == 0 and "| demo | **CoOp+DePT** (winner) |" in report.output
+    # The CoOp+DePT row, marked the winner when its configuration has every seed completed (ASHA may stop one).
+    assert report.exit_code == 0, report.output
+    assert re.search(r"^\| demo \| (\*\*CoOp\+DePT\*\* \(winner\)|CoOp\+DePT) \|", report.output, re.M), report.output
 
 
 def _driver(args, log_path, cwd):
