@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -29,6 +30,19 @@ def featurize(args: list[str]):
 
 def rows(path: str) -> pa.Table:
     return pq.read_table(path).replace_schema_metadata(None)
+
+
+def assert_same_rows(got: pa.Table, want: pa.Table) -> None:
+    """Same schema, ids, labels, splits and views exactly; embeddings equal to float32 rounding. A shard encoded
+    again goes through the encoder in another batch than at first (here its 3 rows alone, at first beside other
+    shards' rows), and CPU matmuls of another batch size may differ in the last bits."""
+    assert got.schema == want.schema and got.num_rows == want.num_rows
+    for name in want.column_names:
+        if name == "embedding":
+            x, y = (np.stack(t.column(name).to_numpy(zero_copy_only=False)) for t in (got, want))
+            assert np.allclose(x, y, rtol=1e-5, atol=1e-6), name
+        else:
+            assert got.column(name).equals(want.column(name)), name
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +105,10 @@ def test_truncated_shard_is_named_in_one_line_and_rerun_repairs_it(fresh):
     result = featurize(fresh["args"])
     shards = len(glob.glob(os.path.join(folder, "part-*.parquet")))
     assert f"encoded {original.num_rows} this run, {shards - 1} shards already done" in result.output
-    assert rows(os.path.join(folder, name)).equals(original)  # same rows, same values
+    assert_same_rows(rows(os.path.join(folder, name)), original)  # same rows, same values
     for other in glob.glob(os.path.join(fresh["pristine"], "part-*.parquet")):
-        assert rows(os.path.join(folder, os.path.basename(other))).equals(rows(other))
+        if os.path.basename(other) != name:
+            assert rows(os.path.join(folder, os.path.basename(other))).equals(rows(other))  # untouched
     assert DatasetStore.open(fresh["model_url"], "demo").split_rows("train").num_rows > 0
     assert not [n for n in os.listdir(folder) if ".tmp-" in n]
 
@@ -110,7 +125,7 @@ def test_bytes_changed_in_place_are_found_by_the_recorded_sha256(fresh):
 
     result = featurize(fresh["args"])
     assert f"encoded {original.num_rows} this run" in result.output
-    assert rows(path).equals(original)
+    assert_same_rows(rows(path), original)
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == \
         json.load(open(os.path.join(folder, MANIFEST)))["shards"][name]["sha256"]
 
@@ -121,7 +136,7 @@ def test_missing_shard_of_a_complete_store_is_encoded_again(fresh):
     os.remove(os.path.join(folder, name))
     result = featurize(fresh["args"])
     assert f"encoded {original.num_rows} this run" in result.output
-    assert rows(os.path.join(folder, name)).equals(original)
+    assert_same_rows(rows(os.path.join(folder, name)), original)
 
 
 def test_store_without_recorded_checksums_reads_and_is_checked_by_its_footer(fresh):
@@ -141,5 +156,5 @@ def test_store_without_recorded_checksums_reads_and_is_checked_by_its_footer(fre
     original = rows(os.path.join(folder, name))
     _truncate(os.path.join(folder, name))
     assert f"encoded {original.num_rows} this run" in featurize(fresh["args"]).output
-    assert rows(os.path.join(folder, name)).equals(original)
+    assert_same_rows(rows(os.path.join(folder, name)), original)
     assert "sha256" in json.load(open(path))["shards"][name]  # the repair records what it wrote

@@ -95,7 +95,7 @@ def test_resume_after_a_kill_keeps_every_finished_run_and_its_history_beside_ano
                      "--max-concurrent", 1, "--ray-address", ray_cluster.address)
     log = tmp_path / "first.log"
     with driver_running(args, log, tmp_path) as first:
-        completed_before = wait_for_completed_trials(first, log, uri, "kept")
+        completed_before = wait_for_completed_trials(first, log, uri, "kept", tmp_path / "tune" / "kept" / "demo")
         first.kill()  # SIGKILL: no cleanup, its lease stays on the experiment
         first.wait(timeout=60)
     assert _owner_tag(uri, "kept") is not None

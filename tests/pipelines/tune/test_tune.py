@@ -53,22 +53,50 @@ def runs_of(uri: str, experiment: str, filter_string: str = ""):
     return client, (client.search_runs([exp.experiment_id], filter_string) if exp else [])
 
 
-def wait_for_completed_trials(proc, log_path, uri: str, experiment: str, timeout_s: float = 400) -> dict:
-    """Poll ``experiment`` while ``proc`` (a tune driver) runs until a trial has completed; returns every completed
-    run then, by Tune trial id: (run id, end time)."""
+def saved_trial_statuses(experiment_dir: Path) -> dict[str, str]:
+    """Trial id -> status in the experiment state Tune last saved under ``experiment_dir`` (what a ``--resume``
+    starts from); empty while none is saved or one is being written."""
+    states = sorted(experiment_dir.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+        trials = [json.loads(state) for state, _ in data["trial_data"]]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
+def wait_for_completed_trials(proc, log_path, uri: str, experiment: str, experiment_dir: Path,
+                              timeout_s: float = 400) -> dict:
+    """Poll while ``proc`` (a tune driver) runs until a trial has completed in MLflow and Tune has saved it as
+    terminated under ``experiment_dir`` (so a driver killed now resumes without it); returns those trials' runs
+    by Tune trial id: (run id, end time)."""
     deadline = time.time() + timeout_s
     while True:
         assert proc.poll() is None, Path(log_path).read_text()[-3000:]
         assert time.time() < deadline, "no trial completed in time"
-        time.sleep(1)
+        time.sleep(0.5)
         try:
             _, runs = runs_of(uri, experiment, "tags.trial_status = 'completed'")
         except Exception:  # the store is being created by the driver
             continue
-        if runs:
-            time.sleep(2)  # let Tune write its experiment state after the trial's checkpoint
-            _, runs = runs_of(uri, experiment, "tags.trial_status = 'completed'")
-            return {r.data.tags["tune.trial_id"]: (r.info.run_id, r.info.end_time) for r in runs}
+        saved = saved_trial_statuses(experiment_dir)
+        done = {r.data.tags["tune.trial_id"]: (r.info.run_id, r.info.end_time) for r in runs
+                if saved.get(r.data.tags["tune.trial_id"]) == "TERMINATED"}
+        if done:
+            return done
+
+
+def failure_story(client, run) -> str:
+    """What a child run that did not finish says about itself: name, status tags, and its error.txt (the trial's
+    traceback) when logged; for the assertion message, so a rare failure in CI explains itself."""
+    tags = run.data.tags
+    story = (f"{run.info.run_name}: {run.info.status}, trial_status {tags.get('trial_status')}, "
+             f"failures {tags.get('failures')}, error {tags.get('error')!r}")
+    if any(a.path == "error.txt" for a in client.list_artifacts(run.info.run_id)):
+        story += "\n" + Path(client.download_artifacts(run.info.run_id, "error.txt")).read_text()[-2000:]
+    return story
 
 
 def check_tracked(uri: str, experiment: str, n_trials: int, seeds: set[int]):
@@ -107,7 +135,7 @@ def check_tracked(uri: str, experiment: str, n_trials: int, seeds: set[int]):
         assert steps == sorted(set(steps)) and steps[0] == 1  # every epoch once, in order
         status = c.data.tags["trial_status"]
         statuses.append(status)
-        assert c.info.status == "FINISHED"
+        assert c.info.status == "FINISHED", failure_story(client, c)
         if status == "completed":
             assert steps == [1, 2, 3]
             assert [m.step for m in client.get_metric_history(c.info.run_id, "val_hm")] == [1, 2, 3]
@@ -329,7 +357,8 @@ def test_driver_killed_and_resumed_logs_every_trial_exactly_once(demo_store, tmp
                      "--max-concurrent", 1, "--ray-address", ray_cluster.address)
     first = _driver(args, tmp_path / "first.log", tmp_path)
     try:
-        completed_before = wait_for_completed_trials(first, tmp_path / "first.log", uri, "killed")
+        completed_before = wait_for_completed_trials(first, tmp_path / "first.log", uri, "killed",
+                                                     tmp_path / "tune" / "killed" / "demo")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
