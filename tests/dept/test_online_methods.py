@@ -19,6 +19,7 @@ from dept.online import (
 from dept.online.promptsrc import PROMPTSRC_TEMPLATES
 
 CLASSES = ["cat", "dog", "red car"]
+TEMPLATES = PROMPTSRC_TEMPLATES[:3]  # the equality needs no 60 templates; the default's 60 are checked below
 LABELS = torch.tensor([0, 2])
 LR = 0.0035
 WD = 5e-4
@@ -87,7 +88,11 @@ def ref_cat(P, feats):
     return u @ P["cat_head.classifier.weight"].t() + P["cat_head.classifier.bias"]
 
 
-def ref_loss(method, dept, clip, images, P):
+def options(method):
+    return {"templates": TEMPLATES} if method == "promptsrc" else {}
+
+
+def ref_loss(method, dept, clip, images, P, regularise=True):
     model, tau = clip.model, clip.model.logit_scale.exp().item()
     text_ctx, vision = ref_prompts(method, P)
     T = ref_text(model, clip.tokenizer, text_ctx)
@@ -97,10 +102,10 @@ def ref_loss(method, dept, clip, images, P):
     if dept:
         Z = torch.cat([ref_cat(P, ("text", T[LABELS])), ref_cat(P, ("image", V))])
         loss = 0.3 * loss + 0.7 * F.cross_entropy(Z, torch.cat([LABELS, LABELS]))
-    if method == "promptsrc":
+    if method == "promptsrc" and regularise:
         with torch.no_grad():
             zs_t = torch.stack([model.encode_text(clip.tokenizer([t.format(c) for c in CLASSES]))
-                                for t in PROMPTSRC_TEMPLATES]).mean(0)
+                                for t in TEMPLATES]).mean(0)
             zs_t = zs_t / zs_t.norm(dim=-1, keepdim=True)
             zs_v = model.encode_image(images, normalize=True)
             zs_s = tau * zs_v @ zs_t.t()
@@ -111,12 +116,17 @@ def ref_loss(method, dept, clip, images, P):
 
 
 # --------------------------------------------------------------------------- tests
-CASES = [("maple", False), ("maple", True), ("promptsrc", False), ("promptsrc", True)]
+# PromptSRC's cases run its frozen-tower passes too (about 10-30 s each on 2 shared CPU cores): slow.
+CASES = [
+    pytest.param(m, d, id=f"{m}{'+dept' if d else ''}", marks=[pytest.mark.slow] if m == "promptsrc" else [])
+    for m, d in [("maple", False), ("maple", True), ("promptsrc", False), ("promptsrc", True)]
+]
 
 
-@pytest.mark.parametrize("method,dept", CASES, ids=[f"{m}{'+dept' if d else ''}" for m, d in CASES])
+@pytest.mark.parametrize("method,dept", CASES)
 def test_one_step_equals_independent_implementation(vit, images, method, dept):
-    learner = build_online_learner(method, vit, CLASSES, dept=DePTConfig() if dept else None)
+    learner = build_online_learner(method, vit, CLASSES, dept=DePTConfig() if dept else None,
+                                   method_options=options(method))
     lr = learner.method.default_lr
     P = {k: v.detach().clone().requires_grad_(True) for k, v in learner.named_parameters()}
     assert all(k.startswith(("method.", "cat_head.")) for k in P) and (any(k.startswith("cat_head.") for k in P) == dept)
@@ -163,10 +173,12 @@ def test_maple_prompt_depth_respected(vit, images):
     vis_prompts = [p.detach() for p in m.vision_prompts()]
     for i in range(1, 12):
         text_in, vis_in = seen_text[i][:, 1:1 + n], seen_vis[i][:, -n:]
-        replaced = i < depth
-        assert torch.equal(text_in, m.deep_text[i - 1].detach().expand_as(text_in)) == replaced, i
-        assert torch.allclose(vis_in, vis_prompts[i].expand_as(vis_in)) == replaced if replaced else \
-            not torch.allclose(vis_in, vis_prompts[-1].expand_as(vis_in)), i
+        if i < depth:  # the layer's own prompts replace the previous layer's outputs there
+            assert torch.equal(text_in, m.deep_text[i - 1].detach().expand_as(text_in)), i
+            assert torch.equal(vis_in, vis_prompts[i].expand_as(vis_in)), i
+        else:  # past the depth: the propagated tokens, none of the learned prompts
+            assert not any(torch.allclose(text_in, p.detach().expand_as(text_in)) for p in m.deep_text), i
+            assert not any(torch.allclose(vis_in, p.expand_as(vis_in)) for p in vis_prompts), i
     # the coupling: each layer's vision prompt is its linear map of that layer's text prompt
     assert torch.allclose(vis_prompts[1], m.deep_proj[0](m.deep_text[0]).detach())
     with pytest.raises(ValueError):
@@ -213,7 +225,7 @@ def test_dept_base_logits_are_the_fusion(vit, images, method, fusion):
         learner.cat_head.cwt_image.shift.add_(0.2)
     P = {k: v.detach() for k, v in learner.named_parameters()}
     with torch.no_grad():
-        _, s, V = ref_loss(method, False, vit, images, P)
+        _, s, V = ref_loss(method, False, vit, images, P, regularise=False)
         cat = ref_cat(P, ("image", V))
         want = 0.4 * s + 0.6 * cat if fusion == "logits" else 0.4 * s.softmax(-1) + 0.6 * cat.softmax(-1)
         got = learner.base_scores(images)
