@@ -499,7 +499,7 @@ class PromptTextEncoder(nn.Module):
         ctx = layer_ctx[0]
         n, d = ctx.shape
         emb = classes.embeddings.to(ctx.dtype)
-        Kc, S = emb.shape[0], emb.shape[1]
+        Kc = emb.shape[0]
         x = torch.cat([self._sos().to(ctx.dtype).expand(Kc, 1, d), ctx.unsqueeze(0).expand(Kc, n, d), emb], dim=1)
         L = x.shape[1]
         x = x + self._tower.positional_embedding[:L].to(x.dtype)
