@@ -11,10 +11,12 @@ from dept.online.learner import (
     build_online_learner,
     online_optimizer,
     online_training_step,
+    train_online,
 )
 from dept.online.promptsrc import GaussianPromptAverage, gaussian_weights
 
 __all__ = [
     "ONLINE_METHODS", "GaussianPromptAverage", "OnlineLearner", "OnlinePromptMethod", "build_online_learner",
     "gaussian_weights", "online_optimizer", "online_training_step", "register_online_method",
+    "train_online",
 ]

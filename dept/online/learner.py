@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dept.clip import LoadedClip
-from dept.config import DePTConfig, applied_dept
+from dept.config import DePTConfig, TrainConfig, applied_dept
 from dept.head import CATHead, dept_loss, fuse
 from dept.online.base import ONLINE_METHODS, OnlinePromptMethod
+from dept.online.promptsrc import GaussianPromptAverage
 from dept.online.vision import VisionPromptError, unsupported_reason
 from dept.text_encoder import ClassTokens, PromptTextEncoder
 
@@ -160,3 +162,40 @@ def build_online_learner(
         )
     learner.method_options = asdict(options)
     return learner.to(next(clip.model.parameters()).device)
+
+
+def train_online(
+    learner: OnlineLearner,
+    batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    config: TrainConfig | None = None,
+    *,
+    average: bool | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train from pixels: ``batches(epoch)`` yields ``(images, labels)`` for 0-based ``epoch``. The schedule is the
+    reference recipe's (``TrainConfig.lr_at``: constant warmup, then cosine; every group at its own base lr).
+    ``config`` None: ``TrainConfig`` with the method's reference epochs, lr and batch size. ``average``: PromptSRC's
+    Gaussian prompt aggregation over the epochs (None: on for methods with ``gpa_mean`` in their options); the
+    averaged state is loaded at the end. Returns each epoch's mean loss; ``on_epoch(epoch, loss)`` after each."""
+    cls = type(learner.method)
+    config = config or TrainConfig(epochs=cls.default_epochs, lr=cls.default_lr, batch_size=cls.default_batch_size)
+    opt = online_optimizer(learner, config.lr, head_lr_mult=config.head_lr_mult, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    o = learner.method.options
+    if average is None:
+        average = hasattr(o, "gpa_mean")
+    gpa = GaussianPromptAverage(config.epochs, o.gpa_mean, o.gpa_std) if average and config.epochs else None
+    history = []
+    for epoch in range(config.epochs):
+        for g, base in zip(opt.param_groups, base_lrs):
+            g["lr"] = config.lr_at(epoch, base)
+        losses = [online_training_step(learner, opt, x, y).item() for x, y in batches(epoch)]
+        history.append(sum(losses) / len(losses) if losses else float("nan"))
+        if gpa is not None:
+            gpa.update(learner, epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, history[-1])
+    if gpa is not None:
+        gpa.apply(learner)
+    return history

@@ -234,3 +234,28 @@ def test_dept_base_logits_are_the_fusion(vit, images, method, fusion):
         plain = build_online_learner(method, vit, CLASSES, dept=None)
         assert plain.cat_head is None
         assert torch.allclose(plain.base_scores(images), plain.new_scores(images, CLASSES))
+
+
+def test_train_online_applies_gaussian_prompt_average():
+    from dept.config import TrainConfig
+    from dept.online import train_online
+    from tests.conftest import TINY_MODEL
+
+    tiny = load_clip(TINY_MODEL, None)
+    opts = {"text_depth": 2, "vision_depth": 2, "n_ctx_vision": 2, "templates": TEMPLATES, "gpa_mean": 2.0}
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    for method, options in [("promptsrc", opts), ("maple", {"prompt_depth": 2})]:
+        learner = build_online_learner(method, tiny, CLASSES, method_options=options)
+        states = []
+        config = TrainConfig(epochs=3, lr=0.05, batch_size=2)
+        history = train_online(learner, lambda e: [(x, LABELS)], config,
+                               on_epoch=lambda e, loss: states.append({k: v.clone() for k, v in learner.state_dict().items()}))
+        assert len(history) == 3 and all(math.isfinite(h) for h in history)
+        final = learner.state_dict()
+        if method == "promptsrc":  # the sum of the epochs' states, weighted as GPA says
+            w = gaussian_weights(3, 2.0, 1.0)
+            for k in final:
+                assert torch.allclose(final[k], sum(wi * s[k] for wi, s in zip(w, states)), atol=1e-6), k
+            assert not torch.allclose(final["method.ctx"], states[-1]["method.ctx"])
+        else:  # MaPLe: no averaging, the last epoch's state
+            assert all(torch.equal(final[k], states[-1][k]) for k in final)
