@@ -1,6 +1,7 @@
 """MaPLe and PromptSRC (dept.online), alone and with DePT, on a real ViT-B-16 with random weights: one training
 step from pixels equals an independent implementation written here on open_clip's modules directly (full
 77-token text sequences, the towers' own blocks), in loss, gradients and the parameters after the SGD step."""
+import dataclasses
 import math
 
 import pytest
@@ -217,9 +218,8 @@ def test_gaussian_aggregation_weights():
 
 
 @pytest.mark.parametrize("method", ["maple", "promptsrc"])
-@pytest.mark.parametrize("fusion", ["logits", "probs"])
-def test_dept_base_logits_are_the_fusion(vit, images, method, fusion):
-    learner = build_online_learner(method, vit, CLASSES, dept=DePTConfig(fusion_weight=0.6, fusion=fusion))
+def test_dept_base_logits_are_the_fusion(vit, images, method):
+    learner = build_online_learner(method, vit, CLASSES, dept=DePTConfig(fusion_weight=0.6))
     with torch.no_grad():  # a non-identity CAT head, so the fusion is not trivially the ITM logits
         learner.cat_head.cwt_image.scale.mul_(1.5).add_(0.1)
         learner.cat_head.cwt_image.shift.add_(0.2)
@@ -227,13 +227,15 @@ def test_dept_base_logits_are_the_fusion(vit, images, method, fusion):
     with torch.no_grad():
         _, s, V = ref_loss(method, False, vit, images, P, regularise=False)
         cat = ref_cat(P, ("image", V))
-        want = 0.4 * s + 0.6 * cat if fusion == "logits" else 0.4 * s.softmax(-1) + 0.6 * cat.softmax(-1)
-        got = learner.base_scores(images)
-        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(learner.base_scores(images), 0.4 * s + 0.6 * cat, rtol=1e-4, atol=1e-5)
+        learner.dept = dataclasses.replace(learner.dept, fusion="probs")  # the paper's text: fused probabilities
+        assert torch.allclose(learner.base_scores(images, fusion_weight=0.3),
+                              0.7 * s.softmax(-1) + 0.3 * cat.softmax(-1), rtol=1e-4, atol=1e-6)
         assert torch.allclose(learner.new_scores(images, CLASSES), s, rtol=1e-4, atol=1e-5)  # new: ITM only
-        plain = build_online_learner(method, vit, CLASSES, dept=None)
-        assert plain.cat_head is None
-        assert torch.allclose(plain.base_scores(images), plain.new_scores(images, CLASSES))
+    plain = build_online_learner(method, vit, CLASSES, dept=None)
+    assert plain.cat_head is None and not any(k.startswith("cat_head") for k in plain.state_dict())
+    zero = build_online_learner(method, vit, CLASSES, dept=DePTConfig(loss_weight=0.0))  # lam 0: the plain method
+    assert zero.cat_head is None and zero.applied_params()["dept_effective"] is False
 
 
 def test_train_online_applies_gaussian_prompt_average():
