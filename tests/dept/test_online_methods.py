@@ -117,9 +117,9 @@ def ref_loss(method, dept, clip, images, P, regularise=True):
 
 
 # --------------------------------------------------------------------------- tests
-# PromptSRC's cases run its frozen-tower passes too (about 10-30 s each on 2 shared CPU cores): slow.
+# About 3-5 s each on 2 idle CPU cores (PromptSRC's with its frozen-tower passes and 3 templates): not slow.
 CASES = [
-    pytest.param(m, d, id=f"{m}{'+dept' if d else ''}", marks=[pytest.mark.slow] if m == "promptsrc" else [])
+    pytest.param(m, d, id=f"{m}{'+dept' if d else ''}")
     for m, d in [("maple", False), ("maple", True), ("promptsrc", False), ("promptsrc", True)]
 ]
 
