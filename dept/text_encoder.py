@@ -55,6 +55,7 @@ class ClassTokens:
     embeddings: Tensor  # [K, S, d] frozen token embeddings, zero after each row's EOT
     lengths: tuple[int, ...]  # tokens per row, EOT included
     eot_index: tuple[int, ...]  # position of the pooled (EOT) token within each row
+    lead: str = ""  # fixed words between the context and the class name (MaPLe's "of a"); "" for most methods
 
     def __len__(self) -> int:
         return len(self.classnames)
@@ -74,12 +75,13 @@ class ClassTokens:
             embeddings=self.embeddings[start:stop, :s],
             lengths=lengths,
             eot_index=self.eot_index[start:stop],
+            lead=self.lead,
         )
 
     def to(self, device: torch.device | str) -> "ClassTokens":
         return ClassTokens(
             self.classnames, self.suffix, self.token_ids.to(device), self.embeddings.to(device), self.lengths,
-            self.eot_index,
+            self.eot_index, self.lead,
         )
 
 
@@ -197,7 +199,7 @@ class PromptTextEncoder(nn.Module):
         self._batch_first_input = hasattr(tower.transformer, "batch_first")
         sot = self._tokenize([""])[0]
         self._sot_id = int(sot[0])
-        self._class_cache: dict[tuple[tuple[str, ...], str], ClassTokens] = {}
+        self._class_cache: dict[tuple, ClassTokens] = {}
 
     # ------------------------------------------------------------------ tokens
     @property
@@ -228,15 +230,19 @@ class PromptTextEncoder(nn.Module):
         return self._tower.token_embedding(tok).detach().clone()
 
     @torch.no_grad()
-    def class_tokens(self, classnames: list[str], suffix: str = ".") -> ClassTokens:
-        """Tokenize ``" {name}{suffix}"`` for every class once (cached): frozen embeddings ``[K, S, d]``."""
-        key = (tuple(classnames), suffix)
+    def class_tokens(self, classnames: list[str], suffix: str = ".", *, lead: str = "") -> ClassTokens:
+        """Tokenize ``" {name}{suffix}"`` for every class once (cached): frozen embeddings ``[K, S, d]``.
+
+        ``lead``: fixed words put before every class name, ``" {lead} {name}{suffix}"`` (a context initialised
+        from a phrase longer than the learned tokens keeps the rest of the phrase here, as MaPLe does)."""
+        key = (tuple(classnames), suffix) if not lead else (tuple(classnames), suffix, lead)
         hit = self._class_cache.get(key)
         if hit is not None:
             return hit
         if not classnames:
             raise TextEncoderError("class_tokens needs at least one class name")
-        ids = self._tokenize([f" {name}{suffix}" for name in classnames])
+        head = f" {lead.strip()}" if lead.strip() else ""
+        ids = self._tokenize([f"{head} {name}{suffix}" for name in classnames])
         eots = self._eot_positions(ids)
         for name, e in zip(classnames, eots):
             if e + 1 > self.context_length:
@@ -259,6 +265,7 @@ class PromptTextEncoder(nn.Module):
             embeddings=emb,
             lengths=lengths,
             eot_index=tuple(e - 1 for e in lengths),
+            lead=lead.strip(),
         )
         if len(self._class_cache) >= 16:  # a handful of class lists per run (base, new, all); keep it bounded
             self._class_cache.pop(next(iter(self._class_cache)))
@@ -459,6 +466,58 @@ class PromptTextEncoder(nn.Module):
             x = self._mlp_residual(blk, x, o.view(G, Kc * S, d).index_select(1, slot))
         eot = (torch.cumsum(lengths, 0) - lengths + torch.tensor(classes.eot_index)).to(dev)  # in the packed layout
         return self._project(x.index_select(1, eot))  # [G, Kc, D]
+
+    # ------------------------------------------------------------------ deep prompts (MaPLe, PromptSRC)
+    def deep_forward(self, layer_ctx: Sequence[Tensor], classes: ClassTokens, *, chunk_size: int | None = None) -> Tensor:
+        """``[K, D]`` raw text features of ``[SOS, ctx, class suffix]`` prompts with deep prompts.
+
+        ``layer_ctx[0]`` ``[n, d]`` is the context at the input (token embeddings, positional embedding added);
+        ``layer_ctx[i]`` ``[n, d]`` for ``i >= 1`` replaces the ``n`` context positions' hidden states at the input
+        of layer ``i`` (no positional embedding), so the previous layer's outputs there are dropped. Layers from
+        ``len(layer_ctx)`` on take the propagated states. One prompt depth J = ``len(layer_ctx)`` <= layers.
+        The sequence is cut after the longest prompt's EOT, as on the truncated path (exact: causal mask)."""
+        if not layer_ctx:
+            raise TextEncoderError("deep_forward needs at least the input-layer context")
+        n_layers = len(self._tower.transformer.resblocks)
+        if len(layer_ctx) > n_layers:
+            raise TextEncoderError(f"{len(layer_ctx)} prompt layers for a text tower of {n_layers} layers")
+        n = layer_ctx[0].shape[0]
+        for i, c in enumerate(layer_ctx):
+            if c.dim() != 2 or c.shape != (n, self.width):
+                raise TextEncoderError(f"layer {i} context must be [{n}, {self.width}], got {list(c.shape)}")
+        if chunk_size is not None and chunk_size < 1:
+            raise TextEncoderError(f"chunk_size must be >= 1, got {chunk_size}")
+        self._check_lengths(n, classes)
+        layer_ctx = [c.to(self.dtype) for c in layer_ctx]
+        if classes.embeddings.device != layer_ctx[0].device:
+            classes = classes.to(layer_ctx[0].device)
+        K = len(classes)
+        step = chunk_size or K
+        return torch.cat([self._deep_chunk(layer_ctx, classes.select(i, min(i + step, K))) for i in range(0, K, step)])
+
+    def _deep_chunk(self, layer_ctx: list[Tensor], classes: ClassTokens) -> Tensor:
+        ctx = layer_ctx[0]
+        n, d = ctx.shape
+        emb = classes.embeddings.to(ctx.dtype)
+        Kc = emb.shape[0]
+        x = torch.cat([self._sos().to(ctx.dtype).expand(Kc, 1, d), ctx.unsqueeze(0).expand(Kc, n, d), emb], dim=1)
+        L = x.shape[1]
+        x = x + self._tower.positional_embedding[:L].to(x.dtype)
+        mask = self._tower.attn_mask[:L, :L].to(device=x.device, dtype=x.dtype)
+        tr = self._tower.transformer
+        batch_first = bool(getattr(tr, "batch_first", False))  # old open_clip blocks take [L, N, d]
+        h = x if batch_first else x.transpose(0, 1)
+        for i, blk in enumerate(tr.resblocks):
+            if 0 < i < len(layer_ctx):
+                c = layer_ctx[i]
+                if batch_first:
+                    h = torch.cat([h[:, :1], c.unsqueeze(0).expand(h.shape[0], n, d), h[:, 1 + n:]], dim=1)
+                else:
+                    h = torch.cat([h[:1], c.unsqueeze(1).expand(n, h.shape[1], d), h[1 + n:]], dim=0)
+            h = blk(h, attn_mask=mask)
+        h = h if batch_first else h.transpose(0, 1)
+        idx = torch.tensor([1 + n + e for e in classes.eot_index], device=h.device)
+        return self._project(h[torch.arange(Kc, device=h.device), idx])
 
     # ------------------------------------------------------------------ hand-written prompts
     @torch.no_grad()
