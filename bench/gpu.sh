@@ -100,4 +100,12 @@ if [[ -n "${POP_COMPILE:-}" && $dry == 0 ]]; then  # extra, outside the plan: th
     timeout 150 "$PY" "${pop[@]}" --amp --compile "$POP_COMPILE" --exact-members 2 --exact-epochs 1 \
         --out "$out/compiled" >"$out/population_compiled.log" 2>&1 || echo "compiled run failed ($?)"
 fi
+# Extra, outside the plan: the orchestration ceiling (bench/orchestration_ceiling.py, short: P = 1 / 8, 3 epochs,
+# budget 150 s) needs Ray and MLflow (the tune CLI), which the device image lacks: then it is skipped, in one line.
+if "$PY" -c "import ray, mlflow" 2>/dev/null; then
+    timeout 150 "$PY" bench/orchestration_ceiling.py --members 1,8 --epochs 3 --out "$out/ceiling" \
+        >"$out/ceiling.log" 2>&1 || echo "ceiling run failed or timed out ($?)"
+else
+    echo "== ceiling: skipped (Ray / MLflow not importable here; bench/orchestration_ceiling.py drives the tune CLI)"
+fi
 IFS=,; exec "$PY" bench/gpu_report.py "$out" --plan "${plan[*]}" --rc "${rcs[*]}"

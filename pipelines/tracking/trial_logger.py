@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from pipelines import benchtimers
 from pipelines.secrets import mask_uri
 from pipelines.tracking.client import (
     Tracker,
@@ -232,7 +233,8 @@ class MlflowTrialLogger(_ray_callback_base()):
             self.on_setup()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.log_result(trial.trial_id, trial.config, result)
+        with benchtimers.timed("mlflow_result"):  # bench only (pipelines.benchtimers); a no-op unless asked for
+            self.log_result(trial.trial_id, trial.config, result)
 
     def keep_learned_state(self, trial) -> None:
         """A completed trial's final checkpoint (learned state, hyperparameters, final report) and its config as
@@ -253,6 +255,10 @@ class MlflowTrialLogger(_ray_callback_base()):
             self.on_trial_end(trial)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        with benchtimers.timed("mlflow_complete"):  # bench only (pipelines.benchtimers); a no-op unless asked for
+            self._on_trial_complete(trial)
+
+    def _on_trial_complete(self, trial):
         self._ended(trial)
         status = end_status(trial.last_result)
         if status == COMPLETED:

@@ -31,6 +31,7 @@ from typing import Callable
 
 from dept.protocols import BASE_TO_NEW
 from pipelines.store import open_store, open_target_store
+from pipelines.trial import standin
 from pipelines.trial.context import TrialContext
 from pipelines.trial.settings import Hyperparameters
 from pipelines.vocabulary import STATE_NAMES, TEST_BASE_ACC, TEST_HM, TEST_NEW_ACC, VAL_ACC
@@ -185,6 +186,8 @@ def plan_trial(hp: Hyperparameters, ctx: TrialContext, clip) -> TrialPlan:
         return _plan_transfer_trial(hp, ctx, clip)
     from dept import evaluate_base_new
 
+    if standin.enabled():  # bench only (pipelines.trial.standin)
+        evaluate_base_new = standin.evaluate_base_new  # noqa: F811
     data = read_trial_data(ctx, hp, clip.identity)
     log.info("%s %s seed %d: %d train images, %d base classes", ctx.dataset, hp.method, hp.seed,
              len(data.train.labels), len(data.train.classnames))
@@ -259,6 +262,8 @@ def run_trial(
 
     from dept import PopulationOptions, save_state, train
 
+    if standin.enabled():  # bench only (pipelines.trial.standin)
+        train = standin.train  # noqa: F811
     torch.set_num_threads(max(1, ctx.num_threads))
     started = time.perf_counter()
     plan = plan_trial(hp, ctx, text_tower(ctx))
@@ -322,6 +327,8 @@ def _plan_transfer_trial(hp: Hyperparameters, ctx: TrialContext, clip) -> TrialP
              hp.method, hp.seed, len(fs_train.labels), len(fs_train.classnames), len(targets))
 
     def validate(learner) -> dict:
+        if standin.enabled():  # bench only (pipelines.trial.standin): the metric without its forward
+            return {VAL_ACC: 0.0}
         return {VAL_ACC: source_accuracy(learner, fs_val.features, fs_val.labels)}
 
     def finish(last: dict, tested) -> dict:

@@ -35,6 +35,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines import benchtimers
+from pipelines.trial import standin
 from pipelines.trial.plan import STATE_FILE, epoch_reporter, plan_trial, text_tower
 from pipelines.vocabulary import POPULATION_SIZE_TAG, POPULATION_TAG
 
@@ -154,6 +156,9 @@ class PopulationHost:
         from dept import PopulationOptions, save_state, train_population
         from dept.schedule import TrainResume
 
+        if standin.enabled():  # bench only (pipelines.trial.standin)
+            train_population = standin.train_population  # noqa: F811
+
         ctx = self.context
         torch.set_num_threads(max(1, ctx.num_threads))
         started = time.perf_counter()
@@ -171,7 +176,8 @@ class PopulationHost:
         reporters = [epoch_reporter(plans[p].hp, last[p], None, hand_out(t)) for p, t in enumerate(ids)]
 
         def after_epoch(epoch: int, members: list[int]) -> list[int]:
-            gone = set(self._decisions(epoch, [ids[p] for p in members]))
+            with benchtimers.timed("barrier_wait", members=len(members)):  # bench only; a no-op unless asked for
+                gone = set(self._decisions(epoch, [ids[p] for p in members]))
             return [p for p in members if ids[p] in gone]
 
         features, labels = plans[0].features, plans[0].labels  # one shape: the same training images

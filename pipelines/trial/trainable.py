@@ -18,6 +18,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from pipelines import benchtimers
 from pipelines.trial.context import FAIL_ONCE_ENV, TrialContext
 from pipelines.trial.plan import (
     FINAL_FILE,
@@ -48,6 +49,7 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
 
     # A worker may have inherited a driver's MLflow run; trials never write to MLflow (the driver does).
     os.environ.pop("MLFLOW_RUN_ID", None)
+    benchtimers.record("trial_start", 0.0)  # bench only (pipelines.benchtimers); a no-op unless asked for
     hp = context.hyperparameters(config)
     trial_id = tune.get_context().get_trial_id()
     resume = None
@@ -75,9 +77,11 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
             time.sleep(context.epoch_pause_s)
         # Every epoch's report carries the state to resume from: a retry repeats no finished epoch.
         with tempfile.TemporaryDirectory(prefix="dept-epoch-") as d:
-            state.save(Path(d) / RESUME_FILE)
-            tune.report({**metrics, NODE_ID_KEY: node_id, RESUMED_KEY: start_epoch},
-                        checkpoint=tune.Checkpoint.from_directory(d))
+            with benchtimers.timed("checkpoint_write"):  # bench only; a no-op unless asked for
+                state.save(Path(d) / RESUME_FILE)
+            with benchtimers.timed("tune_report"):  # the round trip, the checkpoint's upload to storage included
+                tune.report({**metrics, NODE_ID_KEY: node_id, RESUMED_KEY: start_epoch},
+                            checkpoint=tune.Checkpoint.from_directory(d))
         reports["n"] += 1
         if context.fail_once_dir and reports["n"] == 1:
             marker = Path(context.fail_once_dir) / f"{trial_id}.failed-once"
@@ -93,7 +97,8 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
         final = {**final, NODE_ID_KEY: node_id, RESUMED_KEY: start_epoch}
         (Path(folder) / FINAL_FILE).write_text(json.dumps(final))
         (Path(folder) / HYPERPARAMETERS_FILE).write_text(json.dumps(asdict(hp), indent=1))
-        tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
+        with benchtimers.timed("tune_report_final"):  # bench only; a no-op unless asked for
+            tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
         if context.population > 1:
