@@ -446,14 +446,10 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
                     storage_path=plan.experiment_path.rsplit("/", 1)[0],
                     failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                     # Every epoch reports a checkpoint (training state; the last one: final.json + learned
-                    # state), so a retried trial (lost node, failed worker) resumes after its last epoch. All are
-                    # kept (a few MB per epoch at most): with num_to_keep, Tune deletes the previous checkpoint
-                    # as soon as the next one registers, while its saved experiment state still names the old
-                    # one for a moment, so a driver killed then resumes into "checkpoint does not exist" and
-                    # fails the trial. Kept, the state on storage always names a checkpoint that exists; a
-                    # trial resumed from a state saved a few epochs back redoes those epochs (MLflow keeps each
-                    # epoch once; the result is the same, training is exact from any epoch's checkpoint).
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                    # state), so a retried trial (lost node, failed worker) resumes after its last epoch. Keeping
+                    # only the newest is enough for that; it also makes Tune save its experiment state as each
+                    # checkpoint lands, so a killed driver loses little.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     callbacks=[logger],
                     verbose=0,
                 ),
