@@ -21,15 +21,24 @@ log = logging.getLogger(__name__)
 METHODS: dict[str, type["PromptMethod"]] = {}
 
 
-def register_method(name: str):
-    def decorate(cls: type[PromptMethod]) -> type[PromptMethod]:
-        if name in METHODS:
-            raise ValueError(f"prompt method {name!r} registered twice")
-        cls.name = name
-        METHODS[name] = cls
-        return cls
+def registrar(registry: dict[str, type], kind: str):
+    """A class decorator factory for ``registry``: ``@register("name")`` sets ``cls.name`` and files the class under
+    it, refusing a name taken twice (``kind`` names the registry in that error)."""
 
-    return decorate
+    def register(name: str):
+        def decorate(cls: type) -> type:
+            if name in registry:
+                raise ValueError(f"{kind} {name!r} registered twice")
+            cls.name = name
+            registry[name] = cls
+            return cls
+
+        return decorate
+
+    return register
+
+
+register_method = registrar(METHODS, "prompt method")
 
 
 @dataclass(frozen=True)

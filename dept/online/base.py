@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from dept.methods.base import MethodOptions
+from dept.methods.base import MethodOptions, registrar
 
 if TYPE_CHECKING:
     from dept.text_encoder import ClassTokens, PromptTextEncoder
@@ -19,15 +19,7 @@ if TYPE_CHECKING:
 ONLINE_METHODS: dict[str, type["OnlinePromptMethod"]] = {}
 
 
-def register_online_method(name: str):
-    def decorate(cls: type[OnlinePromptMethod]) -> type[OnlinePromptMethod]:
-        if name in ONLINE_METHODS:
-            raise ValueError(f"online prompt method {name!r} registered twice")
-        cls.name = name
-        ONLINE_METHODS[name] = cls
-        return cls
-
-    return decorate
+register_online_method = registrar(ONLINE_METHODS, "online prompt method")
 
 
 class OnlinePromptMethod(nn.Module):
