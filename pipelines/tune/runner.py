@@ -36,6 +36,7 @@ from pipelines.tracking.client import Tracker, check_tracking_uri, default_track
 from pipelines.tracking.lease import ExperimentLease, LeaseHeld
 from pipelines.tracking.summary import finish_parent, rank_configs, write_parent_summary
 from pipelines.trial.context import TrialContext, TrialSetupError, make_context
+from pipelines.trial.restore import trainable_class
 from pipelines.trial.targets import ProtocolError, check_class_specific
 from pipelines.tune.spaces import SearchSpace, load_space, space_changes
 from pipelines.vocabulary import (
@@ -418,7 +419,8 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
         # A trial that ended (stopped, failed, retrying) leaves its population.
         logger.on_trial_end = lambda trial: registry.leave.remote(trial.trial_id,
                                                                   (trial.last_result or {}).get(POPULATION_TAG))
-    trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=ctx), resources)
+    # The trial's class restores from the checkpoint that replaced the one a killed driver's saved state names.
+    trainable = tune.with_resources(trainable_class(tune.with_parameters(tune_trainable, context=ctx)), resources)
     started = time.perf_counter()
     ok = False
     interrupted = False
@@ -448,7 +450,8 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
                     # Every epoch reports a checkpoint (training state; the last one: final.json + learned
                     # state), so a retried trial (lost node, failed worker) resumes after its last epoch. Keeping
                     # only the newest is enough for that; it also makes Tune save its experiment state as each
-                    # checkpoint lands, so a killed driver loses little.
+                    # checkpoint lands, so a killed driver loses little. That save lands after the older checkpoint
+                    # is deleted: pipelines.trial.restore covers a driver killed in between.
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     callbacks=[logger],
                     verbose=0,

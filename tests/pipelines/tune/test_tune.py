@@ -53,18 +53,26 @@ def runs_of(uri: str, experiment: str, filter_string: str = ""):
     return client, (client.search_runs([exp.experiment_id], filter_string) if exp else [])
 
 
+def saved_trial_checkpoints(experiment_dir: Path) -> dict[str, tuple[str, str | None]]:
+    """Trial id -> (status, the checkpoint folder its last result names) in the experiment state Tune last saved."""
+    states = sorted(experiment_dir.glob("experiment_state-*.json"))
+    try:
+        data = json.loads(states[-1].read_text())
+        trials = [(json.loads(state), json.loads(meta)) for state, meta in data["trial_data"]]
+    except (IndexError, OSError, ValueError, KeyError):
+        return {}
+    return {t["trial_id"]: (t["status"], (m.get("last_result") or {}).get("checkpoint_dir_name")) for t, m in trials}
+
+
 def saved_trial_statuses(experiment_dir: Path) -> dict[str, str]:
     """Trial id -> status in the experiment state Tune last saved under ``experiment_dir`` (what a ``--resume``
     starts from); empty while none is saved or one is being written."""
-    states = sorted(experiment_dir.glob("experiment_state-*.json"))
-    if not states:
-        return {}
-    try:
-        data = json.loads(states[-1].read_text())
-        trials = [json.loads(state) for state, _ in data["trial_data"]]
-    except (OSError, ValueError, KeyError):
-        return {}
-    return {t["trial_id"]: t["status"] for t in trials}
+    return {trial_id: status for trial_id, (status, _) in saved_trial_checkpoints(experiment_dir).items()}
+
+
+def trial_dir_of(experiment_dir: Path, trial_id: str) -> Path:
+    (trial_dir,) = [p for p in experiment_dir.iterdir() if p.is_dir() and trial_id in p.name]
+    return trial_dir
 
 
 def wait_for_completed_trials(proc, log_path, uri: str, experiment: str, experiment_dir: Path,
@@ -355,13 +363,27 @@ def test_driver_killed_and_resumed_logs_every_trial_exactly_once(demo_store, tmp
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     args = tune_args(demo_store, tmp_path, uri, "killed", "--space", tmp_path / "space.yaml", "--method", "coop",
                      "--max-concurrent", 1, "--ray-address", ray_cluster.address)
+    experiment_dir = tmp_path / "tune" / "killed" / "demo"
     first = _driver(args, tmp_path / "first.log", tmp_path)
     try:
-        completed_before = wait_for_completed_trials(first, tmp_path / "first.log", uri, "killed",
-                                                     tmp_path / "tune" / "killed" / "demo")
+        completed_before = wait_for_completed_trials(first, tmp_path / "first.log", uri, "killed", experiment_dir)
+        # Kill while the saved state names a running trial's checkpoint, so the race below can be staged.
+        deadline = time.time() + 120
+        while not (running := [(t, c) for t, (status, c) in saved_trial_checkpoints(experiment_dir).items()
+                               if status == "RUNNING" and c]):
+            assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.2)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
+    # Tune deletes a trial's previous checkpoint as the next one registers and saves its state afterwards; a driver
+    # killed in between leaves a state naming a deleted checkpoint. Stage it: the named folder becomes the next
+    # one (unless the kill already landed in that window). The resumed trial must still finish, every epoch once.
+    raced_trial, named = running[0]
+    named_dir = trial_dir_of(experiment_dir, raced_trial) / named
+    if named_dir.is_dir():
+        index = int(named.rsplit("_", 1)[1])
+        named_dir.rename(named_dir.with_name(f"checkpoint_{index + 1:06d}"))
     _, parents = runs_of(uri, "killed", "tags.role = 'parent'")
     assert parents[0].info.status == "RUNNING"  # killed mid-experiment: no summary yet
     _, trials_at_kill = runs_of(uri, "killed", "tags.role = 'trial'")
@@ -378,8 +400,11 @@ def test_driver_killed_and_resumed_logs_every_trial_exactly_once(demo_store, tmp
         # Finished before the kill: the same run, untouched, and the trial was not trained again.
         assert by_trial[trial_id].info.run_id == run_id
         assert by_trial[trial_id].info.end_time == end_time
-        (trial_dir,) = [p for p in (tmp_path / "tune" / "killed" / "demo").iterdir() if trial_id in p.name]
+        trial_dir = trial_dir_of(experiment_dir, trial_id)
         assert len((trial_dir / "result.json").read_text().splitlines()) == 3  # epochs 1, 2, 3 reported once
+    # The trial whose named checkpoint was gone resumed from the one that replaced it (check_tracked: FINISHED,
+    # every epoch logged once).
+    assert by_trial[raced_trial].data.tags["trial_status"] in ("completed", "stopped_early")
     # Runs of trials that were under way at the kill were continued, not duplicated.
     assert {r.data.tags["tune.trial_id"] for r in trials_at_kill} <= set(by_trial)
 
