@@ -15,14 +15,13 @@ import re
 
 import pyarrow.fs as pafs
 from ray import tune
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.trainable.function_trainable import wrap_function
 
 log = logging.getLogger(__name__)
 
 #: Tune's checkpoint folders: ``checkpoint_000003`` is a trial's 4th checkpoint.
 CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
-#: The result key Tune counts reports in (ray.air.constants.TRAINING_ITERATION).
-TRAINING_ITERATION = "training_iteration"
 
 
 def replacement_checkpoint(fs: pafs.FileSystem, path: str) -> tuple[str, int] | None:

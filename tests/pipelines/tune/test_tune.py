@@ -321,7 +321,7 @@ def test_tune_against_mlflow_server_with_a_trial_failing_once(demo_store, tmp_pa
             # repeated, checked above); the retry ran to the end or until ASHA stopped it — not an error.
             assert c.data.tags["failures"] == "1"
             assert c.data.tags["trial_status"] in ("completed", "stopped_early")
-            (trial_dir,) = [p for p in (tmp_path / "tune" / "server" / "demo").iterdir() if trial_id in p.name]
+            trial_dir = trial_dir_of(tmp_path / "tune" / "server" / "demo", trial_id)
             resumed = [json.loads(line)["resumed_after_epoch"] for line in open(trial_dir / "result.json")]
             assert resumed[0] == 0 and resumed[1:] and set(resumed[1:]) == {1}, resumed
         else:
