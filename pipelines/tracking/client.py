@@ -277,8 +277,44 @@ def log_feature_store_input(tracker: "Tracker", run_id: str, tags: dict[str, Any
         source = resolve_dataset_source(mask_uri(str(tags["features_url"])))
     dataset = MetaDataset(source, name=str(tags.get("dataset") or "features"),
                           digest=str(tags.get("feature_fingerprint") or "")[:36] or None)
-    tracker.client.log_inputs(run_id, datasets=[
-        DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])])
+    inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])]
+    # The server keeps one input per (dataset name, digest, run): sending it again is harmless.
+    resend_after_reset(lambda: tracker.client.log_inputs(run_id, datasets=inputs), f"log the input of run {run_id}")
+
+
+#: What MLflow's client says when the connection broke after a request was sent (a server killed mid-request).
+#: MLflow resends such a POST only for the writes it knows the server applies idempotently (log_batch, set_tag,
+#: update_run, ...), not for create_run or log_inputs: for those the Tracker resends itself, knowing how to make
+#: them safe to repeat. A refused connection (server down) is retried by MLflow itself, with backoff.
+BROKEN_MID_REQUEST = ("Connection aborted", "RemoteDisconnected", "Connection reset", "Broken pipe")
+#: Sends of one request at most after its connection broke; each resend's connect waits out a restarting server
+#: under MLflow's own backoff (MLFLOW_HTTP_REQUEST_MAX_RETRIES), so a few are plenty.
+RESENDS = 3
+
+
+def broke_mid_request(error: BaseException) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(error, MlflowException) and any(s in str(error) for s in BROKEN_MID_REQUEST)
+
+
+def resend_after_reset(send, what: str, *, settled=None):
+    """``send()``, sent again (at most :data:`RESENDS` times) when its connection broke mid-request; before each
+    resend ``settled()`` (if given) may return what the broken request had already done on the server, which is
+    then the answer."""
+    for attempt in range(RESENDS + 1):
+        try:
+            return send()
+        except Exception as e:
+            if not broke_mid_request(e) or attempt == RESENDS:
+                raise
+            log.warning("MLflow connection broke while trying to %s (%s); sending it again", what,
+                        str(e).splitlines()[0][:200])
+            time.sleep(min(2 ** attempt, 5))  # a killed server needs a moment before its port is even refused
+            if settled is not None:
+                done = settled()
+                if done is not None:
+                    return done
 
 
 class Tracker:
@@ -349,7 +385,19 @@ class Tracker:
 
     # -- writes ---------------------------------------------------------------------------------------------
     def create_run(self, name: str, tags: dict[str, str]) -> str:
-        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        """A new run's id. Sent again when the connection broke mid-request, unless the server had created it
+        already: a run of this experiment with this name and these tags, started since, is that run."""
+        since = int(time.time() * 1000) - 1000  # the server's clock stamps start_time; allow it a second of skew
+
+        def created():
+            # The broken request's run would carry these name and tags: search by name and start, compare tags here.
+            runs = self.search(f"attributes.run_name = '{quote_filter(name)}' and attributes.start_time >= {since}")
+            mine = [r for r in runs if all(r.data.tags.get(k) == str(v) for k, v in tags.items())]
+            return mine[0].info.run_id if mine else None
+
+        return resend_after_reset(
+            lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id,
+            f"create run {name!r}", settled=created)
 
     def create_parent(self, dataset: str, tags: dict[str, str], name: str) -> str:
         self.set_up_ui(tags.get("selection_metric", VAL_HM))
@@ -429,8 +477,7 @@ def log_train_run(tracker: Tracker, hp, tags: dict[str, str], history: list[dict
             "seeds": str(hp.seed), "shots": str(hp.shots), STATUS_TAG: COMPLETED}
     if "features_url" in tags:
         tags["features_url"] = mask_uri(str(tags["features_url"]))
-    run = tracker.client.create_run(tracker.experiment_id, run_name=run_name(hp), tags=tags)
-    run_id = run.info.run_id
+    run_id = tracker.create_run(run_name(hp), tags)
     try:
         tracker.log_params(run_id, hp.as_params())
         if tags.get("features_url"):

@@ -173,7 +173,7 @@ class MlflowTrialLogger(_ray_callback_base()):
         else:
             tags = {k: param_value(v) for k, v in self._tags(hp, trial_id).items()}
             tags[STATUS_TAG] = "running"
-            run_id = client.create_run(self.tracker.experiment_id, run_name=run_name(hp), tags=tags).info.run_id
+            run_id = self.tracker.create_run(run_name(hp), tags)
             self.tracker.log_params(run_id, params)
             log_feature_store_input(self.tracker, run_id, tags)
             self._last_epoch[trial_id] = 0
