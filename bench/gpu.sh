@@ -21,6 +21,7 @@
 # here (tests/bench/test_bench_scripts.py): PYTHONPATH=bench/bare makes open_clip, Ray and MLflow unimportable except
 # from the wheels' install folder ($DEPT_WHEEL_SITE, default /tmp/site).
 set -euo pipefail
+started=$(date +%s.%N)  # the whole run, install included, against the plan total
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"  # PYTHON=.venv/bin/python for a local dry run
 WHEELS="${DEPT_WHEELS:-.whl}"
@@ -39,6 +40,36 @@ if [[ "${1:-}" == "--prepare" ]]; then
     exit 0
 fi
 
+# Which mode, and the plan: the parts, their budgets, output folders and commands come from bench/gpu_estimate.py
+# --budgets (it refuses, one line, a plan whose budgets do not fit the lease), before anything is installed or run.
+mode=full; estimate=0; only_population=0; out=""
+for a in "$@"; do
+    case "$a" in
+        --quick) mode=quick ;;
+        --cpu-dry-run) mode=cpu-dry-run ;;
+        --estimate) estimate=1 ;;
+        --population) only_population=1 ;;
+        -*) echo "bench/gpu.sh: unknown option $a (--quick, --cpu-dry-run, --estimate, --population, --prepare)" >&2
+            exit 2 ;;
+        *) out="$a" ;;
+    esac
+done
+est_args=()
+[[ $mode != full ]] && est_args+=("--$mode")
+[[ -n "${GPU_LEASE_S:-}" ]] && est_args+=(--lease "$GPU_LEASE_S")  # a lease shorter (or longer) than the usual
+if [[ $estimate == 1 ]]; then  # the plan, each part's estimate and budget, the total against the lease; runs nothing
+    exec "$PY" bench/gpu_estimate.py "${est_args[@]}"
+fi
+plan_lines=$("$PY" bench/gpu_estimate.py "${est_args[@]}" --budgets) || exit 1
+names=(); budgets=(); folders=(); commands=()
+while read -r name budget folder command; do
+    [[ $only_population == 1 && $name != population-* ]] && continue
+    names+=("$name"); budgets+=("$budget"); folders+=("$folder"); commands+=("$command")
+done <<<"$plan_lines"
+out="${out:-${OUT:-bench/gpu-out}}"
+mkdir -p "$out"
+"$PY" bench/gpu_estimate.py "${est_args[@]}" --json "$out/gpu_plan.json"  # the table, before anything runs
+
 if ! "$PY" -c "import open_clip" 2>/dev/null; then
     if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
         echo "open_clip is not installed and there are no wheels in $WHEELS/: run bash bench/gpu.sh --prepare first" >&2
@@ -51,61 +82,35 @@ if ! "$PY" -c "import open_clip" 2>/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-
-# The parts, in order, each with its time budget (a hard timeout): exactness first (population.py checks members
-# against dept.train alone before it times anything), then trials/hour in fp32 and bf16, then the step costs.
-# Full: 540 s of parts + ~30 s install and start-up, inside 10 minutes; --quick: 220 s, inside 4 minutes.
-quick=0; dry=0; only_population=0; out=""
-for a in "$@"; do
-    case "$a" in
-        --quick) quick=1 ;;
-        --cpu-dry-run) dry=1 ;;
-        --population) only_population=1 ;;
-        *) out="$a" ;;
-    esac
-done
-out="${out:-${OUT:-bench/gpu-out}}"
-mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$out/nvidia-smi.txt" 2>&1 || true
-if [[ $dry == 1 ]]; then
-    pop=(bench/population.py --tiny)
-    bench=(bench/gpu_bench.py --device cpu --tiny)
-    budgets=(300 300 300)  # the CPU is slower than any GPU: the dry run checks the parts, not the budget
-elif [[ $quick == 1 ]]; then
-    pop=(bench/population.py --device cuda --clock wall --model ViT-B-16 --pretrained none --classes 50 --shots 8
-         --views 4 --seq-sample 2 --populations 1,8)
-    bench=(bench/gpu_bench.py --device cuda --quick)
-    budgets=(60 50 110)
-else
-    pop=(bench/population.py --device cuda --clock wall --model ViT-B-16 --pretrained none --classes 50 --shots 8
-         --views 4 --seq-sample 3)
-    bench=(bench/gpu_bench.py --device cuda)
-    budgets=(150 120 270)
-fi
-names=(population-fp32 population-bf16 gpu-bench)
-commands=("${pop[*]} --out $out/population_fp32"
-          "${pop[*]} --amp --exact-members 2 --exact-epochs 1 --out $out/population_bf16"
-          "${bench[*]} --out $out")
-[[ $only_population == 1 ]] && names=("${names[@]:0:2}")
-plan=(); rcs=()
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+ran=()  # name:rc:wall_s per part, in run order, for the report
 for i in "${!names[@]}"; do
-    echo "== ${names[$i]} (budget ${budgets[$i]} s)"
-    rc=0
+    name=${names[$i]}
+    # The ceiling drives the tune CLI, which needs Ray and MLflow; the device image lacks both: skipped, one line.
+    if [[ $name == ceiling ]] && ! "$PY" -c "import ray, mlflow" 2>/dev/null; then
+        echo "== ceiling: skipped (Ray / MLflow not importable here; bench/orchestration_ceiling.py drives the tune CLI)"
+        ran+=("$name:skipped:0"); continue
+    fi
+    echo "== $name (budget ${budgets[$i]} s)"
+    rc=0; t0=$(now)
     # shellcheck disable=SC2086  # the command's words, split on purpose
-    timeout "${budgets[$i]}" "$PY" ${commands[$i]} >"$out/${names[$i]}.log" 2>&1 || rc=$?
-    tail -n 25 "$out/${names[$i]}.log"
-    plan+=("${names[$i]}:${budgets[$i]}"); rcs+=("$rc")
+    timeout "${budgets[$i]}" "$PY" ${commands[$i]} --out "$out/${folders[$i]}" >"$out/$name.log" 2>&1 </dev/null || rc=$?
+    wall=$(since "$t0")
+    tail -n 25 "$out/$name.log"
+    echo "== $name: rc $rc, $wall s of ${budgets[$i]} s"
+    ran+=("$name:$rc:$wall")
 done
-if [[ -n "${POP_COMPILE:-}" && $dry == 0 ]]; then  # extra, outside the plan: the step under torch.compile
-    timeout 150 "$PY" "${pop[@]}" --amp --compile "$POP_COMPILE" --exact-members 2 --exact-epochs 1 \
-        --out "$out/compiled" >"$out/population_compiled.log" 2>&1 || echo "compiled run failed ($?)"
+if [[ $mode == quick ]] && [[ " ${names[*]} " != *" ceiling "* ]]; then
+    echo "== ceiling: outside the --quick plan (no room in its lease: bench/gpu_estimate.py --quick), not run"
 fi
-# Extra, outside the plan: the orchestration ceiling (bench/orchestration_ceiling.py, short: P = 1 / 8, 3 epochs,
-# budget 150 s) needs Ray and MLflow (the tune CLI), which the device image lacks: then it is skipped, in one line.
-if "$PY" -c "import ray, mlflow" 2>/dev/null; then
-    timeout 150 "$PY" bench/orchestration_ceiling.py --members 1,8 --epochs 3 --out "$out/ceiling" \
-        >"$out/ceiling.log" 2>&1 || echo "ceiling run failed or timed out ($?)"
-else
-    echo "== ceiling: skipped (Ray / MLflow not importable here; bench/orchestration_ceiling.py drives the tune CLI)"
+if [[ -n "${POP_COMPILE:-}" && $mode != cpu-dry-run ]]; then
+    # Extra, outside the plan and its budgets (the full plan leaves 15 s of the lease): with --population only.
+    # shellcheck disable=SC2086
+    timeout 150 "$PY" ${commands[1]} --compile "$POP_COMPILE" --out "$out/compiled" \
+        >"$out/population_compiled.log" 2>&1 </dev/null || echo "compiled run failed ($?)"
 fi
-IFS=,; exec "$PY" bench/gpu_report.py "$out" --plan "${plan[*]}" --rc "${rcs[*]}"
+IFS=,; exec "$PY" bench/gpu_report.py "$out" --plan-json "$out/gpu_plan.json" --ran "${ran[*]}" \
+    --total-wall "$(since "$started")"
