@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
-# The whole GPU check of one lease, in one go, driving dept/ directly (no Ray, no MLflow on the device):
-#   1. trial populations (bench/population.py): the exactness check first (members vs dept.train alone, fp32),
-#      then trials/hour at P = 1 / 8 / 32 / 64, ViT-B-16 text tower (random weights), CoOp+DePT, 50 base classes,
-#      in fp32 and in bf16 autocast (fp32 master weights);
-#   2. bench/gpu_bench.py: text encoder full / truncated / shared prefix at 20/50/100/500 classes, the cached trial
-#      vs the reference online step (20 and 50 base classes), the bare image-encoder rate, decode per CPU core,
-#      each in fp32 and bf16 with their numerical difference.
-# Each part runs under its own time budget (a hard timeout); the parts sum to 540 s (inside 10 minutes with the
-# install), --quick to 220 s (P = 1 / 8, 50 and 500 classes, ViT-B-16 only: inside 4 minutes). The result is one
-# OUT/gpu_result.{json,md} (bench/gpu_report.py) that bench/RESULTS.md takes as it is; a part over its budget is
-# listed as timed out, the others still report.
+# The whole GPU check of one lease, in one go, driving dept/ directly:
+#   1. trial populations (bench/population.py): the exactness check first (members vs dept.train alone, fp32,
+#      2 members x 1 epoch), then trials/hour at P = 1 / 8 / 32 / 64, ViT-B-16 text tower (random weights),
+#      CoOp+DePT, 50 base classes, 2 trials in a row sampled per P, in fp32 and in bf16 autocast (fp32 master weights);
+#   2. bench/gpu_bench.py --skip decode: text encoder full / truncated / shared prefix at 20/50/100/500 classes, the
+#      cached trial vs the reference online step (20 and 50 base classes), the bare image-encoder rate, fp32 and bf16
+#      with their numerical difference (the decode rate is a CPU figure: left out);
+#   3. the orchestration ceiling (bench/orchestration_ceiling.py, stand-in side, P = 8, 3 epochs); it drives the tune
+#      CLI, so without Ray / MLflow (the device image) it is skipped, in one line.
+# The plan (parts, budgets, commands) is bench/gpu_estimate.py's --budgets, so the estimate and the run cannot
+# disagree; a plan that does not fit the lease is refused before anything runs. Its estimate for one H100 (no GPU has
+# run this yet): fp32 matmuls at 30 % of 67 TFLOP/s (TF32 off), bf16 at 20 % of 990 TFLOP/s, the image encoder at
+# 40 %, plus 15 us per eager op (x1.4 under autocast) and fixed costs (process start, CUDA init, model builds, Ray and
+# tune start-up); each budget (a hard timeout) is at least 1.5x its part's estimate:
+#   full:    estimates 116 + 76 + 92 + 83 s, budgets 175 + 115 + 140 + 125 s, + 30 s install = 585 s of the 600 s lease
+#   --quick: P = 1 / 8, gpu_bench --quick; estimates 41 + 36 + 62 s, budgets 62 + 54 + 94 s, + 30 s = 240 s of 240 s;
+#            the ceiling is outside the --quick plan (no room left in the lease).
+# The result is one OUT/gpu_result.{json,md} (bench/gpu_report.py): per part its estimate, budget, measured wall
+# seconds and status, and the plan total, which bench/RESULTS.md takes as it is; a part over its budget is listed as
+# timed out, the others still report.
 #
+#   bash bench/gpu.sh --estimate [--quick]           the plan, per part estimate and budget, total vs lease; runs nothing
 #   bash bench/gpu.sh --prepare                       here, with pip access: the wheels the device lacks, into .whl/
-#   device run, carry [".whl"]:   OUT=$OUT bench/gpu.sh [--quick] "$OUT"     timeout_s: 600 (--quick: 270)
-#   dry run on this CPU:          PYTHON=.venv/bin/python bench/gpu.sh --cpu-dry-run [OUT]   (tiny model)
+#   device run, carry [".whl"]:   OUT=$OUT bench/gpu.sh [--quick] "$OUT"     timeout_s: 600 (--quick: 240)
+#   dry run on this CPU:          PYTHON=.venv/bin/python bench/gpu.sh --cpu-dry-run [OUT]   (tiny model, every part)
 #   populations only:             bench/gpu.sh --population "$OUT"; POP_COMPILE=reduce-overhead adds a compiled run
+#   GPU_LEASE_S=S: the lease's limit if not the usual (the plan is checked against it)
 #
 # The device image has torch, timm, regex, pyarrow, fsspec, numpy, pillow but not open_clip, Ray or MLflow; this
 # script installs open_clip_torch, ftfy and wcwidth from the wheels in .whl/ (git-ignored). Checked on a bare Python
@@ -107,7 +118,7 @@ if [[ $mode == quick ]] && [[ " ${names[*]} " != *" ceiling "* ]]; then
     echo "== ceiling: outside the --quick plan (no room in its lease: bench/gpu_estimate.py --quick), not run"
 fi
 if [[ -n "${POP_COMPILE:-}" && $mode != cpu-dry-run ]]; then
-    # Extra, outside the plan and its budgets (the full plan leaves 15 s of the lease): with --population only.
+    # Extra, outside the plan and its budgets (no room for it next to the full plan): use it with --population.
     # shellcheck disable=SC2086
     timeout 150 "$PY" ${commands[1]} --compile "$POP_COMPILE" --out "$out/compiled" \
         >"$out/population_compiled.log" 2>&1 </dev/null || echo "compiled run failed ($?)"

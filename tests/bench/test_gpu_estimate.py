@@ -227,3 +227,13 @@ def test_gpu_report_refuses_a_part_not_in_the_plan(tmp_path, gpu_estimate, gpu_r
     assert gpu_estimate.main(["--quick", "--json", str(tmp_path / "plan.json")]) == 0
     with pytest.raises(SystemExit, match=r"part\(s\) \['ceiling'\] not in the plan"):
         gpu_report.main([str(tmp_path), "--plan-json", str(tmp_path / "plan.json"), "--ran", "ceiling:0:1"])
+
+
+@pytest.mark.parametrize("mode, label", [("full", "full:   "), ("quick", "--quick:")])
+def test_gpu_sh_header_states_the_plans_numbers(gpu_estimate, mode, label):
+    """The header quotes the estimate and budgets: they must be the plan's, not last week's."""
+    parts = gpu_estimate.plan(mode)
+    line = next(s for s in GPU_SH.read_text().splitlines() if s.startswith(f"#   {label}"))
+    assert f"estimates {' + '.join(f'{p.estimate_s:.0f}' for p in parts)} s" in line, line
+    assert f"budgets {' + '.join(str(p.budget_s) for p in parts)} s" in line, line
+    assert f"= {gpu_estimate.totals(parts)[1]:.0f} s" in line, line
