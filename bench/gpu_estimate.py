@@ -1,15 +1,19 @@
 """How long bench/gpu.sh's parts take on one H100, estimated from the work each does, before any GPU runs them.
 
-The plan (which parts, with which arguments, under which time budget) lives here: bench/gpu.sh reads the budgets
-from ``--budgets`` and prints the table before it starts, refusing to run a plan that does not fit. Each part's work
+The plan (which parts, with which arguments, under which time budget) lives here: bench/gpu.sh runs what
+``--budgets`` prints (name, budget, output folder, command) and prints the table before it starts, refusing to run a
+plan that does not fit, so the estimate and the run cannot disagree. Each part's work
 is counted from the arguments gpu.sh passes (models, classes, P values, epochs, steps, repeats, warm-ups, fp32/bf16,
 exactness members x epochs) and turned into seconds from the stated constants below: FLOPs over a sustained
 fraction of the H100's peak, plus a per-op launch floor (the steps are small matmuls: eager PyTorch pays the CPU
 cost of every op), plus fixed costs (imports, CUDA context, model builds, loader workers, Ray start-up).
 
     python bench/gpu_estimate.py [--quick]              the table; exit 1 if the plan does not fit
-    python bench/gpu_estimate.py [--quick] --budgets    "name budget_s out_folder command" lines, for bench/gpu.sh
+    python bench/gpu_estimate.py [--quick] --budgets    "name budget_s out_folder command" lines, for bench/gpu.sh;
+                                                        exit 1 (one line on stderr, nothing on stdout) if it does not fit
     python bench/gpu_estimate.py [--quick] --json F     also write the estimate as JSON (bench/gpu_report.py)
+    --lease S: the lease's command limit in seconds, if not the usual 600 (240 with --quick)
+    --cpu-dry-run: the same parts as the full plan with tiny CPU commands and generous budgets, no estimate
 
 No torch import: it runs anywhere, in well under a second.
 """
@@ -60,6 +64,7 @@ EPOCH_ROUND_S = 1.0  # per epoch of a tune command (population barrier, driver l
 INSTALL_S = 30.0  # gpu.sh before the parts: wheels installed, open_clip import check, nvidia-smi, the report at the end
 LEASE_S = {"full": 600.0, "quick": 240.0}  # the lease's command limit, each mode
 HEADROOM = 1.5  # a part's budget must be at least this many times its estimate
+MODES = ("full", "quick", "cpu-dry-run")
 
 
 @dataclass
@@ -67,7 +72,7 @@ class Part:
     name: str
     budget_s: int
     command: str  # the script and its arguments, as gpu.sh runs it (gpu.sh adds --out)
-    estimate_s: float = 0.0
+    estimate_s: float | None = None  # None: not estimated (the CPU dry run: no model of that machine)
     work: dict = field(default_factory=dict)  # what was counted
 
     @property
@@ -231,75 +236,122 @@ QUICK = {
 }
 OUT_FOLDERS = {"population-fp32": "population_fp32", "population-bf16": "population_bf16", "gpu-bench": ".",
                "ceiling": "ceiling"}
+# --cpu-dry-run: every part of the full plan, each on the tiny model on the CPU, to check the parts and the report
+# (not the budgets: the CPU is slower than any GPU, and another process may share it).
+DRY_RUN = {
+    "population-fp32": "bench/population.py --tiny",
+    "population-bf16": "bench/population.py --tiny --amp",
+    "gpu-bench": "bench/gpu_bench.py --device cpu --tiny",
+    "ceiling": "bench/orchestration_ceiling.py --members 2 --epochs 1 --sides standin",
+}
+DRY_BUDGET_S = 300
 
 
-def plan(quick: bool) -> list[Part]:
+def plan(mode: str = "full") -> list[Part]:
     """gpu.sh's parts in run order, each with its budget, command and estimate."""
+    if mode == "cpu-dry-run":
+        return [Part(name, DRY_BUDGET_S, DRY_RUN[name]) for name in FULL]
     parts = []
-    for name, (budget, what) in (QUICK if quick else FULL).items():
+    for name, (budget, what) in (QUICK if mode == "quick" else FULL).items():
         if isinstance(what, PopulationPlan):
             (seconds, work), command = population(what), population_command(what)
         elif isinstance(what, BenchPlan):
             seconds, work = gpu_bench(what)
-            command = "bench/gpu_bench.py --device cuda" + (" --quick" if quick else " --skip decode")
+            command = "bench/gpu_bench.py --device cuda" + (" --quick" if mode == "quick" else " --skip decode")
         else:
             (seconds, work), command = ceiling(what), ceiling_command(what)
         parts.append(Part(name, budget, command, seconds, work))
     return parts
 
 
-def check(parts: list[Part], quick: bool) -> list[str]:
+def lease(mode: str, override: float | None = None) -> float | None:
+    """The command limit the plan must fit; None for the CPU dry run, which no lease holds."""
+    return override if override is not None else LEASE_S.get(mode)
+
+
+def check(parts: list[Part], lease_s: float | None) -> list[str]:
     """What does not fit, one line each (empty: the plan fits)."""
-    mode = "quick" if quick else "full"
+    if lease_s is None:
+        return []
     bad = [f"{p.name}: budget {p.budget_s} s is {p.headroom:.2f}x its estimate {p.estimate_s:.0f} s, under "
            f"{HEADROOM}x" for p in parts if p.headroom < HEADROOM]
     total = INSTALL_S + sum(p.budget_s for p in parts)
-    if total > LEASE_S[mode]:
+    if total > lease_s:
         bad.append(f"budgets {total - INSTALL_S:.0f} s + install {INSTALL_S:.0f} s = {total:.0f} s, over the "
-                   f"{LEASE_S[mode]:.0f} s lease")
+                   f"{lease_s:.0f} s lease")
     return bad
 
 
-def table(parts: list[Part], quick: bool) -> str:
-    mode = "quick" if quick else "full"
-    lines = [f"GPU plan ({mode}), estimated for one H100 (bench/gpu_estimate.py):", "",
+def outside(parts: list[Part], lease_s: float | None) -> dict[str, str]:
+    """The full plan's parts this plan leaves out, each with why (the room the lease has left for it)."""
+    names = {p.name for p in parts}
+    left = (lease_s - INSTALL_S - sum(p.budget_s for p in parts)) if lease_s is not None else None
+    return {name: f"outside this plan: its full-plan budget {budget} s, {left:.0f} s of the lease left"
+            for name, (budget, _) in FULL.items() if name not in names}
+
+
+def totals(parts: list[Part]) -> tuple[float | None, float]:
+    """Install + the parts' estimates (None when not estimated), install + the parts' budgets."""
+    estimated = all(p.estimate_s is not None for p in parts)
+    return (INSTALL_S + sum(p.estimate_s for p in parts) if estimated else None,
+            INSTALL_S + sum(p.budget_s for p in parts))
+
+
+def table(parts: list[Part], mode: str, lease_s: float | None) -> str:
+    where = "for one H100" if mode != "cpu-dry-run" else "not estimated (the CPU dry run)"
+    lines = [f"GPU plan ({mode}), {where} (bench/gpu_estimate.py):", "",
              "| part | estimate (s) | budget (s) | budget / estimate |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {p.name} | {p.estimate_s:.0f} | {p.budget_s} | {p.headroom:.1f}x |" for p in parts]
-    est = INSTALL_S + sum(p.estimate_s for p in parts)
-    budget = INSTALL_S + sum(p.budget_s for p in parts)
+    lines += [f"| {p.name} | {_s(p.estimate_s)} | {p.budget_s} | "
+              f"{f'{p.headroom:.1f}x' if p.estimate_s is not None else '-'} |" for p in parts]
+    est, budget = totals(parts)
     lines += [f"| install + start-up | {INSTALL_S:.0f} | {INSTALL_S:.0f} | |",
-              f"| total | {est:.0f} | {budget:.0f} | lease {LEASE_S[mode]:.0f} s |"]
+              f"| total | {_s(est)} | {budget:.0f} | {f'lease {lease_s:.0f} s' if lease_s is not None else 'no lease'} |"]
+    lines += [f"| {name} | - | - | {why} |" for name, why in outside(parts, lease_s).items()]
     return "\n".join(lines)
 
 
-def as_json(parts: list[Part], quick: bool) -> dict:
+def _s(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.0f}"
+
+
+def as_json(parts: list[Part], mode: str, lease_s: float | None) -> dict:
     constants = {k: v for k, v in globals().items() if k.isupper() and isinstance(v, (int, float))}
-    return {"mode": "quick" if quick else "full", "lease_s": LEASE_S["quick" if quick else "full"],
-            "install_s": INSTALL_S, "headroom_required": HEADROOM,
-            "parts": {p.name: {**{k: v for k, v in asdict(p).items() if k != "name"}, "headroom": p.headroom}
+    est, budget = totals(parts)
+    return {"mode": mode, "lease_s": lease_s, "install_s": INSTALL_S, "headroom_required": HEADROOM,
+            "parts": {p.name: {**{k: v for k, v in asdict(p).items() if k != "name"}, "out_folder": OUT_FOLDERS[p.name],
+                               "headroom": p.headroom if p.estimate_s is not None else None}
                       for p in parts},
-            "estimate_total_s": INSTALL_S + sum(p.estimate_s for p in parts),
-            "budget_total_s": INSTALL_S + sum(p.budget_s for p in parts),
-            "misfits": check(parts, quick), "constants": constants}
+            "outside": outside(parts, lease_s), "estimate_total_s": est, "budget_total_s": budget,
+            "misfits": check(parts, lease_s), "constants": constants}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="the 4-minute subset")
-    ap.add_argument("--budgets", action="store_true", help="print 'name budget_s out_folder command' lines only (for bench/gpu.sh)")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--quick", action="store_true", help="the 4-minute subset")
+    which.add_argument("--cpu-dry-run", action="store_true", help="the full plan's parts, tiny, on the CPU")
+    ap.add_argument("--lease", type=float, default=None, help="the lease's command limit in seconds (default: "
+                    f"{LEASE_S['full']:.0f}, --quick {LEASE_S['quick']:.0f})")
+    ap.add_argument("--budgets", action="store_true",
+                    help="print 'name budget_s out_folder command' lines only (for bench/gpu.sh)")
     ap.add_argument("--json", type=Path, default=None, help="also write the estimate here as JSON")
     a = ap.parse_args(argv)
-    parts = plan(a.quick)
-    bad = check(parts, a.quick)
-    if a.budgets:
-        print("\n".join(f"{p.name} {p.budget_s} {OUT_FOLDERS[p.name]} {p.command}" for p in parts))
-        return 0
-    print(table(parts, a.quick))
+    mode = "quick" if a.quick else "cpu-dry-run" if a.cpu_dry_run else "full"
+    lease_s = lease(mode, a.lease)
+    parts = plan(mode)
+    bad = check(parts, lease_s)
     if a.json is not None:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(as_json(parts, a.quick), indent=1))
+        a.json.write_text(json.dumps(as_json(parts, mode, lease_s), indent=1))
+    if a.budgets:
+        if bad:  # gpu.sh runs these lines: none at all, so a plan that does not fit never starts
+            print(f"gpu_estimate: the {mode} plan does not fit, nothing runs: " + "; ".join(bad), file=sys.stderr)
+            return 1
+        print("\n".join(f"{p.name} {p.budget_s} {OUT_FOLDERS[p.name]} {p.command}" for p in parts))
+        return 0
+    print(table(parts, mode, lease_s))
     if bad:
-        print("the plan does not fit: " + "; ".join(bad))
+        print(f"the {mode} plan does not fit: " + "; ".join(bad))
         return 1
     return 0
 
