@@ -436,9 +436,18 @@ class Tracker:
         self.log_metrics(run_id, [metric_at(k, v, step, ts) for k, v in values.items()])
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.write(run_id, (), tags)
+
+    def write(self, run_id: str, metrics, tags: dict[str, Any]) -> None:
+        """Metrics and tags of one run in as few ``log_batch`` calls as MLflow's limits allow (1000 metrics, 100
+        tags a call)."""
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, param_value(v)) for k, v in tags.items()])
+        metrics = list(metrics)
+        tag_list = [RunTag(k, param_value(v)) for k, v in tags.items()]
+        while metrics or tag_list:
+            self.client.log_batch(run_id, metrics=metrics[:1000], tags=tag_list[:100])
+            metrics, tag_list = metrics[1000:], tag_list[100:]
 
 
 def quote_filter(value: str) -> str:

@@ -24,6 +24,7 @@ from pipelines.tracking.client import (
     quote_filter,
     run_name,
 )
+from pipelines.tracking.writer import ResultWriter
 from pipelines.vocabulary import (
     ABANDONED,
     COMPLETED,
@@ -115,6 +116,9 @@ class MlflowTrialLogger(_ray_callback_base()):
         # Set by the runner under --population: called with every trial that ended (stopped, failed, retrying).
         self.on_trial_end = None
         self._population: dict[str, str] = {}  # trial id -> population tagged on its run
+        # Per-result metrics and tags go out from a thread of their own, off Tune's event loop (pipelines.tracking
+        # .writer); flushed before a run is read back or ended.
+        self.writer = ResultWriter(tracker)
         _ACTIVE_LOGGERS[key] = self
 
     def __reduce__(self):
@@ -122,6 +126,7 @@ class MlflowTrialLogger(_ray_callback_base()):
 
     def close(self) -> None:
         _ACTIVE_LOGGERS.pop(self.key, None)
+        self.writer.close()
 
     # -- runs -----------------------------------------------------------------------------------------------
     def _tags(self, hp, trial_id: str) -> dict[str, Any]:
@@ -191,8 +196,6 @@ class MlflowTrialLogger(_ray_callback_base()):
         final = bool(result.get("final")) and trial_id not in self._final_logged
         if final:
             metrics.extend(final_metrics(result, ts))
-        if metrics:
-            self.tracker.log_metrics(run_id, metrics)
         tags: dict[str, Any] = {}
         node_id = result.get("node_id")
         nodes = self._nodes.setdefault(trial_id, set())
@@ -210,12 +213,13 @@ class MlflowTrialLogger(_ray_callback_base()):
             if node_id:
                 tags[NODE_ID_TAG] = node_id
             self._final_logged.add(trial_id)
-        if tags:
-            self.tracker.set_tags(run_id, tags)
+        if metrics or tags:
+            self.writer.put(run_id, metrics, tags)
 
     def finish(self, trial_id: str, config: dict, status: str, error: "TrialError | None" = None,
                failures: int = 0) -> None:
         run_id = self.run_for(trial_id, config)
+        self.writer.flush()  # its results first: a run is ended with all it reported
         tags: dict[str, Any] = {STATUS_TAG: status, "failures": failures}
         if error is not None:
             tags["error"] = error.summary
@@ -240,6 +244,7 @@ class MlflowTrialLogger(_ray_callback_base()):
         """A completed trial's final checkpoint (learned state, hyperparameters, final report) and its config as
         the run's ``learned_state/`` artifacts; once (the run's ``learned_state`` tag)."""
         run_id = self.run_for(trial.trial_id, trial.config)
+        self.writer.flush()
         if trial.checkpoint is None or self.tracker.client.get_run(run_id).data.tags.get(STATE_TAG) == "logged":
             return
         hp = self.context.hyperparameters(trial.config)
@@ -276,6 +281,7 @@ class MlflowTrialLogger(_ray_callback_base()):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._ended(trial)
+        self.writer.flush()
         self.tracker.set_tags(self.run_for(trial.trial_id, trial.config),
                               {"failures": trial.run_metadata.num_failures, STATUS_TAG: "retrying"})
         log.warning("%s trial %s failed; retrying (%d failure(s) so far)", self.context.dataset, trial.trial_id,
@@ -298,6 +304,7 @@ class MlflowTrialLogger(_ray_callback_base()):
         that Tune re-created under a new id on resume) is kept with its history (:meth:`abandon`)."""
         trials = list(trials)
         known = {t.trial_id for t in trials}
+        self.writer.flush()  # what it reads back (histories, tags) includes every result logged so far
         if self.interrupted():
             # Tune marks the trials it stopped TERMINATED; they are unfinished and run again on --resume (its saved
             # state, written before it stopped them, has them running). Their MLflow runs stay open.
@@ -343,6 +350,7 @@ class MlflowTrialLogger(_ray_callback_base()):
         if epoch is None:
             return
         client = self.tracker.client
+        self.writer.flush()
         logged = {m.step for m in client.get_metric_history(run_id, "train_loss")}
         if len(logged) >= int(epoch):
             return
