@@ -16,10 +16,9 @@ and the trial reports its final result and learned state.
 Members' numbers are those of single trials within float32 rounding (``dept.population``), so ``report`` cannot
 tell the two apart but by the runs' ``population`` tag. A population forms when P members joined, when every trial
 Tune runs at once has joined, or ``join_wait_s`` after its latest member joined (:class:`PopulationRegistry`); later
-trials of that shape form the next one. A retried trial (failed
-worker, lost node) or a resumed experiment's trial resumes from its own last checkpoint in a new population (its
-old population goes on without it). A host that fails (or its node) fails its members' current attempts; each
-retries from its own checkpoint.
+trials of that shape form the next one. A retried trial (failed worker, lost node) or a resumed experiment's trial
+resumes from its own last checkpoint in a new population (its old population goes on without it). A host that
+fails (or its node) fails its members' current attempts; each retries from its own checkpoint.
 
 Resources: a member trial takes ``--cpus-per-trial / P`` of Tune's CPUs and no GPU; the host takes
 ``--gpus-per-trial`` GPUs (fractions share a GPU between populations) and trains on ``--cpus-per-trial`` threads.
@@ -90,9 +89,9 @@ class Member:
 class PopulationHost:
     """One population: trains its members in a background thread, hands each member its items in order.
 
-    Started before its members are known (:meth:`start` names them): the registry starts the host process when a
-    population's first member joins (the first one with the registry), so that its imports and text-tower load
-    overlap the members' own process starts instead of following them."""
+    Started before its members are known (:meth:`start` names them): the registry starts the first host with the
+    experiment and each later one when a population's first member joins, so that the host's imports and
+    text-tower load overlap the members' own process starts instead of following them."""
 
     def __init__(self, context):
         self.population_id = ""
@@ -335,7 +334,7 @@ class PopulationRegistry:
             self._formed[m.trial_id] = (population_id, host)
         self._formations.append({"id": population_id, "members": [m.trial_id for m in members], "why": why})
         log.info("population %s formed: %d member(s) (%s)", population_id, len(members), why)
-        benchtimers.record("population_formed", 0.0, members=len(members), why=why)  # bench only; a no-op unless asked for
+        benchtimers.record("population_formed", 0.0, members=len(members), why=why)  # bench only
         self._cond.notify_all()
 
     def leave(self, trial_id: str, population_id: str | None = None) -> None:

@@ -107,7 +107,8 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
             run_member(config, context, trial_id, resume, on_checkpoint, report_final)
             return
         with tempfile.TemporaryDirectory(prefix="dept-trial-") as tmp:
-            report_final(run_trial(context.hyperparameters(config), context, on_checkpoint=on_checkpoint, resume=resume, state_dir=tmp), tmp)
+            hp = context.hyperparameters(config)
+            report_final(run_trial(hp, context, on_checkpoint=on_checkpoint, resume=resume, state_dir=tmp), tmp)
     except ValueError as e:  # TrialFailed too
         # A diverged trial or a configuration error (a ValueError: the trial's setup refused it) is the same on every
         # attempt: the trial ends here, failed, with its reason, instead of being retried.
