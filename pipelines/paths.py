@@ -28,6 +28,14 @@ def local_path(location: str | os.PathLike) -> Path | None:
     return Path(parsed.path if parsed.scheme == "file" else str(location)).expanduser().absolute()
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Never leave a half-written file under the final name."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
 def _existing_part(path: Path, option: str, location: str) -> Path:
     """The deepest part of ``path`` that exists; it must be a folder (a file in the way is named)."""
     probe = path

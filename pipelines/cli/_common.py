@@ -13,7 +13,7 @@ import click
 
 from dept.methods import method_names
 from dept.protocols import BASE_TO_NEW, DEFAULT_SOURCE, PROTOCOLS
-from pipelines.paths import check_writable_file
+from pipelines.paths import check_writable_file, write_bytes_atomic
 from pipelines.secrets import mask_uri
 
 
@@ -87,9 +87,7 @@ def check_out(out: str | None) -> Path | None:
 
 def write_atomic(path: Path, text: str) -> None:
     """Never leave a half-written file under the final name."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_bytes_atomic(path, text.encode())
 
 
 def feature_store_options(command):

@@ -45,12 +45,9 @@ def failure_result(reason: str, metrics: dict) -> dict:
 
 def tune_trainable(config: dict, context: TrialContext) -> None:
     """The Ray Tune function trainable (wrap with ``tune.with_parameters(tune_trainable, context=...)``)."""
-    from dept.schedule import TrainResume  # here: the driver imports this module, and torch is for the worker
-
     # A worker may have inherited a driver's MLflow run; trials never write to MLflow (the driver does).
     os.environ.pop("MLFLOW_RUN_ID", None)
     benchtimers.record("trial_start", 0.0)  # bench only (pipelines.benchtimers); a no-op unless asked for
-    hp = context.hyperparameters(config)
     trial_id = tune.get_context().get_trial_id()
     resume = None
     restored = tune.get_checkpoint()
@@ -63,6 +60,9 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
                 return
             if (Path(d) / RESUME_FILE).is_file():
                 # A retry (lost node, failed worker) or a resumed experiment: go on after the last epoch reported.
+                # torch only here: a population member that starts afresh only relays its host's bytes.
+                from dept.schedule import TrainResume
+
                 resume = TrainResume.load(Path(d) / RESUME_FILE)
                 log.info("trial %s resumes after epoch %d", trial_id, resume.epoch)
 
@@ -96,7 +96,9 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
         check_finite(final)
         final = {**final, NODE_ID_KEY: node_id, RESUMED_KEY: start_epoch}
         (Path(folder) / FINAL_FILE).write_text(json.dumps(final))
-        (Path(folder) / HYPERPARAMETERS_FILE).write_text(json.dumps(asdict(hp), indent=1))
+        hp_file = Path(folder) / HYPERPARAMETERS_FILE
+        if not hp_file.is_file():  # a population host sends its member's: resolving settings imports torch
+            hp_file.write_text(json.dumps(asdict(context.hyperparameters(config)), indent=1))
         with benchtimers.timed("tune_report_final"):  # bench only; a no-op unless asked for
             tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
 
@@ -105,6 +107,7 @@ def tune_trainable(config: dict, context: TrialContext) -> None:
             run_member(config, context, trial_id, resume, on_checkpoint, report_final)
             return
         with tempfile.TemporaryDirectory(prefix="dept-trial-") as tmp:
+            hp = context.hyperparameters(config)
             report_final(run_trial(hp, context, on_checkpoint=on_checkpoint, resume=resume, state_dir=tmp), tmp)
     except ValueError as e:  # TrialFailed too
         # A diverged trial or a configuration error (a ValueError: the trial's setup refused it) is the same on every

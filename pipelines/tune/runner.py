@@ -415,7 +415,8 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
 
         # A member trial only relays its host's reports: a 1/P share of the CPUs, no GPU (its host holds that).
         resources = {"cpu": opts.cpus_per_trial / population, "gpu": 0}
-        registry = start_registry(ctx, experiment_key=key, gpus=opts.gpus_per_trial)
+        registry = start_registry(ctx, experiment_key=key, gpus=opts.gpus_per_trial,
+                                  slots=population_slots(opts, space.num_trials(), resources["cpu"]))
         # A trial that ended (stopped, failed, retrying) leaves its population.
         logger.on_trial_end = lambda trial: registry.leave.remote(trial.trial_id,
                                                                   (trial.last_result or {}).get(POPULATION_TAG))
@@ -490,6 +491,16 @@ def _run_dataset(opts: TuneOptions, space: SearchSpace, tracker, plan: DatasetPl
         finish_parent(tracker, parent, "FINISHED" if ok else "KILLED" if interrupted else "FAILED")
     return DatasetOutcome(plan.dataset, parent, plan.experiment_path, records, best, best_trial,
                           time.perf_counter() - started, zero_shot)
+
+
+def population_slots(opts: TuneOptions, trials: int, member_cpus: float) -> int:
+    """How many member trials Tune runs at once at most: the trials, ``--max-concurrent``, and how many members'
+    CPU shares the cluster holds now (a population formed when all of them joined waits for no one)."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    fit = int(cpus / member_cpus + 1e-9) if member_cpus > 0 else trials
+    return max(1, min(trials, opts.max_concurrent or trials, fit))
 
 
 def run_tune(opts: TuneOptions, progress: Callable[[str], None] = log.info) -> list[DatasetOutcome]:
