@@ -427,8 +427,7 @@ class Tracker:
             self.client.log_batch(run_id, params=fresh[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: list) -> None:
-        for i in range(0, len(metrics), 1000):
-            self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
+        self.write(run_id, metrics, {})
 
     def log_values(self, run_id: str, values: dict[str, float], step: int) -> None:
         """Metrics given as name -> value, all at one step."""

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from pipelines.cli import main
 from pipelines.tracking.client import store_lock
 from pipelines.trial.context import EPOCH_PAUSE_ENV, FAIL_ONCE_ENV
+from pipelines.trial.restore import CHECKPOINT_DIR
 from pipelines.vocabulary import EPOCH_METRICS, FINAL_METRICS, SWEEP_METRIC_CURVES, SWEEP_METRIC_WEIGHTS, sweep_key
 from tests.conftest import REPO
 from tests.mlflow_server import mlflow_server as serve_mlflow
@@ -382,7 +383,7 @@ def test_driver_killed_and_resumed_logs_every_trial_exactly_once(demo_store, tmp
     raced_trial, named = running[0]
     named_dir = trial_dir_of(experiment_dir, raced_trial) / named
     if named_dir.is_dir():
-        index = int(named.rsplit("_", 1)[1])
+        index = int(CHECKPOINT_DIR.match(named).group(1))
         named_dir.rename(named_dir.with_name(f"checkpoint_{index + 1:06d}"))
     _, parents = runs_of(uri, "killed", "tags.role = 'parent'")
     assert parents[0].info.status == "RUNNING"  # killed mid-experiment: no summary yet
